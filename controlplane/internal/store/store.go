@@ -1,0 +1,270 @@
+// Package store owns the control plane's durable state: the Store interface that every
+// domain package talks to, the records it holds, and the sentinel errors both
+// implementations (sqlite, postgres) return. Domain rules live in the domain packages;
+// a store only guarantees that each call is atomic and that conditional updates are
+// real compare-and-swaps, so that rules checked inside InTx hold at commit.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Implementations wrap them with context (%w); callers use errors.Is.
+var (
+	// ErrNotFound: no row matched (also returned for rows of another tenant when the
+	// call is tenant-scoped, so existence never leaks across tenants).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a compare-and-swap lost (the row was not in the expected state) or a
+	// unique key already exists.
+	ErrConflict = errors.New("conflict")
+	// ErrKeyInUse: a public key has already been claimed by some daemon, now or ever.
+	ErrKeyInUse = errors.New("public key already in use")
+	// ErrTokenUsed, ErrTokenExpired, ErrTokenRevoked: why an enrollment token could not
+	// be consumed.
+	ErrTokenUsed    = errors.New("enrollment token already used")
+	ErrTokenExpired = errors.New("enrollment token expired")
+	ErrTokenRevoked = errors.New("enrollment token revoked")
+)
+
+// Daemon status values as stored. Connected/Disconnected are derived from the session
+// columns at read time, never stored.
+const (
+	DaemonActive  = "active"
+	DaemonRevoked = "revoked"
+)
+
+// Tenant kinds.
+const (
+	TenantPersonal = "personal"
+	TenantTeam     = "team"
+)
+
+// Operator roles.
+const (
+	RoleAdmin    = "admin"
+	RoleOperator = "operator"
+	RoleViewer   = "viewer"
+)
+
+type Tenant struct {
+	ID        string
+	Name      string
+	Kind      string // TenantPersonal or TenantTeam
+	CreatedAt time.Time
+}
+
+// APIToken is an operator's bearer credential. Only the SHA-256 of its secret is kept.
+type APIToken struct {
+	ID         string
+	TenantID   string
+	Role       string
+	Name       string
+	SecretHash []byte
+	CreatedAt  time.Time
+	RevokedAt  time.Time // zero when active
+}
+
+// SigningKey is one of the control plane's own Ed25519 token-signing keys.
+type SigningKey struct {
+	KID        string
+	PrivateKey []byte // ed25519.PrivateKey (64 bytes)
+	PublicKey  []byte // ed25519.PublicKey (32 bytes)
+	CreatedAt  time.Time
+	RetiredAt  time.Time // zero while it is the active signer; kept for verification after
+}
+
+// EnrollmentToken is a single-use credential a host redeems to enroll. Only the
+// SHA-256 of its secret is kept.
+type EnrollmentToken struct {
+	ID         string
+	TenantID   string
+	Name       string
+	SecretHash []byte
+	Tags       []string
+	CreatedBy  string // api token id of the operator who made it
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	UsedAt     time.Time // zero until consumed
+	UsedBy     string    // node_id that consumed it
+	RevokedAt  time.Time // zero unless revoked
+}
+
+// Daemon is one enrolled host (the edge_daemons row).
+type Daemon struct {
+	NodeID            string
+	TenantID          string
+	DisplayName       string
+	Tags              []string
+	OS                string
+	Hostname          string
+	PublicKey         []byte
+	PreviousPublicKey []byte    // nil when no rotation happened or the overlap is over
+	OverlapUntil      time.Time // zero when no overlap
+	Status            string    // DaemonActive or DaemonRevoked
+	SecurityContext   string
+	EnrolledAt        time.Time
+	KeyRotatedAt      time.Time // zero until the first rotation
+	LastSeenAt        time.Time // zero until first heartbeat
+	RevokedAt         time.Time
+	// Session: the live stream, if any. SessionID is empty when no stream is open.
+	SessionID      string
+	SessionReplica string
+	SessionSince   time.Time
+}
+
+// NodeToken records every NodeSecurityToken issued.
+type NodeToken struct {
+	JTI            string
+	NodeID         string
+	KeyFingerprint string
+	IssuedAt       time.Time
+	ExpiresAt      time.Time
+}
+
+// BlacklistEntry: a token that must never be accepted again although unexpired.
+type BlacklistEntry struct {
+	JTI       string
+	NodeID    string
+	Reason    string // "rotated", "refreshed", "revoked", "logout"
+	ExpiresAt time.Time
+	AddedAt   time.Time
+}
+
+// Nonce is a single-use server challenge.
+type Nonce struct {
+	Value     string
+	NodeID    string // empty for enrollment challenges
+	Purpose   string // "enroll", "attest", ...
+	ExpiresAt time.Time
+}
+
+// Rotation is the durable outcome of one key rotation, keyed by the client-made id,
+// so a retried request gets the same answer.
+type Rotation struct {
+	RotationID     string
+	NodeID         string
+	OldFingerprint string
+	NewFingerprint string
+	NewTokenJTI    string
+	NewToken       string
+	At             time.Time
+}
+
+// AuditEntry is one line of the audit trail.
+type AuditEntry struct {
+	ID       int64 // assigned by the store
+	At       time.Time
+	TenantID string
+	Actor    string // "op:<api token id>", "node:<node id>", "system"
+	Action   string // "enroll", "rotate", "refresh", "revoke", ...
+	NodeID   string
+	Result   string // "ok" or an error reason
+	Details  map[string]string
+	PrevHash string
+	Hash     string
+}
+
+// DaemonFilter narrows ListDaemons. Empty fields do not filter.
+type DaemonFilter struct {
+	TenantID string
+}
+
+// Tx is every operation; inside InTx they share one transaction, outside each call is
+// its own transaction.
+type Tx interface {
+	CreateTenant(ctx context.Context, t Tenant) error // ErrConflict if the id exists
+	GetTenant(ctx context.Context, id string) (Tenant, error)
+	ListTenants(ctx context.Context) ([]Tenant, error)
+
+	CreateAPIToken(ctx context.Context, t APIToken) error
+	GetAPIToken(ctx context.Context, id string) (APIToken, error)
+	// ListAPITokens lists the tokens of a tenant ("" = all tenants).
+	ListAPITokens(ctx context.Context, tenantID string) ([]APIToken, error)
+	RevokeAPIToken(ctx context.Context, id string, at time.Time) error
+
+	InsertSigningKey(ctx context.Context, k SigningKey) error
+	// ListSigningKeys returns every key, newest first.
+	ListSigningKeys(ctx context.Context) ([]SigningKey, error)
+	RetireSigningKey(ctx context.Context, kid string, at time.Time) error
+
+	CreateEnrollmentToken(ctx context.Context, t EnrollmentToken) error
+	GetEnrollmentToken(ctx context.Context, id string) (EnrollmentToken, error)
+	// ListEnrollmentTokens lists a tenant's tokens ("" = all), newest first.
+	ListEnrollmentTokens(ctx context.Context, tenantID string) ([]EnrollmentToken, error)
+	// RevokeEnrollmentToken: tenantID "" means any tenant. ErrNotFound if no such token
+	// in that tenant.
+	RevokeEnrollmentToken(ctx context.Context, tenantID, id string, at time.Time) error
+	// ConsumeEnrollmentToken marks the token used by nodeID, atomically, only if it is
+	// unused, unrevoked and unexpired at `now`; else ErrTokenUsed, ErrTokenRevoked,
+	// ErrTokenExpired or ErrNotFound.
+	ConsumeEnrollmentToken(ctx context.Context, id, nodeID string, now time.Time) error
+
+	// ClaimPublicKey records that key belongs to nodeID forever. ErrKeyInUse if any
+	// daemon (this one included) ever claimed it.
+	ClaimPublicKey(ctx context.Context, key []byte, nodeID string, at time.Time) error
+	// InsertDaemon: ErrConflict if node_id exists. Does not claim the key.
+	InsertDaemon(ctx context.Context, d Daemon) error
+	GetDaemon(ctx context.Context, nodeID string) (Daemon, error)
+	ListDaemons(ctx context.Context, f DaemonFilter) ([]Daemon, error)
+	// SwapDaemonKey is the rotation compare-and-swap: only if the current public_key
+	// equals oldKey and status is active, set public_key=newKey,
+	// previous_public_key=oldKey, overlap_until, key_rotated_at=at. Else ErrConflict
+	// (ErrNotFound if no such node).
+	SwapDaemonKey(ctx context.Context, nodeID string, oldKey, newKey []byte, overlapUntil, at time.Time) error
+	// RevokeDaemon sets status revoked (idempotent). ErrNotFound if no such node.
+	RevokeDaemon(ctx context.Context, nodeID string, at time.Time) error
+	DeleteDaemon(ctx context.Context, nodeID string) error
+	UpdateDaemonTags(ctx context.Context, nodeID string, tags []string) error
+	SetDaemonSecurityContext(ctx context.Context, nodeID, name string) error
+	// OpenSession records a live stream (replacing any previous one).
+	OpenSession(ctx context.Context, nodeID, sessionID, replica string, at time.Time) error
+	// CloseSession clears the session only if it is still sessionID.
+	CloseSession(ctx context.Context, nodeID, sessionID string) error
+	// CloseReplicaSessions clears every session held by replica (on shutdown/start).
+	CloseReplicaSessions(ctx context.Context, replica string) error
+	// TouchLastSeen sets last_seen_at for many nodes at once (batched heartbeats); it
+	// never moves a timestamp backwards.
+	TouchLastSeen(ctx context.Context, seen map[string]time.Time) error
+
+	InsertNodeToken(ctx context.Context, t NodeToken) error
+	GetNodeToken(ctx context.Context, jti string) (NodeToken, error)
+	// ActiveNodeTokens: tokens of nodeID with expires_at > now that are not blacklisted.
+	ActiveNodeTokens(ctx context.Context, nodeID string, now time.Time) ([]NodeToken, error)
+
+	// BlacklistToken is idempotent (a second insert of one jti is not an error).
+	BlacklistToken(ctx context.Context, e BlacklistEntry) error
+	IsBlacklisted(ctx context.Context, jti string) (bool, error)
+	// ListBlacklist returns entries with expires_at > now (to warm an in-memory cache).
+	ListBlacklist(ctx context.Context, now time.Time) ([]BlacklistEntry, error)
+	// PurgeBlacklist deletes entries whose token expired before now; returns how many.
+	PurgeBlacklist(ctx context.Context, now time.Time) (int, error)
+	CountBlacklist(ctx context.Context) (int, error)
+
+	InsertNonce(ctx context.Context, n Nonce) error
+	// ConsumeNonce deletes and returns the nonce if it exists and has not expired at
+	// now; ErrNotFound otherwise (a second consume of one nonce is ErrNotFound).
+	ConsumeNonce(ctx context.Context, value string, now time.Time) (Nonce, error)
+	PurgeNonces(ctx context.Context, now time.Time) (int, error)
+
+	// InsertRotation: ErrConflict if rotation_id exists.
+	InsertRotation(ctx context.Context, r Rotation) error
+	GetRotation(ctx context.Context, rotationID string) (Rotation, error)
+
+	// AppendAudit assigns ID (and At if zero) and returns the stored entry.
+	AppendAudit(ctx context.Context, e AuditEntry) (AuditEntry, error)
+	// ListAudit lists a tenant's entries ("" = all), oldest first, after afterID.
+	ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]AuditEntry, error)
+}
+
+// Store is a Tx that can also open transactions.
+type Store interface {
+	Tx
+	// InTx runs fn in one transaction: committed if fn returns nil, rolled back
+	// otherwise (fn's error is returned unchanged, so errors.Is works).
+	InTx(ctx context.Context, fn func(tx Tx) error) error
+	// Ping checks the database answers (for /readyz).
+	Ping(ctx context.Context) error
+	Close() error
+}
