@@ -134,3 +134,20 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func TestRotateMessageBindsEveryInput(t *testing.T) {
+	at := time.UnixMilli(1_800_000_000_000)
+	base := RotateNewKeyMessage("r1", "n-1", []byte("old"), []byte("new"), at)
+	for name, other := range map[string][]byte{
+		"rotation id": RotateNewKeyMessage("r2", "n-1", []byte("old"), []byte("new"), at),
+		"node":        RotateNewKeyMessage("r1", "n-2", []byte("old"), []byte("new"), at),
+		"old key":     RotateNewKeyMessage("r1", "n-1", []byte("olx"), []byte("new"), at),
+		"new key":     RotateNewKeyMessage("r1", "n-1", []byte("old"), []byte("nex"), at),
+		"time":        RotateNewKeyMessage("r1", "n-1", []byte("old"), []byte("new"), at.Add(time.Millisecond)),
+		"attest":      AttestMessage("r1", "n-1", []byte("new")),
+	} {
+		if bytes.Equal(base, other) {
+			t.Errorf("changing the %s leaves the signed bytes equal", name)
+		}
+	}
+}
