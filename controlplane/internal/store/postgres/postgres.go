@@ -1,0 +1,115 @@
+// Package postgres owns the PostgreSQL implementation of store.Store, on pgx/v5 and
+// pgxpool: the production store, shared by several control-plane replicas.
+//
+// Concurrency model: every transaction runs at READ COMMITTED, and every rule that
+// must hold under concurrency is a conditional statement (UPDATE ... WHERE <expected
+// state>, INSERT ... ON CONFLICT DO NOTHING, DELETE ... RETURNING). A racer blocks on
+// the row the winner locked, re-checks its WHERE clause against the committed row
+// once the winner is done, and finds nothing to change: the compare-and-swap lost.
+// There is no serialization failure to retry.
+//
+// PostgreSQL aborts a whole transaction on any raised error, so an expected outcome
+// (a duplicate, a lost swap, an unknown tenant) is never raised as an SQL error: the
+// statement changes no row, and a second statement, run only then, says why. A
+// caller may record the failure and still commit.
+//
+// Inside InTx, use only the Tx passed to fn: a call on the Store itself takes a second
+// connection from the pool, does not see the transaction's writes, and can wait
+// forever for a row the transaction has locked.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+)
+
+// Store is a store.Store on a PostgreSQL connection pool.
+type Store struct {
+	queries
+	pool *pgxpool.Pool
+}
+
+var (
+	_ store.Store = (*Store)(nil)
+	_ store.Tx    = (*queries)(nil)
+)
+
+// txOptions pins the isolation level the conditional statements are written for, so
+// a server whose default_transaction_isolation is SERIALIZABLE does not turn lost
+// swaps into serialization failures.
+var txOptions = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
+
+// Open connects to the database at url (a postgres:// URL or key=value string, as
+// pgxpool.ParseConfig takes; pool_max_conns and run-time parameters such as
+// search_path pass through), checks that it answers and brings the schema in the
+// connection's search_path up to date.
+func Open(ctx context.Context, url string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// pgx redacts passwords only on a best-effort basis, and a URL that does not
+		// parse is exactly where it may miss one: say nothing about the text.
+		return nil, errors.New("postgres: the database URL does not parse as a postgres:// URL or key=value connection string")
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: connect: %w", err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &Store{queries: queries{db: pool}, pool: pool}, nil
+}
+
+// InTx runs fn in one READ COMMITTED transaction.
+func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
+	return inTx(ctx, s.pool, func(tx pgx.Tx) error {
+		return fn(&queries{db: tx})
+	})
+}
+
+// inTx commits when fn returns nil and rolls back otherwise, returning fn's error
+// unchanged. BeginTxFunc also rolls back when fn panics or calls runtime.Goexit (a
+// failed test assertion), so the connection goes back to the pool outside any
+// transaction; if even the rollback fails, pgx closes the connection instead.
+func inTx(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
+	var fnErr error
+	err := pgx.BeginTxFunc(ctx, pool, txOptions, func(tx pgx.Tx) error {
+		fnErr = fn(tx)
+		return fnErr
+	})
+	switch {
+	case err == nil:
+		return nil
+	case fnErr != nil:
+		// fn failed: BeginTxFunc returns its error as is (a failed rollback after it
+		// only costs the connection).
+		return fnErr
+	default:
+		return fmt.Errorf("postgres: transaction: %w", err)
+	}
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres: ping: %w", err)
+	}
+	return nil
+}
+
+// Close closes the pool, waiting for connections in use to be returned.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}

@@ -1,0 +1,122 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+)
+
+// dbtx is what *pgxpool.Pool and pgx.Tx have in common.
+type dbtx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// queries implements store.Tx on the pool (each statement its own transaction: a
+// method's follow-up statement only explains a change that did not happen) or on one
+// transaction.
+type queries struct {
+	db dbtx
+}
+
+// ts encodes a time for a timestamptz parameter; the zero time is NULL. pgx sends
+// whole microseconds, dropping the rest, as the store's contract says.
+func ts(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+// timeCol scans a nullable timestamptz into a time.Time: NULL is the zero time, and
+// any other value comes back in UTC (pgx would use time.Local).
+type timeCol struct{ t *time.Time }
+
+func (c timeCol) ScanTimestamptz(v pgtype.Timestamptz) error {
+	switch {
+	case !v.Valid:
+		*c.t = time.Time{}
+	case v.InfinityModifier != pgtype.Finite:
+		return fmt.Errorf("timestamptz holds %s, want a finite time", v.InfinityModifier)
+	default:
+		*c.t = v.Time.UTC()
+	}
+	return nil
+}
+
+// bytesArg stores an empty byte string as NULL, so nil round-trips as nil.
+func bytesArg(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// bytesCol scans a bytea, turning NULL and empty into nil.
+type bytesCol struct{ b *[]byte }
+
+func (c bytesCol) ScanBytes(v []byte) error {
+	if len(v) == 0 {
+		*c.b = nil
+	} else {
+		// v is pgx's read buffer, reused by the next row.
+		*c.b = append([]byte(nil), v...)
+	}
+	return nil
+}
+
+// tagsArg never sends NULL: pgx encodes a nil slice as NULL, the column is NOT NULL.
+func tagsArg(tags []string) []string {
+	if tags == nil {
+		return []string{}
+	}
+	return tags
+}
+
+// nonNilTags makes a NULL or empty text[] read back as an empty, non-nil slice.
+func nonNilTags(tags *[]string) {
+	if *tags == nil {
+		*tags = []string{}
+	}
+}
+
+// pgCode is the SQLSTATE of err, or "".
+func pgCode(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// Constraint violations. The statements are written so that expected outcomes never
+// raise these; they remain as a backstop for races the statements cannot see (and
+// then, inside InTx, the transaction is aborted and will not commit).
+const (
+	foreignKeyViolation = "23503"
+	uniqueViolation     = "23505"
+)
+
+// wrapf adds context to err, turning pgx.ErrNoRows into store.ErrNotFound.
+func wrapf(err error, format string, args ...any) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+}
+
+// collect scans every row with scan; the result is empty, never nil.
+func collect[T any](rows pgx.Rows, err error, scan func(pgx.Row) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (T, error) { return scan(row) })
+}

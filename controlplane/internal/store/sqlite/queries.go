@@ -1,0 +1,183 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+)
+
+// dbtx is what *sql.DB and *sql.Tx have in common.
+type dbtx interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// queries implements store.Tx. Outside a transaction r is the read pool and w the
+// writer pool; inside InTx both are the transaction.
+type queries struct {
+	r, w dbtx
+	db   *sql.DB // the writer pool outside a transaction; nil inside one
+}
+
+// atomic runs a method that needs several statements as one transaction: the
+// caller's, or a new one when the method was called on the Store.
+func (q *queries) atomic(ctx context.Context, fn func(q *queries) error) error {
+	if q.db == nil {
+		return fn(q)
+	}
+	return inTx(ctx, q.db, func(tx *sql.Tx) error {
+		return fn(&queries{r: tx, w: tx})
+	})
+}
+
+// micros encodes a time as the stored INTEGER; the zero time is NULL.
+func micros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+// microsOf rounds t the way the store does, for values returned without a read.
+func microsOf(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return time.UnixMicro(t.UnixMicro()).UTC()
+}
+
+// timeCol scans a nullable INTEGER microsecond column into a time.Time.
+type timeCol struct{ t *time.Time }
+
+func (c timeCol) Scan(v any) error {
+	switch v := v.(type) {
+	case nil:
+		*c.t = time.Time{}
+	case int64:
+		*c.t = time.UnixMicro(v).UTC()
+	default:
+		return fmt.Errorf("time column holds %T, want INTEGER", v)
+	}
+	return nil
+}
+
+// blob stores an empty byte string as NULL, so nil round-trips as nil.
+func blob(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// blobCol scans a BLOB, turning NULL and empty into nil.
+type blobCol struct{ b *[]byte }
+
+func (c blobCol) Scan(v any) error {
+	switch v := v.(type) {
+	case nil:
+		*c.b = nil
+	case []byte:
+		if len(v) == 0 {
+			*c.b = nil
+		} else {
+			*c.b = append([]byte(nil), v...)
+		}
+	default:
+		return fmt.Errorf("blob column holds %T", v)
+	}
+	return nil
+}
+
+func tagsJSON(tags []string) (string, error) {
+	if tags == nil {
+		tags = []string{}
+	}
+	b, err := json.Marshal(tags)
+	return string(b), err
+}
+
+// tagsCol scans a JSON array column; the result is never nil.
+type tagsCol struct{ tags *[]string }
+
+func (c tagsCol) Scan(v any) error {
+	tags := []string{}
+	if err := unmarshalCol(v, &tags); err != nil {
+		return err
+	}
+	if tags == nil { // the column held JSON null
+		tags = []string{}
+	}
+	*c.tags = tags
+	return nil
+}
+
+// detailsCol scans a JSON object column; the result is never nil.
+type detailsCol struct{ m *map[string]string }
+
+func (c detailsCol) Scan(v any) error {
+	m := map[string]string{}
+	if err := unmarshalCol(v, &m); err != nil {
+		return err
+	}
+	if m == nil {
+		m = map[string]string{}
+	}
+	*c.m = m
+	return nil
+}
+
+func unmarshalCol(v, dst any) error {
+	switch v := v.(type) {
+	case string:
+		return json.Unmarshal([]byte(v), dst)
+	case []byte:
+		return json.Unmarshal(v, dst)
+	default:
+		return fmt.Errorf("JSON column holds %T", v)
+	}
+}
+
+// changed reports how many rows a statement touched.
+func changed(res sql.Result, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func sqliteCode(err error) int {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()
+	}
+	return 0
+}
+
+func isForeignKeyViolation(err error) bool {
+	return sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
+}
+
+func isUniqueViolation(err error) bool {
+	c := sqliteCode(err)
+	return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+}
+
+// wrapf adds context to err, turning sql.ErrNoRows into store.ErrNotFound.
+func wrapf(err error, format string, args ...any) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(dest ...any) error }
