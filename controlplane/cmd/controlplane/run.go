@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/aegis-edge/aegis/controlplane/internal/config"
+	"github.com/aegis-edge/aegis/controlplane/internal/server"
+	"github.com/urfave/cli/v2"
+)
+
+// exitError carries an exit status out of the cli app without it printing anything.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// run is the whole program, minus signal handling, so tests can drive it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	if err := app.RunContext(ctx, args); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		fmt.Fprintf(stderr, "controlplane: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// flagLayer is one flag and where its value goes in config.File.
+type flagLayer struct {
+	flag *cli.StringFlag
+	set  func(f *config.File, v string)
+}
+
+func serveFlags() []flagLayer {
+	d := config.Defaults()
+	str := func(name, env, def, usage string, set func(*config.File, string)) flagLayer {
+		return flagLayer{flag: &cli.StringFlag{Name: name, EnvVars: []string{env}, Value: def, Usage: usage}, set: set}
+	}
+	return []flagLayer{
+		str("listen", "AEGIS_LISTEN", d.Listen, "`ADDR` (host:port) to serve TLS on; Connect, gRPC, gRPC-Web, /healthz, /readyz and /metrics share it",
+			func(f *config.File, v string) { f.Listen = v }),
+		str("data-dir", "AEGIS_DATA_DIR", d.DataDir, "`DIR` for ca.crt, ca.key, server.crt, server.key, admin.token and the SQLite database (created 0700)",
+			func(f *config.File, v string) { f.DataDir = v }),
+		str("database-url", "AEGIS_DATABASE_URL", "", "`URL` of the database: postgres://USER@HOST:PORT/DB, sqlite://PATH, or empty for DIR/aegis.db",
+			func(f *config.File, v string) { f.DatabaseURL = v }),
+		str("tls-cert", "AEGIS_TLS_CERT", "", "`FILE` with the server certificate chain (leaf first, CA last); default: generated into DIR",
+			func(f *config.File, v string) { f.TLSCert = v }),
+		str("tls-key", "AEGIS_TLS_KEY", "", "`FILE` with the key for --tls-cert",
+			func(f *config.File, v string) { f.TLSKey = v }),
+		str("advertise-url", "AEGIS_ADVERTISE_URL", "", "`URL` hosts use to reach this server, written into enrollment tokens (default https://ADDR)",
+			func(f *config.File, v string) { f.AdvertiseURL = v }),
+		str("heartbeat-interval", "AEGIS_HEARTBEAT_INTERVAL", d.HeartbeatInterval, "how often daemons heartbeat (`DURATION`); a host unseen for 3x this is Disconnected",
+			func(f *config.File, v string) { f.HeartbeatInterval = v }),
+		str("token-ttl", "AEGIS_TOKEN_TTL", d.TokenTTL, "lifetime of issued NodeSecurityTokens (`DURATION`)",
+			func(f *config.File, v string) { f.TokenTTL = v }),
+		str("max-clock-skew", "AEGIS_MAX_CLOCK_SKEW", d.MaxClockSkew, "largest accepted difference between an envelope's timestamp and server time (`DURATION`)",
+			func(f *config.File, v string) { f.MaxClockSkew = v }),
+		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
+			func(f *config.File, v string) { f.LogLevel = v }),
+	}
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	layers := serveFlags()
+	flags := []cli.Flag{&cli.StringFlag{
+		Name:    "config",
+		EnvVars: []string{"AEGIS_CONTROLPLANE_CONFIG"},
+		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, log_level); environment and flags override it",
+	}}
+	for _, l := range layers {
+		flags = append(flags, l.flag)
+	}
+	return &cli.App{
+		Name:      "controlplane",
+		Usage:     "the Aegis Edge control plane: enrollment, node tokens, live daemon streams, operator API",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// Errors are printed once, by run.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands: []*cli.Command{{
+			Name:  "serve",
+			Usage: "run the control plane",
+			Description: `Serves NodeClusterService (daemons) and EdgeAdminService (operators) over TLS with
+HTTP/2 on one port, speaking Connect, gRPC and gRPC-Web.
+
+On first start DIR gets a generated CA (ca.crt, ca.key) and server certificate, the
+default tenant, a token-signing key, the SQLite database (unless --database-url is
+given) and admin.token (mode 0600): a bootstrap admin API token for the first operator:
+
+   aegisctl login --server https://127.0.0.1:7443 --token-file DIR/admin.token --ca-file DIR/ca.crt
+
+Every flag can also be set through its AEGIS_* environment variable (flags win) or
+the --config file. SIGINT/SIGTERM shut down gracefully: connected daemons are told to
+reconnect after 1-3s.
+
+Examples:
+   controlplane serve
+   controlplane serve --listen 0.0.0.0:7443 --advertise-url https://cp.example.com:7443
+   controlplane serve --database-url postgres://aegis@db:5432/aegis?sslmode=require`,
+			Flags: flags,
+			Action: func(c *cli.Context) error {
+				return serve(c, layers, stderr)
+			},
+		}},
+	}
+}
+
+func serve(c *cli.Context, layers []flagLayer, stderr io.Writer) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("serve takes no arguments, got %q: see controlplane serve --help", c.Args().First())
+	}
+	var file config.File
+	if p := c.String("config"); p != "" {
+		f, err := config.LoadFile(p)
+		if err != nil {
+			return err
+		}
+		file = f
+	}
+	// Flags and their environment variables form one layer; IsSet is true for both.
+	var given config.File
+	for _, l := range layers {
+		if c.IsSet(l.flag.Name) {
+			l.set(&given, c.String(l.flag.Name))
+		}
+	}
+	cfg, err := config.Merge(config.Defaults(), file, given).Resolve()
+	if err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	srv, err := server.New(c.Context, server.Options{Config: cfg, Logger: logger})
+	if err != nil {
+		return err
+	}
+	return srv.Run(c.Context)
+}

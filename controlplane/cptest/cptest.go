@@ -1,0 +1,243 @@
+// Package cptest starts a real control plane in-process for tests: a real TLS HTTP/2
+// listener on 127.0.0.1, a real store (SQLite in the data directory unless a
+// PostgreSQL URL is given), the real bootstrap (CA, admin token), and the same
+// handlers the binary serves. Other modules' integration tests (edged, aegisctl)
+// import it, so its API is kept stable.
+package cptest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
+	"github.com/aegis-edge/aegis/controlplane/internal/config"
+	"github.com/aegis-edge/aegis/controlplane/internal/server"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Options configure Start. The zero value is a working control plane.
+type Options struct {
+	// DataDir defaults to t.TempDir().
+	DataDir string
+	// DatabaseURL: "" means SQLite in DataDir; postgres://... uses PostgreSQL.
+	DatabaseURL string
+	// Now is the protocol clock (token expiry, nonces, skew); nil means time.Now.
+	Now func() time.Time
+	// TokenTTL (default 1h), HeartbeatInterval (default 10s), MaxClockSkew (default 60s).
+	TokenTTL          time.Duration
+	HeartbeatInterval time.Duration
+	MaxClockSkew      time.Duration
+	// Logger defaults to warnings and errors on the test's output.
+	Logger *slog.Logger
+}
+
+// Server is a running in-process control plane.
+type Server struct {
+	// URL is "https://127.0.0.1:<port>".
+	URL string
+	// CAPEM is the CA certificate (PEM) that signs the server certificate.
+	CAPEM []byte
+	// AdminToken is the bootstrap admin API token ("<id>.<secret>").
+	AdminToken string
+	// Store is the live store; it is replaced by Restart and closed by Stop.
+	Store store.Store
+	// DataDir is the control plane's data directory.
+	DataDir string
+
+	opts Options
+	addr string
+	mu   sync.Mutex
+	stop func()
+	http *http.Client
+}
+
+// Start starts a control plane and stops it when the test ends.
+func Start(t testing.TB, opts Options) *Server {
+	t.Helper()
+	if opts.DataDir == "" {
+		opts.DataDir = t.TempDir()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	s := &Server{opts: opts, DataDir: opts.DataDir, addr: "127.0.0.1:0"}
+	s.start(t)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	ln, err := net.Listen("tcp", s.addr)
+	// On Restart the port was just released; retry briefly before giving up.
+	for i := 0; err != nil && s.addr != "127.0.0.1:0" && i < 100; i++ {
+		time.Sleep(20 * time.Millisecond)
+		ln, err = net.Listen("tcp", s.addr)
+	}
+	if err != nil {
+		t.Fatalf("cptest: listen on %s: %v", s.addr, err)
+	}
+	s.addr = ln.Addr().String()
+	s.URL = "https://" + s.addr
+
+	f := config.Merge(config.Defaults(), config.File{
+		Listen:       s.addr,
+		DataDir:      s.opts.DataDir,
+		DatabaseURL:  s.opts.DatabaseURL,
+		AdvertiseURL: s.URL,
+	})
+	if s.opts.TokenTTL > 0 {
+		f.TokenTTL = s.opts.TokenTTL.String()
+	}
+	if s.opts.HeartbeatInterval > 0 {
+		f.HeartbeatInterval = s.opts.HeartbeatInterval.String()
+	}
+	if s.opts.MaxClockSkew > 0 {
+		f.MaxClockSkew = s.opts.MaxClockSkew.String()
+	}
+	cfg, err := f.Resolve()
+	if err != nil {
+		_ = ln.Close()
+		t.Fatalf("cptest: config: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, server.Options{
+		Config:          cfg,
+		Logger:          s.opts.Logger,
+		Now:             s.opts.Now,
+		Listener:        ln,
+		ShutdownTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		cancel()
+		_ = ln.Close()
+		t.Fatalf("cptest: start control plane: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+
+	tok, err := os.ReadFile(srv.AdminTokenPath())
+	if err != nil {
+		cancel()
+		<-done
+		t.Fatalf("cptest: read admin token: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(srv.CAPEM()) {
+		cancel()
+		<-done
+		t.Fatalf("cptest: CA PEM does not parse")
+	}
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2: true,
+	}
+
+	s.mu.Lock()
+	s.CAPEM = srv.CAPEM()
+	s.AdminToken = strings.TrimSpace(string(tok))
+	s.Store = srv.Store()
+	s.http = &http.Client{Transport: tr}
+	s.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			s.opts.Logger.Error("cptest: control plane stopped with an error", "err", err)
+		}
+		tr.CloseIdleConnections()
+	}
+	s.mu.Unlock()
+}
+
+// Stop shuts the control plane down gracefully (streams get Disconnect{SHUTDOWN}) and
+// waits for it. Safe to call more than once.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	stop := s.stop
+	s.stop = nil
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// Restart stops the control plane and starts it again on the same address and data
+// directory (and database), as an operator restarting the service would.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.start(t)
+}
+
+// HTTPClient is an HTTP/2 client that trusts only this control plane's CA.
+func (s *Server) HTTPClient() *http.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.http
+}
+
+// AdminClient is an EdgeAdminService client sending the bootstrap admin token.
+func (s *Server) AdminClient() edgev1connect.EdgeAdminServiceClient {
+	return s.AdminClientWithToken(s.AdminToken)
+}
+
+// AdminClientWithToken is an EdgeAdminService client sending token ("" sends none).
+func (s *Server) AdminClientWithToken(token string) edgev1connect.EdgeAdminServiceClient {
+	return edgev1connect.NewEdgeAdminServiceClient(s.HTTPClient(), s.URL, connect.WithInterceptors(bearer(token)))
+}
+
+// ClusterClient is a NodeClusterService client (what a daemon uses).
+func (s *Server) ClusterClient() edgev1connect.NodeClusterServiceClient {
+	return edgev1connect.NewNodeClusterServiceClient(s.HTTPClient(), s.URL)
+}
+
+// EnrollmentToken creates an enrollment token with tags through the admin API and
+// returns its full text.
+func (s *Server) EnrollmentToken(t testing.TB, tags ...string) string {
+	t.Helper()
+	resp, err := s.AdminClient().CreateEnrollmentToken(context.Background(), connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{
+		Tags: tags,
+		Ttl:  durationpb.New(15 * time.Minute),
+	}))
+	if err != nil {
+		t.Fatalf("cptest: create enrollment token: %v", err)
+	}
+	return resp.Msg.GetToken()
+}
+
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if b != "" {
+			req.Header().Set("Authorization", "Bearer "+string(b))
+		}
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		if b != "" {
+			conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		}
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}

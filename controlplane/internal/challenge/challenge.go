@@ -1,0 +1,103 @@
+// Package challenge owns server nonces: random, single-use, 60-second challenges that
+// a key signs at enrollment and attestation. Nonces live in the store, so any replica
+// can consume a nonce another one issued; issuing is rate-limited per source address
+// and per node.
+package challenge
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"time"
+
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/controlplane/internal/ratelimit"
+	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+)
+
+// Lifetime of a nonce.
+const Lifetime = 60 * time.Second
+
+// Purposes a nonce is issued for; a nonce only works for its own purpose.
+const (
+	PurposeEnroll = "enroll"
+	PurposeAttest = "attest"
+)
+
+// NodeIDPattern is the form of every node id ("n-" + 12 lowercase hex).
+var NodeIDPattern = regexp.MustCompile(`^n-[0-9a-f]{12}$`)
+
+// Config wires a Service.
+type Config struct {
+	Store store.Tx
+	Now   func() time.Time
+	Rand  io.Reader
+	// PerSource and PerNode limit challenges; nil means unlimited.
+	PerSource, PerNode *ratelimit.Limiter
+}
+
+// Service issues nonces.
+type Service struct{ cfg Config }
+
+// New returns a Service.
+func New(cfg Config) *Service { return &Service{cfg: cfg} }
+
+// Issue makes a nonce for purpose. nodeID is required for attestation and must be
+// empty for enrollment; source is the caller's address for rate limiting.
+func (s *Service) Issue(ctx context.Context, purpose, nodeID, source string) (store.Nonce, error) {
+	now := s.cfg.Now()
+	switch purpose {
+	case PurposeEnroll:
+		if nodeID != "" {
+			return store.Nonce{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "an enrollment challenge takes no node_id")
+		}
+	case PurposeAttest:
+		if !NodeIDPattern.MatchString(nodeID) {
+			return store.Nonce{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "an attestation challenge needs a node_id of the form n-<12 hex>")
+		}
+	default:
+		return store.Nonce{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "challenge purpose must be ENROLL or ATTEST")
+	}
+	if !s.cfg.PerSource.Allow(source, now) || (nodeID != "" && !s.cfg.PerNode.Allow(nodeID, now)) {
+		return store.Nonce{}, rejection.New(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, "too many challenges: slow down and retry")
+	}
+	var raw [32]byte
+	if _, err := io.ReadFull(s.cfg.Rand, raw[:]); err != nil {
+		return store.Nonce{}, fmt.Errorf("nonce: random: %w", err)
+	}
+	n := store.Nonce{
+		Value:     base64.RawURLEncoding.EncodeToString(raw[:]),
+		NodeID:    nodeID,
+		Purpose:   purpose,
+		ExpiresAt: now.Add(Lifetime),
+	}
+	if err := s.cfg.Store.InsertNonce(ctx, n); err != nil {
+		return store.Nonce{}, fmt.Errorf("store nonce: %w", err)
+	}
+	return n, nil
+}
+
+// Consume spends a nonce inside tx: it must exist, be unexpired at now, and have been
+// issued for purpose (and, for attestation, for nodeID). Any mismatch is NONCE_INVALID
+// with one message, so a prober learns nothing about which check failed.
+func Consume(ctx context.Context, tx store.Tx, value, purpose, nodeID string, now time.Time) error {
+	invalid := rejection.New(edgev1.RejectReason_REJECT_REASON_NONCE_INVALID, "nonce is unknown, expired, already used or issued for another purpose: request a new challenge")
+	if value == "" {
+		return invalid
+	}
+	n, err := tx.ConsumeNonce(ctx, value, now)
+	if errors.Is(err, store.ErrNotFound) {
+		return invalid
+	}
+	if err != nil {
+		return fmt.Errorf("consume nonce: %w", err)
+	}
+	if n.Purpose != purpose || n.NodeID != nodeID {
+		return invalid
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+// Package config owns the control plane's settings: the layered File form (defaults,
+// an optional YAML file, AEGIS_* environment variables, flags — later layers win) and
+// the validated runtime Config that the rest of the program uses. Input is merged once
+// and validated once, here; nothing downstream re-parses a setting.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// File is the settings as written by a person: in a YAML file, the environment or
+// flags. Every field is a string so that "not given" (empty) is distinguishable from
+// a zero value, and so that each layer parses the same way.
+type File struct {
+	Listen            string `yaml:"listen"`
+	DataDir           string `yaml:"data_dir"`
+	DatabaseURL       string `yaml:"database_url"`
+	TLSCert           string `yaml:"tls_cert"`
+	TLSKey            string `yaml:"tls_key"`
+	AdvertiseURL      string `yaml:"advertise_url"`
+	HeartbeatInterval string `yaml:"heartbeat_interval"`
+	TokenTTL          string `yaml:"token_ttl"`
+	MaxClockSkew      string `yaml:"max_clock_skew"`
+	LogLevel          string `yaml:"log_level"`
+}
+
+// Defaults are the documented defaults (DESIGN §9).
+func Defaults() File {
+	return File{
+		Listen:            "127.0.0.1:7443",
+		DataDir:           "./aegis-data",
+		HeartbeatInterval: "10s",
+		TokenTTL:          "1h",
+		MaxClockSkew:      "60s",
+		LogLevel:          "info",
+	}
+}
+
+// Merge overlays layers in order; a non-empty field of a later layer wins.
+func Merge(layers ...File) File {
+	var out File
+	for _, l := range layers {
+		set := func(dst *string, v string) {
+			if v != "" {
+				*dst = v
+			}
+		}
+		set(&out.Listen, l.Listen)
+		set(&out.DataDir, l.DataDir)
+		set(&out.DatabaseURL, l.DatabaseURL)
+		set(&out.TLSCert, l.TLSCert)
+		set(&out.TLSKey, l.TLSKey)
+		set(&out.AdvertiseURL, l.AdvertiseURL)
+		set(&out.HeartbeatInterval, l.HeartbeatInterval)
+		set(&out.TokenTTL, l.TokenTTL)
+		set(&out.MaxClockSkew, l.MaxClockSkew)
+		set(&out.LogLevel, l.LogLevel)
+	}
+	return out
+}
+
+// LoadFile reads a YAML settings file. Unknown keys are an error: a misspelt setting
+// silently ignored is worse than a refusal to start.
+func LoadFile(path string) (File, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("read config file: %w", err)
+	}
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	// An empty file decodes as io.EOF: it simply sets nothing.
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return File{}, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Database kinds.
+const (
+	DatabaseSQLite   = "sqlite"
+	DatabasePostgres = "postgres"
+)
+
+// Config is the validated runtime configuration.
+type Config struct {
+	Listen  string
+	DataDir string
+	// DatabaseKind is DatabaseSQLite or DatabasePostgres.
+	DatabaseKind string
+	// DatabaseURL is the postgres URL, or the SQLite file path.
+	DatabaseURL string
+	// TLSCert and TLSKey are both empty (generate into DataDir) or both set.
+	TLSCert, TLSKey string
+	// AdvertiseURL is the base URL put inside enrollment tokens.
+	AdvertiseURL      string
+	HeartbeatInterval time.Duration
+	TokenTTL          time.Duration
+	MaxClockSkew      time.Duration
+	LogLevel          slog.Level
+}
+
+// Resolve validates f (already merged over Defaults) into a Config. Each error names
+// the flag to fix and what a good value looks like; none echoes a database password.
+func (f File) Resolve() (Config, error) {
+	var c Config
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	host, port, err := net.SplitHostPort(f.Listen)
+	if err != nil {
+		bad("invalid --listen %q: want HOST:PORT, e.g. 127.0.0.1:7443", f.Listen)
+	} else if p, perr := strconv.Atoi(port); perr != nil || p < 0 || p > 65535 {
+		bad("invalid --listen %q: port must be a number from 0 to 65535", f.Listen)
+	} else if host != "" && net.ParseIP(host) == nil && !validHostname(host) {
+		bad("invalid --listen %q: %q is neither an IP address nor a host name", f.Listen, host)
+	}
+	c.Listen = f.Listen
+
+	if f.DataDir == "" {
+		bad("--data-dir must not be empty")
+	} else if abs, err := filepath.Abs(f.DataDir); err != nil {
+		bad("invalid --data-dir %q: %v", f.DataDir, err)
+	} else {
+		c.DataDir = abs
+	}
+
+	switch u := f.DatabaseURL; {
+	case u == "":
+		c.DatabaseKind, c.DatabaseURL = DatabaseSQLite, filepath.Join(c.DataDir, "aegis.db")
+	case strings.HasPrefix(u, "postgres://"), strings.HasPrefix(u, "postgresql://"):
+		if _, err := url.Parse(u); err != nil {
+			bad("invalid --database-url: not a parseable postgres:// URL")
+		}
+		c.DatabaseKind, c.DatabaseURL = DatabasePostgres, u
+	case strings.HasPrefix(u, "sqlite://"), strings.HasPrefix(u, "sqlite:"):
+		p := strings.TrimPrefix(strings.TrimPrefix(u, "sqlite:"), "//")
+		if p == "" {
+			bad("invalid --database-url %q: want sqlite://PATH", u)
+		}
+		c.DatabaseKind, c.DatabaseURL = DatabaseSQLite, p
+	default:
+		scheme := "(none)"
+		if i := strings.Index(u, "://"); i > 0 {
+			scheme = u[:i]
+		} else if i := strings.Index(u, ":"); i > 0 {
+			scheme = u[:i]
+		}
+		bad("unsupported --database-url scheme %q: use postgres://USER@HOST:PORT/DB, sqlite://PATH, or leave it empty for an SQLite file in --data-dir", scheme)
+	}
+
+	if (f.TLSCert == "") != (f.TLSKey == "") {
+		bad("--tls-cert and --tls-key go together: give both, or neither to use a generated CA")
+	}
+	c.TLSCert, c.TLSKey = f.TLSCert, f.TLSKey
+
+	c.AdvertiseURL = f.AdvertiseURL
+	if c.AdvertiseURL == "" && err == nil {
+		c.AdvertiseURL = "https://" + net.JoinHostPort(advertiseHost(host), port)
+	}
+	if f.AdvertiseURL != "" {
+		u, err := url.Parse(f.AdvertiseURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			bad("invalid --advertise-url %q: want https://HOST[:PORT], the address hosts use to reach this server", f.AdvertiseURL)
+		} else {
+			c.AdvertiseURL = strings.TrimSuffix(f.AdvertiseURL, "/")
+		}
+	}
+
+	dur := func(flag, v string, lo, hi time.Duration, dst *time.Duration) {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			bad("invalid --%s %q: want a duration such as 10s, 5m or 1h", flag, v)
+			return
+		}
+		if d < lo || d > hi {
+			bad("invalid --%s %s: must be between %s and %s", flag, d, lo, hi)
+			return
+		}
+		*dst = d
+	}
+	dur("heartbeat-interval", f.HeartbeatInterval, 50*time.Millisecond, time.Hour, &c.HeartbeatInterval)
+	dur("token-ttl", f.TokenTTL, time.Minute, 7*24*time.Hour, &c.TokenTTL)
+	dur("max-clock-skew", f.MaxClockSkew, time.Second, time.Hour, &c.MaxClockSkew)
+
+	switch strings.ToLower(f.LogLevel) {
+	case "debug":
+		c.LogLevel = slog.LevelDebug
+	case "info", "":
+		c.LogLevel = slog.LevelInfo
+	case "warn", "warning":
+		c.LogLevel = slog.LevelWarn
+	case "error":
+		c.LogLevel = slog.LevelError
+	default:
+		bad("invalid --log-level %q: want debug, info, warn or error", f.LogLevel)
+	}
+
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// advertiseHost picks the host to put in the default advertise URL: a wildcard
+// listen address is not reachable as such, so the machine's name stands in.
+func advertiseHost(listenHost string) string {
+	switch listenHost {
+	case "", "0.0.0.0", "::":
+		if h, err := os.Hostname(); err == nil && h != "" {
+			return h
+		}
+		return "localhost"
+	}
+	return listenHost
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}

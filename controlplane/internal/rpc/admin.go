@@ -1,0 +1,204 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/fingerprint"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// AdminConfig wires the EdgeAdminService handler.
+type AdminConfig struct {
+	Enroll *enroll.Service
+	Hosts  *hosts.Service
+	Store  store.Tx
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Admin implements edgev1connect.EdgeAdminServiceHandler. It must be mounted behind
+// AuthInterceptor.
+type Admin struct{ cfg AdminConfig }
+
+// NewAdmin returns the handler.
+func NewAdmin(cfg AdminConfig) *Admin { return &Admin{cfg: cfg} }
+
+func (a *Admin) principal(ctx context.Context) (apitoken.Principal, error) {
+	p, ok := PrincipalFrom(ctx)
+	if !ok {
+		// Only reachable if the handler was mounted without the interceptor.
+		return apitoken.Principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("no authenticated operator"))
+	}
+	return p, nil
+}
+
+func (a *Admin) fail(ctx context.Context, op string, err error) error {
+	return toConnect(ctx, a.cfg.Logger, a.cfg.Now(), op, err)
+}
+
+// WhoAmI implements EdgeAdminService.WhoAmI.
+func (a *Admin) WhoAmI(ctx context.Context, _ *connect.Request[edgev1.WhoAmIRequest]) (*connect.Response[edgev1.WhoAmIResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t, err := a.cfg.Store.GetTenant(ctx, p.TenantID)
+	if err != nil {
+		return nil, a.fail(ctx, "WhoAmI", err)
+	}
+	return connect.NewResponse(&edgev1.WhoAmIResponse{
+		TokenId:    p.TokenID,
+		Role:       p.Role,
+		Tenant:     tenantPB(t),
+		ServerTime: timestamppb.New(a.cfg.Now()),
+	}), nil
+}
+
+// CreateEnrollmentToken implements EdgeAdminService.CreateEnrollmentToken.
+func (a *Admin) CreateEnrollmentToken(ctx context.Context, req *connect.Request[edgev1.CreateEnrollmentTokenRequest]) (*connect.Response[edgev1.CreateEnrollmentTokenResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ttl time.Duration
+	if req.Msg.GetTtl() != nil {
+		if err := req.Msg.GetTtl().CheckValid(); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("ttl is not a valid duration"))
+		}
+		ttl = req.Msg.GetTtl().AsDuration()
+		if ttl <= 0 {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("ttl must be positive"))
+		}
+	}
+	text, rec, err := a.cfg.Enroll.CreateToken(ctx, p, enroll.CreateTokenRequest{
+		TenantID: req.Msg.GetTenantId(),
+		Name:     req.Msg.GetName(),
+		Tags:     req.Msg.GetTags(),
+		TTL:      ttl,
+	})
+	if err != nil {
+		return nil, a.fail(ctx, "CreateEnrollmentToken", err)
+	}
+	a.cfg.Logger.InfoContext(ctx, "enrollment token created", "operator", p.TokenID, "enrollment_token", rec.ID, "tenant", rec.TenantID, "expires", rec.ExpiresAt)
+	return connect.NewResponse(&edgev1.CreateEnrollmentTokenResponse{
+		Token:           text,
+		EnrollmentToken: enrollmentTokenPB(rec, a.cfg.Now()),
+	}), nil
+}
+
+// ListEnrollmentTokens implements EdgeAdminService.ListEnrollmentTokens.
+func (a *Admin) ListEnrollmentTokens(ctx context.Context, _ *connect.Request[edgev1.ListEnrollmentTokensRequest]) (*connect.Response[edgev1.ListEnrollmentTokensResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := a.cfg.Enroll.ListTokens(ctx, p)
+	if err != nil {
+		return nil, a.fail(ctx, "ListEnrollmentTokens", err)
+	}
+	now := a.cfg.Now()
+	out := &edgev1.ListEnrollmentTokensResponse{}
+	for _, t := range list {
+		out.EnrollmentTokens = append(out.EnrollmentTokens, enrollmentTokenPB(t, now))
+	}
+	return connect.NewResponse(out), nil
+}
+
+// RevokeEnrollmentToken implements EdgeAdminService.RevokeEnrollmentToken.
+func (a *Admin) RevokeEnrollmentToken(ctx context.Context, req *connect.Request[edgev1.RevokeEnrollmentTokenRequest]) (*connect.Response[edgev1.RevokeEnrollmentTokenResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.cfg.Enroll.RevokeToken(ctx, p, req.Msg.GetId()); err != nil {
+		return nil, a.fail(ctx, "RevokeEnrollmentToken", err)
+	}
+	a.cfg.Logger.InfoContext(ctx, "enrollment token revoked", "operator", p.TokenID, "enrollment_token", req.Msg.GetId())
+	return connect.NewResponse(&edgev1.RevokeEnrollmentTokenResponse{}), nil
+}
+
+// ListHosts implements EdgeAdminService.ListHosts.
+func (a *Admin) ListHosts(ctx context.Context, req *connect.Request[edgev1.ListHostsRequest]) (*connect.Response[edgev1.ListHostsResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	list, err := a.cfg.Hosts.List(ctx, p, req.Msg.GetTarget())
+	if err != nil {
+		return nil, a.fail(ctx, "ListHosts", err)
+	}
+	out := &edgev1.ListHostsResponse{}
+	for _, h := range list {
+		out.Hosts = append(out.Hosts, hostPB(h))
+	}
+	return connect.NewResponse(out), nil
+}
+
+// GetHost implements EdgeAdminService.GetHost.
+func (a *Admin) GetHost(ctx context.Context, req *connect.Request[edgev1.GetHostRequest]) (*connect.Response[edgev1.GetHostResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h, err := a.cfg.Hosts.Get(ctx, p, req.Msg.GetNodeId())
+	if err != nil {
+		return nil, a.fail(ctx, "GetHost", err)
+	}
+	return connect.NewResponse(&edgev1.GetHostResponse{Host: hostPB(h)}), nil
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func enrollmentTokenPB(t store.EnrollmentToken, now time.Time) *edgev1.EnrollmentToken {
+	return &edgev1.EnrollmentToken{
+		Id:        t.ID,
+		Name:      t.Name,
+		TenantId:  t.TenantID,
+		Tags:      t.Tags,
+		CreatedAt: ts(t.CreatedAt),
+		ExpiresAt: ts(t.ExpiresAt),
+		UsedAt:    ts(t.UsedAt),
+		UsedBy:    t.UsedBy,
+		RevokedAt: ts(t.RevokedAt),
+		State:     enroll.State(t, now),
+	}
+}
+
+func hostPB(h hosts.Host) *edgev1.Host {
+	status := edgev1.HostStatus_HOST_STATUS_DISCONNECTED
+	switch h.Status {
+	case hosts.StatusConnected:
+		status = edgev1.HostStatus_HOST_STATUS_CONNECTED
+	case hosts.StatusRevoked:
+		status = edgev1.HostStatus_HOST_STATUS_REVOKED
+	}
+	d := h.Daemon
+	return &edgev1.Host{
+		NodeId:          d.NodeID,
+		Name:            d.DisplayName,
+		Tenant:          tenantPB(h.Tenant),
+		Status:          status,
+		Tags:            d.Tags,
+		KeyFingerprint:  fingerprint.Of(d.PublicKey),
+		KeyRotatedAt:    ts(d.KeyRotatedAt),
+		LastSeenAt:      ts(h.LastSeen),
+		EnrolledAt:      ts(d.EnrolledAt),
+		Hostname:        d.Hostname,
+		Os:              d.OS,
+		SecurityContext: d.SecurityContext,
+	}
+}

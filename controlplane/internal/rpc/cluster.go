@@ -1,0 +1,285 @@
+package rpc
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
+	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
+	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
+	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
+	"github.com/aegis-edge/aegis/controlplane/internal/session"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// ClusterConfig wires the NodeClusterService handler.
+type ClusterConfig struct {
+	Challenges        *challenge.Service
+	Enroll            *enroll.Service
+	Auth              *nodeauth.Service
+	Sessions          *session.Registry
+	LastSeen          *session.LastSeen
+	Store             store.Store
+	Metrics           *metrics.Metrics
+	Now               func() time.Time
+	Logger            *slog.Logger
+	HeartbeatInterval time.Duration
+	// ReplicaID names this process in session rows.
+	ReplicaID string
+	Rand      io.Reader
+}
+
+// Cluster implements edgev1connect.NodeClusterServiceHandler.
+type Cluster struct{ cfg ClusterConfig }
+
+// NewCluster returns the handler.
+func NewCluster(cfg ClusterConfig) *Cluster { return &Cluster{cfg: cfg} }
+
+func (c *Cluster) fail(ctx context.Context, op string, err error) error {
+	return toConnect(ctx, c.cfg.Logger, c.cfg.Now(), op, err)
+}
+
+func peerHost(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
+// Challenge implements NodeClusterService.Challenge.
+func (c *Cluster) Challenge(ctx context.Context, req *connect.Request[edgev1.ChallengeRequest]) (*connect.Response[edgev1.ChallengeResponse], error) {
+	var purpose string
+	switch req.Msg.GetPurpose() {
+	case edgev1.ChallengePurpose_CHALLENGE_PURPOSE_ENROLL:
+		purpose = challenge.PurposeEnroll
+	case edgev1.ChallengePurpose_CHALLENGE_PURPOSE_ATTEST:
+		purpose = challenge.PurposeAttest
+	}
+	n, err := c.cfg.Challenges.Issue(ctx, purpose, req.Msg.GetNodeId(), peerHost(req.Peer().Addr))
+	if err != nil {
+		return nil, c.fail(ctx, "Challenge", err)
+	}
+	return connect.NewResponse(&edgev1.ChallengeResponse{
+		Nonce:      n.Value,
+		ServerTime: timestamppb.New(c.cfg.Now()),
+		ExpiresAt:  timestamppb.New(n.ExpiresAt),
+	}), nil
+}
+
+// Enroll implements NodeClusterService.Enroll.
+func (c *Cluster) Enroll(ctx context.Context, req *connect.Request[edgev1.EnrollRequest]) (*connect.Response[edgev1.EnrollResponse], error) {
+	m := req.Msg
+	res, err := c.cfg.Enroll.Enroll(ctx, enroll.Request{
+		TokenID:     m.GetEnrollmentTokenId(),
+		Secret:      m.GetEnrollmentSecret(),
+		PublicKey:   m.GetPublicKey(),
+		Nonce:       m.GetNonce(),
+		Signature:   m.GetSignature(),
+		DisplayName: m.GetDisplayName(),
+		Hostname:    m.GetHostname(),
+		OS:          m.GetOs(),
+	})
+	if err != nil {
+		return nil, c.fail(ctx, "Enroll", err)
+	}
+	c.cfg.Logger.InfoContext(ctx, "enrolled", "node", res.Daemon.NodeID, "tenant", res.Tenant.ID, "name", res.Daemon.DisplayName)
+	return connect.NewResponse(&edgev1.EnrollResponse{
+		NodeId:            res.Daemon.NodeID,
+		Tenant:            tenantPB(res.Tenant),
+		Tags:              res.Daemon.Tags,
+		NodeSecurityToken: res.Token.Token,
+		TokenExpiresAt:    timestamppb.New(res.Token.Claims.Expires()),
+		ServerTime:        timestamppb.New(c.cfg.Now()),
+	}), nil
+}
+
+// Attest implements NodeClusterService.Attest.
+func (c *Cluster) Attest(ctx context.Context, req *connect.Request[edgev1.AttestRequest]) (*connect.Response[edgev1.AttestResponse], error) {
+	m := req.Msg
+	res, err := c.cfg.Auth.Attest(ctx, nodeauth.AttestRequest{
+		NodeID:    m.GetNodeId(),
+		PublicKey: m.GetPublicKey(),
+		Nonce:     m.GetNonce(),
+		Signature: m.GetSignature(),
+	})
+	if err != nil {
+		return nil, c.fail(ctx, "Attest", err)
+	}
+	c.cfg.Logger.InfoContext(ctx, "attested", "node", res.Daemon.NodeID)
+	return connect.NewResponse(&edgev1.AttestResponse{
+		NodeSecurityToken: res.Token.Token,
+		TokenExpiresAt:    timestamppb.New(res.Token.Claims.Expires()),
+		ServerTime:        timestamppb.New(c.cfg.Now()),
+		Tenant:            tenantPB(res.Tenant),
+	}), nil
+}
+
+type received struct {
+	env *edgev1.SealNodeEnvelope
+	err error
+}
+
+// ConnectEdge implements NodeClusterService.ConnectEdge: Hello -> Welcome, then each
+// Heartbeat -> HeartbeatAck, until the daemon hangs up, an envelope is refused (the
+// stream ends with that refusal), or the server kicks the stream (Disconnect).
+func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]) error {
+	verifier := c.cfg.Auth.NewStream(edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT)
+
+	first, err := bs.Receive()
+	if err != nil {
+		return nil // the daemon left before saying anything
+	}
+	if err := verifier.Check(ctx, first); err != nil {
+		return c.fail(ctx, "ConnectEdge", err)
+	}
+	var ev edgev1.EdgeEvent
+	if err := proto.Unmarshal(first.GetPayload(), &ev); err != nil || ev.GetHello() == nil {
+		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "the first envelope of a stream must carry a Hello"))
+	}
+	nodeID := verifier.NodeID()
+	sessionID, err := newSessionID(c.cfg.Rand)
+	if err != nil {
+		return c.fail(ctx, "ConnectEdge", err)
+	}
+
+	h, err := c.cfg.Sessions.Attach(nodeID, sessionID)
+	if errors.Is(err, session.ErrClosed) {
+		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: ShutdownReconnectAfter(), Message: err.Error()}))
+	}
+	defer c.cfg.Sessions.Release(h)
+
+	now := c.cfg.Now()
+	if err := c.cfg.Store.InTx(ctx, func(tx store.Tx) error {
+		if err := tx.OpenSession(ctx, nodeID, sessionID, c.cfg.ReplicaID, now); err != nil {
+			return err
+		}
+		return tx.TouchLastSeen(ctx, map[string]time.Time{nodeID: now})
+	}); err != nil {
+		return c.fail(ctx, "ConnectEdge", err)
+	}
+	c.cfg.LastSeen.Touch(nodeID, now)
+	defer func() {
+		// The request context is gone by now; the row must still be cleared.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := c.cfg.Store.CloseSession(cctx, nodeID, sessionID); err != nil {
+			c.cfg.Logger.Warn("close session", "node", nodeID, "err", err)
+		}
+	}()
+	log := c.cfg.Logger.With("node", nodeID, "session", sessionID)
+	log.InfoContext(ctx, "stream open", "agent_version", ev.GetHello().GetAgentVersion(), "hostname", ev.GetHello().GetHostname())
+
+	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: &edgev1.Welcome{
+		SessionId:         sessionID,
+		ServerTime:        timestamppb.New(now),
+		HeartbeatInterval: durationpb.New(c.cfg.HeartbeatInterval),
+	}}}); err != nil {
+		return nil
+	}
+
+	// Receive on its own goroutine so a Kick can end the stream while the daemon is
+	// silent; every Send stays on this goroutine.
+	done := make(chan struct{})
+	defer close(done)
+	recv := make(chan received, 1)
+	go func() {
+		for {
+			env, err := bs.Receive()
+			select {
+			case recv <- received{env, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			log.InfoContext(ctx, "stream closed", "why", "request context ended")
+			return nil
+		case k := <-h.Kicked():
+			log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
+			return bs.Send(disconnect(k))
+		case r := <-recv:
+			if r.err != nil {
+				log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
+				return nil
+			}
+			if err := verifier.Check(ctx, r.env); err != nil {
+				return c.fail(ctx, "ConnectEdge", err)
+			}
+			var ev edgev1.EdgeEvent
+			if err := proto.Unmarshal(r.env.GetPayload(), &ev); err != nil {
+				return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
+			}
+			now := c.cfg.Now()
+			c.cfg.LastSeen.Touch(nodeID, now)
+			switch ev.GetEvent().(type) {
+			case *edgev1.EdgeEvent_Heartbeat:
+				c.cfg.Metrics.Heartbeat()
+				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
+					Sequence:   r.env.GetSequence(),
+					ServerTime: timestamppb.New(now),
+				}}}); err != nil {
+					return nil
+				}
+			default:
+				// A second Hello or an event this server does not know yet: the
+				// envelope was genuine, so it only refreshes last-seen.
+			}
+		}
+	}
+}
+
+// ShutdownReconnectAfter is the jittered reconnect hint sent with Disconnect{SHUTDOWN}:
+// 1-3s, so a fleet does not reconnect in one burst.
+func ShutdownReconnectAfter() time.Duration {
+	return time.Second + mrand.N(2*time.Second)
+}
+
+func disconnect(k session.Kick) *edgev1.EdgeCommand {
+	reason := edgev1.DisconnectReason_DISCONNECT_REASON_UNSPECIFIED
+	switch k.Reason {
+	case session.ReasonShutdown:
+		reason = edgev1.DisconnectReason_DISCONNECT_REASON_SHUTDOWN
+	case session.ReasonReplaced:
+		reason = edgev1.DisconnectReason_DISCONNECT_REASON_REPLACED
+	case session.ReasonRevoked:
+		reason = edgev1.DisconnectReason_DISCONNECT_REASON_REVOKED
+	case session.ReasonReattest:
+		reason = edgev1.DisconnectReason_DISCONNECT_REASON_REATTEST
+	}
+	d := &edgev1.Disconnect{Reason: reason, Message: k.Message}
+	if k.ReconnectAfter > 0 {
+		d.ReconnectAfter = durationpb.New(k.ReconnectAfter)
+	}
+	return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Disconnect{Disconnect: d}}
+}
+
+func newSessionID(rnd io.Reader) (string, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(rnd, b[:]); err != nil {
+		return "", err
+	}
+	return "s-" + hex.EncodeToString(b[:]), nil
+}
+
+func tenantPB(t store.Tenant) *edgev1.Tenant {
+	return &edgev1.Tenant{Id: t.ID, Name: t.Name, Kind: t.Kind}
+}

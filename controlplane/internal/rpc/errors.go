@@ -1,0 +1,56 @@
+// Package rpc owns the Connect handlers of NodeClusterService and EdgeAdminService:
+// translating protobuf to domain calls and back, mapping domain errors to Connect
+// codes (daemon refusals carry an api/reject Rejection detail), logging each failure
+// once, and the interceptors for operator authentication and RPC metrics.
+package rpc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/reject"
+	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+)
+
+// toConnect maps a domain error to the error a client sees, logging it once. Internal
+// failures are logged with their detail and returned without it.
+func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if r, ok := rejection.As(err); ok {
+		logger.InfoContext(ctx, "refused", "rpc", op, "reason", reject.Short(r.Reason), "msg", r.Msg)
+		return reject.New(r.Reason, r.Msg, now)
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	var code connect.Code
+	switch {
+	case errors.Is(err, apitoken.ErrUnauthenticated):
+		code = connect.CodeUnauthenticated
+	case errors.Is(err, apitoken.ErrPermissionDenied):
+		code = connect.CodePermissionDenied
+	case errors.Is(err, store.ErrNotFound):
+		code = connect.CodeNotFound
+	case errors.Is(err, enroll.ErrInvalid), errors.Is(err, hosts.ErrInvalid):
+		code = connect.CodeInvalidArgument
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	default:
+		logger.ErrorContext(ctx, "internal error", "rpc", op, "err", err)
+		return connect.NewError(connect.CodeInternal, errors.New("internal error (logged on the control plane)"))
+	}
+	logger.InfoContext(ctx, "refused", "rpc", op, "code", code.String(), "err", err)
+	return connect.NewError(code, err)
+}

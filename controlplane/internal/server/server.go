@@ -1,0 +1,410 @@
+// Package server owns the control plane process: it opens the store, runs the
+// first-start bootstrap, loads the TLS identity, wires the domain services into the
+// Connect handlers (which also speak gRPC and gRPC-Web) beside /healthz, /readyz and
+// /metrics on one TLS HTTP/2 port, runs housekeeping, and shuts down gracefully:
+// every open stream is told Disconnect{SHUTDOWN} with a jittered reconnect hint,
+// sessions are cleared, pending last-seen times are flushed, and the store is closed.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
+	"github.com/aegis-edge/aegis/controlplane/internal/bootstrap"
+	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
+	"github.com/aegis-edge/aegis/controlplane/internal/config"
+	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
+	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
+	"github.com/aegis-edge/aegis/controlplane/internal/ratelimit"
+	"github.com/aegis-edge/aegis/controlplane/internal/rpc"
+	"github.com/aegis-edge/aegis/controlplane/internal/session"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/tlsca"
+	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const (
+	// lastSeenFlushEvery bounds how stale last_seen_at in the database can be.
+	lastSeenFlushEvery = 2 * time.Second
+	housekeepingEvery  = time.Minute
+	// DefaultShutdownTimeout bounds a graceful shutdown.
+	DefaultShutdownTimeout = 15 * time.Second
+)
+
+// Options configures New. Only Config is required.
+type Options struct {
+	Config config.Config
+	Logger *slog.Logger
+	// Now is the protocol clock (token expiry, nonces, skew); nil means time.Now.
+	// TLS certificates always use the real clock, since clients check them with theirs.
+	Now func() time.Time
+	// Rand feeds every key, nonce and id; nil means crypto/rand.
+	Rand io.Reader
+	// Listener, if set, is served instead of listening on Config.Listen.
+	Listener net.Listener
+	// Registry receives the metrics; nil means a new registry with Go and process
+	// collectors.
+	Registry *prometheus.Registry
+	// ReplicaID names this process in session rows; "" means hostname:port.
+	ReplicaID string
+	// ShutdownTimeout bounds graceful shutdown; 0 means DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// RefreshGrace overrides nodeauth.DefaultRefreshGrace when positive.
+	RefreshGrace time.Duration
+}
+
+// Server is a running control plane.
+type Server struct {
+	opts     Options
+	cfg      config.Config
+	log      *slog.Logger
+	now      func() time.Time
+	ln       net.Listener
+	http     *http.Server
+	store    store.Store
+	tls      tlsca.Bundle
+	metrics  *metrics.Metrics
+	sessions *session.Registry
+	lastSeen *session.LastSeen
+	auth     *nodeauth.Service
+	black    *tokens.Blacklist
+	replica  string
+	ready    atomic.Bool
+}
+
+// New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
+// services and listener. Nothing is served until Run.
+func New(ctx context.Context, opts Options) (_ *Server, err error) {
+	cfg := opts.Config
+	s := &Server{opts: opts, cfg: cfg, log: opts.Logger, now: opts.Now}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	rnd := opts.Rand
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+
+	if err := ensureDataDir(cfg.DataDir, s.log); err != nil {
+		return nil, err
+	}
+	s.store, err = openStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = s.store.Close()
+		}
+	}()
+	if err := bootstrap.Run(ctx, bootstrap.Config{Store: s.store, DataDir: cfg.DataDir, Now: s.now, Rand: rnd, Logger: s.log}); err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+
+	if cfg.TLSCert != "" {
+		s.tls, err = tlsca.Load(cfg.TLSCert, cfg.TLSKey)
+	} else {
+		s.tls, err = tlsca.Ensure(cfg.DataDir, tlsca.DefaultHosts(tlsHosts(cfg)...), time.Now(), rnd)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	s.metrics = metrics.New(reg)
+
+	issuer, err := tokens.LoadIssuer(ctx, s.store, cfg.TokenTTL)
+	if err != nil {
+		return nil, err
+	}
+	s.black = tokens.NewBlacklist(s.metrics)
+	if err := s.black.Warm(ctx, s.store, s.now()); err != nil {
+		return nil, err
+	}
+
+	s.ln = opts.Listener
+	if s.ln == nil {
+		s.ln, err = net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			_ = s.ln.Close()
+		}
+	}()
+	s.replica = opts.ReplicaID
+	if s.replica == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(s.ln.Addr().String())
+		s.replica = host + ":" + port
+	}
+	// Rows left by an earlier run of this replica that died without cleaning up.
+	if err := s.store.CloseReplicaSessions(ctx, s.replica); err != nil {
+		return nil, fmt.Errorf("clear stale sessions: %w", err)
+	}
+
+	s.sessions = session.NewRegistry(s.metrics)
+	s.lastSeen = session.NewLastSeen(s.store, s.log)
+	s.auth = nodeauth.New(nodeauth.Config{
+		Store:         s.store,
+		Issuer:        issuer,
+		Blacklist:     s.black,
+		Now:           s.now,
+		MaxClockSkew:  cfg.MaxClockSkew,
+		RefreshGrace:  opts.RefreshGrace,
+		AttestLimiter: ratelimit.New(1, 10),
+		Metrics:       s.metrics,
+	})
+	enrollSvc := enroll.New(enroll.Config{
+		Store:        s.store,
+		Issuer:       issuer,
+		Now:          s.now,
+		Rand:         rnd,
+		Metrics:      s.metrics,
+		CADER:        s.tls.CADER,
+		AdvertiseURL: cfg.AdvertiseURL,
+	})
+	cluster := rpc.NewCluster(rpc.ClusterConfig{
+		Challenges: challenge.New(challenge.Config{
+			Store:     s.store,
+			Now:       s.now,
+			Rand:      rnd,
+			PerSource: ratelimit.New(50, 200),
+			PerNode:   ratelimit.New(1, 10),
+		}),
+		Enroll:            enrollSvc,
+		Auth:              s.auth,
+		Sessions:          s.sessions,
+		LastSeen:          s.lastSeen,
+		Store:             s.store,
+		Metrics:           s.metrics,
+		Now:               s.now,
+		Logger:            s.log,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		ReplicaID:         s.replica,
+		Rand:              rnd,
+	})
+	admin := rpc.NewAdmin(rpc.AdminConfig{
+		Enroll: enrollSvc,
+		Hosts: hosts.New(hosts.Config{
+			Store:             s.store,
+			Now:               s.now,
+			HeartbeatInterval: cfg.HeartbeatInterval,
+			Latest:            s.lastSeen.Latest,
+		}),
+		Store:  s.store,
+		Now:    s.now,
+		Logger: s.log,
+	})
+
+	metricsI := rpc.MetricsInterceptor{Metrics: s.metrics}
+	limits := connect.WithReadMaxBytes(1 << 20)
+	mux := http.NewServeMux()
+	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits))
+	// Metrics outermost, so refused authentications are counted too.
+	mux.Handle(edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+
+	s.http = &http.Server{
+		Handler: mux,
+		TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{s.tls.Certificate},
+			MinVersion:   tls.VersionTLS12,
+			NextProtos:   []string{"h2", "http/1.1"},
+		},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	return s, nil
+}
+
+// Addr is the address being served.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL is https://<listen address>.
+func (s *Server) URL() string { return "https://" + s.ln.Addr().String() }
+
+// CAPEM is the CA certificate clients pin.
+func (s *Server) CAPEM() []byte { return s.tls.CAPEM }
+
+// Store is the server's store (closed once Run returns).
+func (s *Server) Store() store.Store { return s.store }
+
+// AdminTokenPath is where the bootstrap admin token was written.
+func (s *Server) AdminTokenPath() string {
+	return filepath.Join(s.cfg.DataDir, bootstrap.AdminTokenFile)
+}
+
+// Run serves until ctx ends, then shuts down gracefully. It returns nil after a clean
+// shutdown.
+func (s *Server) Run(ctx context.Context) error {
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.lastSeen.Run(bg, lastSeenFlushEvery) }()
+	go func() { defer wg.Done(); s.housekeeping(bg) }()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.http.ServeTLS(s.ln, "", "") }()
+	s.ready.Store(true)
+	s.log.Info("control plane serving", "url", s.URL(), "advertise_url", s.cfg.AdvertiseURL, "data_dir", s.cfg.DataDir, "database", s.cfg.DatabaseKind, "replica", s.replica)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve: %w", err)
+	}
+	shutErr := s.shutdown()
+	stopBG()
+	wg.Wait()
+	fin := s.finish()
+	return errors.Join(runErr, shutErr, fin)
+}
+
+// shutdown tells every stream to reconnect elsewhere or later, then stops the HTTP
+// server once the handlers have returned.
+func (s *Server) shutdown() error {
+	s.ready.Store(false)
+	timeout := s.opts.ShutdownTimeout
+	if timeout == 0 {
+		timeout = DefaultShutdownTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	n := s.sessions.Len()
+	s.log.Info("shutting down", "open_streams", n)
+	if err := s.sessions.Shutdown(ctx, rpc.ShutdownReconnectAfter); err != nil {
+		s.log.Warn("streams did not all close in time", "err", err)
+	}
+	if err := s.http.Shutdown(ctx); err != nil {
+		_ = s.http.Close()
+		return fmt.Errorf("http shutdown: %w", err)
+	}
+	return nil
+}
+
+// finish writes what is still in memory and closes the store.
+func (s *Server) finish() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var errs []error
+	if err := s.lastSeen.Flush(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush last_seen_at: %w", err))
+	}
+	if err := s.store.CloseReplicaSessions(ctx, s.replica); err != nil {
+		errs = append(errs, fmt.Errorf("clear sessions: %w", err))
+	}
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	s.log.Info("control plane stopped")
+	return errors.Join(errs...)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if !s.ready.Load() {
+		http.Error(w, "not ready: starting or shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.Warn("readyz: store ping failed", "err", err)
+		http.Error(w, "not ready: database unreachable", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// housekeeping purges what has expired anyway: blacklist rows and nonces in the
+// store, and the in-memory caches.
+func (s *Server) housekeeping(ctx context.Context) {
+	t := time.NewTicker(housekeepingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		if _, err := s.store.PurgeBlacklist(ctx, now); err != nil && ctx.Err() == nil {
+			s.log.Warn("purge token blacklist", "err", err)
+		}
+		if _, err := s.store.PurgeNonces(ctx, now); err != nil && ctx.Err() == nil {
+			s.log.Warn("purge nonces", "err", err)
+		}
+		s.black.Purge(now)
+		s.auth.Purge(now)
+	}
+}
+
+func ensureDataDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data dir %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("data dir is accessible by group or others; it holds keys: chmod 700 it", "dir", dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+	return nil
+}
+
+// tlsHosts are the names the generated server certificate must cover beyond the
+// defaults: the advertise URL's host and a specific listen host.
+func tlsHosts(cfg config.Config) []string {
+	var out []string
+	if u, err := url.Parse(cfg.AdvertiseURL); err == nil && u.Hostname() != "" {
+		out = append(out, u.Hostname())
+	}
+	if h, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		switch h {
+		case "", "0.0.0.0", "::":
+		default:
+			out = append(out, h)
+		}
+	}
+	return out
+}

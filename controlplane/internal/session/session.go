@@ -1,0 +1,234 @@
+// Package session owns the live streams held by this replica: the registry from node
+// id to its one open stream (a newer stream replaces an older one), the way other
+// parts of the control plane reach a stream (a Kick that makes it send Disconnect and
+// close; later issues push commands the same way), and the batching of last_seen_at
+// so that heartbeats never cost a database write each.
+package session
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+)
+
+// ErrClosed: the registry is shutting down and takes no new streams.
+var ErrClosed = errors.New("control plane is shutting down")
+
+// Reason says why a stream is being closed by the server.
+type Reason int
+
+const (
+	ReasonShutdown Reason = iota + 1
+	ReasonReplaced
+	ReasonRevoked
+	ReasonReattest
+)
+
+// Kick asks a stream to send Disconnect and end.
+type Kick struct {
+	Reason         Reason
+	ReconnectAfter time.Duration
+	Message        string
+}
+
+// Handle is one registered stream.
+type Handle struct {
+	NodeID    string
+	SessionID string
+	kick      chan Kick
+	once      sync.Once
+	released  sync.Once
+}
+
+// Kicked delivers at most one Kick.
+func (h *Handle) Kicked() <-chan Kick { return h.kick }
+
+func (h *Handle) send(k Kick) {
+	h.once.Do(func() { h.kick <- k })
+}
+
+// Registry maps node ids to their open stream on this replica. Safe for concurrent
+// use.
+type Registry struct {
+	mu      sync.Mutex
+	byNode  map[string]*Handle
+	closed  bool
+	live    sync.WaitGroup
+	metrics *metrics.Metrics
+}
+
+// NewRegistry returns an empty registry reporting to m (may be nil).
+func NewRegistry(m *metrics.Metrics) *Registry {
+	return &Registry{byNode: map[string]*Handle{}, metrics: m}
+}
+
+// Attach registers a stream for nodeID. An older stream of the same node is kicked
+// with ReasonReplaced. After Shutdown it returns ErrClosed. Every attached handle
+// must be Released.
+func (r *Registry) Attach(nodeID, sessionID string) (*Handle, error) {
+	h := &Handle{NodeID: nodeID, SessionID: sessionID, kick: make(chan Kick, 1)}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, ErrClosed
+	}
+	old := r.byNode[nodeID]
+	r.byNode[nodeID] = h
+	r.live.Add(1)
+	r.mu.Unlock()
+	r.metrics.ConnectedDaemons(1)
+	if old != nil {
+		old.send(Kick{Reason: ReasonReplaced, Message: "a newer stream for this node took over"})
+	}
+	return h, nil
+}
+
+// Release unregisters h (if it is still the node's current stream) once the stream
+// has ended.
+func (r *Registry) Release(h *Handle) {
+	h.released.Do(func() {
+		r.mu.Lock()
+		if r.byNode[h.NodeID] == h {
+			delete(r.byNode, h.NodeID)
+		}
+		r.mu.Unlock()
+		r.metrics.ConnectedDaemons(-1)
+		r.live.Done()
+	})
+}
+
+// Get returns the node's current stream on this replica.
+func (r *Registry) Get(nodeID string) (*Handle, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, ok := r.byNode[nodeID]
+	return h, ok
+}
+
+// Kick asks the node's current stream (if on this replica) to disconnect.
+func (r *Registry) Kick(nodeID string, k Kick) bool {
+	h, ok := r.Get(nodeID)
+	if ok {
+		h.send(k)
+	}
+	return ok
+}
+
+// Len is the number of registered streams.
+func (r *Registry) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byNode)
+}
+
+// Shutdown refuses new streams and kicks every registered one with ReasonShutdown and
+// a reconnect hint from after (called per stream, so hints can be jittered to spread
+// the reconnect storm). It then waits until every stream has been released or ctx
+// ends.
+func (r *Registry) Shutdown(ctx context.Context, after func() time.Duration) error {
+	r.mu.Lock()
+	r.closed = true
+	all := make([]*Handle, 0, len(r.byNode))
+	for _, h := range r.byNode {
+		all = append(all, h)
+	}
+	r.mu.Unlock()
+	for _, h := range all {
+		h.send(Kick{Reason: ReasonShutdown, ReconnectAfter: after(), Message: "control plane is shutting down: reconnect shortly"})
+	}
+	done := make(chan struct{})
+	go func() { r.live.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// LastSeen batches heartbeat times and writes them with one TouchLastSeen per flush.
+// It also remembers the newest time per node it has seen, so status queries on this
+// replica are current between flushes.
+type LastSeen struct {
+	store  store.Tx
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	dirty  map[string]time.Time
+	latest map[string]time.Time
+}
+
+// NewLastSeen returns a batcher writing to st.
+func NewLastSeen(st store.Tx, logger *slog.Logger) *LastSeen {
+	return &LastSeen{store: st, logger: logger, dirty: map[string]time.Time{}, latest: map[string]time.Time{}}
+}
+
+// Touch records that node was seen at t.
+func (l *LastSeen) Touch(nodeID string, t time.Time) {
+	l.mu.Lock()
+	if t.After(l.latest[nodeID]) {
+		l.latest[nodeID] = t
+		l.dirty[nodeID] = t
+	}
+	l.mu.Unlock()
+}
+
+// Latest is the newest time this replica saw node (zero if none).
+func (l *LastSeen) Latest(nodeID string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.latest[nodeID]
+}
+
+// Forget drops node from the in-memory view (after its stream ends and was flushed).
+func (l *LastSeen) Forget(nodeID string) {
+	l.mu.Lock()
+	if _, dirty := l.dirty[nodeID]; !dirty {
+		delete(l.latest, nodeID)
+	}
+	l.mu.Unlock()
+}
+
+// Flush writes pending times. On failure they are kept for the next flush.
+func (l *LastSeen) Flush(ctx context.Context) error {
+	l.mu.Lock()
+	if len(l.dirty) == 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	batch := l.dirty
+	l.dirty = map[string]time.Time{}
+	l.mu.Unlock()
+	if err := l.store.TouchLastSeen(ctx, batch); err != nil {
+		l.mu.Lock()
+		for n, t := range batch {
+			if t.After(l.dirty[n]) {
+				l.dirty[n] = t
+			}
+		}
+		l.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// Run flushes every interval until ctx ends (the caller does a final Flush).
+func (l *LastSeen) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := l.Flush(ctx); err != nil && ctx.Err() == nil {
+				l.logger.Warn("flush last_seen_at", "err", err)
+			}
+		}
+	}
+}
