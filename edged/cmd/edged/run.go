@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/aegis-edge/aegis/edged/internal/agent"
+	"github.com/aegis-edge/aegis/edged/internal/config"
+	"github.com/aegis-edge/aegis/edged/internal/localapi"
+	"github.com/aegis-edge/aegis/edged/keystore"
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const runDescription = `Runs the daemon in the foreground (systemd runs it as a service).
+
+It keeps this host's identity connected to the control plane: a live, authenticated
+stream with a heartbeat, automatic token refresh before expiry, re-attestation when the
+token is refused, and reconnection with backoff when the network or server goes away.
+
+If the host is not enrolled yet, edged waits and picks up the enrollment as soon as
+one is made:
+
+   aegis edge enroll --token T [--server https://HOST:7443]
+
+It refuses to start when node.key or node.token can be read by group or others, or
+the state dir is open to them (fix with the chmod command it prints), and when another
+edged already serves the same state dir.
+
+While running, it serves 'aegis edge status' on <state-dir>/edged.sock (mode 0600).
+
+Config file (YAML; every key optional; flags win):
+
+   heartbeat_interval: 10s         # until the server says otherwise
+   token_refresh_margin_secs: 300  # refresh this long before the token expires
+   reconnect_max_backoff: 30s
+   log_level: info                 # debug, info, warn, error
+
+Several daemons can run on one machine, each with its own --state-dir.`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := &cli.App{
+		Name:      "edged",
+		Usage:     "the Aegis Edge daemon: this host's identity, connected to the control plane",
+		Writer:    stdout,
+		ErrWriter: stderr,
+		// Errors are printed once, below, with the exit code decided there.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands: []*cli.Command{
+			{
+				Name:        "run",
+				Usage:       "run the daemon in the foreground",
+				UsageText:   "edged run [--state-dir DIR] [--config FILE]",
+				Description: runDescription,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "state-dir", Usage: "state directory (default: $" + keystore.EnvStateDir + ", else ~/.aegis/edge)"},
+					&cli.StringFlag{Name: "config", Usage: "YAML config file", EnvVars: []string{"AEGIS_EDGE_CONFIG"}},
+					&cli.DurationFlag{Name: "heartbeat-interval", Usage: "heartbeat period until the server sets one (default 10s)"},
+					&cli.IntFlag{Name: "token-refresh-margin-secs", Usage: "refresh the node token this many seconds before it expires (default 300)"},
+					&cli.DurationFlag{Name: "reconnect-max-backoff", Usage: "cap on the delay between reconnect attempts (default 30s)"},
+					&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)", EnvVars: []string{"AEGIS_EDGE_LOG_LEVEL"}},
+				},
+				Action: func(c *cli.Context) error { return runDaemon(c.Context, c, stderr) },
+			},
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintf(stdout, "edged %s\n", version)
+					return nil
+				},
+			},
+		},
+	}
+	if err := app.RunContext(ctx, args); err != nil {
+		fmt.Fprintf(stderr, "edged: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func runDaemon(ctx context.Context, c *cli.Context, stderr io.Writer) error {
+	dirPath, err := keystore.ResolveDir(c.String("state-dir"))
+	if err != nil {
+		return err
+	}
+	var file config.File
+	if p := c.String("config"); p != "" {
+		if file, err = config.ReadFile(p); err != nil {
+			return err
+		}
+	}
+	var flags config.Flags
+	if c.IsSet("heartbeat-interval") {
+		v := c.Duration("heartbeat-interval")
+		flags.HeartbeatInterval = &v
+	}
+	if c.IsSet("token-refresh-margin-secs") {
+		v := c.Int("token-refresh-margin-secs")
+		flags.TokenRefreshMarginSecs = &v
+	}
+	if c.IsSet("reconnect-max-backoff") {
+		v := c.Duration("reconnect-max-backoff")
+		flags.ReconnectMaxBackoff = &v
+	}
+	if c.IsSet("log-level") {
+		v := c.String("log-level")
+		flags.LogLevel = &v
+	}
+	cfg, err := config.Build(dirPath, file, flags)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+
+	dir := keystore.Open(cfg.StateDir)
+	if err := dir.CheckPermissions(); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	if err := dir.Create(); err != nil {
+		return err
+	}
+	lock, err := dir.LockDaemon()
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	a := agent.New(agent.Config{
+		Dir:               dir,
+		Logger:            logger,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		RefreshMargin:     cfg.TokenRefreshMargin,
+		MaxBackoff:        cfg.ReconnectMaxBackoff,
+		Version:           version,
+	})
+	srv, err := localapi.Listen(dir.File(keystore.SocketFile), a, logger)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve() }()
+	logger.Info("edged started", "version", version, "state_dir", dir.Path(), "socket", dir.File(keystore.SocketFile))
+
+	runErr := a.Run(ctx)
+
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	closeErr := srv.Close(shutdownCtx)
+	if err := <-serveErr; err != nil {
+		closeErr = errors.Join(closeErr, err)
+	}
+	if runErr != nil {
+		return fmt.Errorf("refusing to run: %w", runErr)
+	}
+	logger.Info("edged stopped")
+	return closeErr
+}

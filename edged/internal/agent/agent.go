@@ -1,0 +1,291 @@
+// Package agent owns the daemon's life: wait for an enrollment, keep one
+// authenticated stream to the control plane (Hello, heartbeats, acks), keep the node
+// token fresh without dropping that stream, reconnect with capped full-jitter backoff,
+// and act on the server's typed refusals (only revoked and unknown_node end an
+// identity for good).
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aegis-edge/aegis/api/fingerprint"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
+	"github.com/aegis-edge/aegis/api/nodetoken"
+	"github.com/aegis-edge/aegis/edged/cpclient"
+	"github.com/aegis-edge/aegis/edged/keystore"
+)
+
+// Status values shown by `aegis edge status`.
+const (
+	StatusConnected    = "Connected"
+	StatusDisconnected = "Disconnected"
+	StatusConnecting   = "Connecting"
+	StatusRevoked      = "Revoked"
+)
+
+// ErrRevoked: the control plane ended this identity (revoked or unknown node).
+var ErrRevoked = errors.New("identity revoked by the control plane")
+
+// Config of an Agent. Zero durations take the documented defaults.
+type Config struct {
+	Dir    *keystore.Dir
+	Logger *slog.Logger
+	// HeartbeatInterval is used until a Welcome names the server's interval.
+	HeartbeatInterval time.Duration
+	// RefreshMargin: refresh the token this long before it expires.
+	RefreshMargin time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay (full jitter below the cap).
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// EnrollPoll is how often the state dir is checked while not enrolled.
+	EnrollPoll time.Duration
+	// RPCTimeout bounds unary calls (Challenge, Attest) and the wait for Welcome.
+	RPCTimeout time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Jitter returns a uniform float in [0,1); default math/rand/v2.
+	Jitter func() float64
+	// Version goes into Hello.
+	Version string
+	// HTTPClient builds the control plane client for a pinned CA; default
+	// cpclient.NewHTTPClient.
+	HTTPClient func(id *keystore.Identity) *http.Client
+}
+
+func (c *Config) defaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 10 * time.Second
+	}
+	if c.RefreshMargin == 0 {
+		c.RefreshMargin = 300 * time.Second
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = 250 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 30 * time.Second
+	}
+	if c.EnrollPoll == 0 {
+		c.EnrollPoll = time.Second
+	}
+	if c.RPCTimeout == 0 {
+		c.RPCTimeout = 15 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Jitter == nil {
+		c.Jitter = rand.Float64
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = func(id *keystore.Identity) *http.Client { return cpclient.NewHTTPClient(id.CA) }
+	}
+}
+
+// Snapshot is the daemon's state as the local API reports it.
+type Snapshot struct {
+	Enrolled         bool
+	NodeID           string
+	Tenant           keystore.Tenant
+	Status           string
+	KeyFingerprint   string
+	TokenExpires     time.Time
+	ServerURL        string
+	ConnectedSince   time.Time
+	LastError        string
+	LastHeartbeatAck time.Time
+	// SessionID is the server's id of the current stream; Streams counts streams that
+	// reached Welcome since start (a token refresh must not add one).
+	SessionID string
+	Streams   uint64
+}
+
+// Agent is one running daemon.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+
+	mu   sync.Mutex
+	snap Snapshot
+
+	// offset is the server clock minus ours, in nanoseconds, learned from every
+	// server_time we see; envelope timestamps are on the server's clock.
+	offset atomic.Int64
+
+	// tokMu guards the identity's mutable part (the token). An attestation holds it
+	// from the RPC to the swap, so no envelope leaves with a token the server has just
+	// blacklisted.
+	tokMu  sync.Mutex
+	nodeID string
+	key    ed25519.PrivateKey
+	token  string
+
+	attestMu     sync.Mutex
+	client       edgev1connect.NodeClusterServiceClient
+	tokenChanged chan struct{}
+	revoked      chan string // reason, from the refresher
+}
+
+// New makes an agent; Run starts it.
+func New(cfg Config) *Agent {
+	cfg.defaults()
+	a := &Agent{cfg: cfg, log: cfg.Logger, started: cfg.Now()}
+	a.snap = Snapshot{Status: StatusDisconnected, LastError: "not enrolled: run `aegis edge enroll --token T`"}
+	return a
+}
+
+// Status is the current snapshot.
+func (a *Agent) Status() Snapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.snap
+}
+
+func (a *Agent) update(f func(s *Snapshot)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f(&a.snap)
+}
+
+func (a *Agent) serverNow() time.Time {
+	return a.cfg.Now().Add(time.Duration(a.offset.Load()))
+}
+
+func (a *Agent) learnServerTime(t time.Time) {
+	if t.IsZero() || t.Unix() <= 0 {
+		return
+	}
+	a.offset.Store(int64(t.Sub(a.cfg.Now())))
+}
+
+// Run serves until ctx ends (then it returns nil) or a local problem makes running
+// pointless (loose permissions, a broken state dir). It never returns because of the
+// network: that is retried forever, and a revoked identity waits for a new enrollment.
+// The caller holds the daemon lock.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.cfg.Dir.CheckPermissions(); err != nil {
+		return err
+	}
+	for {
+		id, err := a.waitEnrolled(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		err = a.serve(ctx, id)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !errors.Is(err, ErrRevoked) {
+			return err
+		}
+		// Revoked: the marker is on disk; waitEnrolled reports it and waits for the
+		// host owner to log out and enroll again.
+	}
+}
+
+// waitEnrolled returns the identity once the directory holds a complete, non-revoked
+// enrollment, polling so that an edged started before `aegis edge enroll` picks it up.
+func (a *Agent) waitEnrolled(ctx context.Context) (*keystore.Identity, error) {
+	dir := a.cfg.Dir
+	loggedWait, loggedRevoked := false, false
+	for {
+		node, err := dir.ReadNode()
+		switch {
+		case errors.Is(err, keystore.ErrNotEnrolled):
+			if !loggedWait {
+				a.log.Info("waiting for enrollment: run `aegis edge enroll --token T`", "state_dir", dir.Path())
+				loggedWait = true
+			}
+			a.update(func(s *Snapshot) {
+				*s = Snapshot{Status: StatusDisconnected, LastError: "not enrolled: run `aegis edge enroll --token T`"}
+			})
+		case err != nil:
+			return nil, err
+		default:
+			rev, revoked, err := dir.ReadRevoked()
+			if err != nil {
+				return nil, err
+			}
+			if !revoked || rev.NodeID != node.NodeID {
+				if err := dir.CheckPermissions(); err != nil {
+					return nil, err
+				}
+				id, err := dir.Load()
+				if err != nil {
+					return nil, fmt.Errorf("state dir %s is incomplete: %w; run `aegis edge logout` and enroll again", dir.Path(), err)
+				}
+				return id, nil
+			}
+			if !loggedRevoked {
+				a.log.Error("this host's identity was revoked by the control plane; edged will not reconnect with it",
+					"node_id", node.NodeID, "reason", rev.Reason, "revoked_at", rev.At,
+					"fix", "get a new enrollment token, then run `aegis edge logout` and `aegis edge enroll --token T`")
+				loggedRevoked = true
+			}
+			a.update(func(s *Snapshot) {
+				s.Enrolled = true
+				s.NodeID = node.NodeID
+				s.Tenant = node.Tenant
+				s.ServerURL = node.ServerURL
+				s.Status = StatusRevoked
+				s.SessionID = ""
+				s.ConnectedSince = time.Time{}
+				s.LastError = "revoked (" + rev.Reason + "): get a new enrollment token, run `aegis edge logout`, then `aegis edge enroll --token T`"
+				if s.KeyFingerprint == "" {
+					if key, err := dir.ReadKey(); err == nil {
+						s.KeyFingerprint = fingerprint.Of(key.Public().(ed25519.PublicKey))
+					}
+				}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(a.cfg.EnrollPoll):
+		}
+	}
+}
+
+// backoff is the full-jitter delay before reconnect attempt n (0-based):
+// uniform in [0, min(max, min*2^n)).
+func backoff(n int, lo, hi time.Duration, jitter func() float64) time.Duration {
+	ceil := lo
+	for i := 0; i < n && ceil < hi; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, hi)
+	return time.Duration(jitter() * float64(ceil))
+}
+
+func (a *Agent) backoff(n int) time.Duration {
+	return backoff(n, a.cfg.MinBackoff, a.cfg.MaxBackoff, a.cfg.Jitter)
+}
+
+// tokenExpiry is the token's exp and iat as the token itself says (unverified: the
+// daemon cannot verify the server's signature, and only schedules with it).
+func tokenTimes(token string) (iat, exp time.Time, ok bool) {
+	c, err := nodetoken.Peek(token)
+	if err != nil || c.ExpiresAt == nil {
+		return time.Time{}, time.Time{}, false
+	}
+	if c.IssuedAt != nil {
+		iat = c.IssuedAt.Time
+	}
+	return iat, c.ExpiresAt.Time, true
+}

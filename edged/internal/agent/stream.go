@@ -1,0 +1,501 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/fingerprint"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/reject"
+	"github.com/aegis-edge/aegis/api/seal"
+	"github.com/aegis-edge/aegis/edged/cpclient"
+	"github.com/aegis-edge/aegis/edged/keystore"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// disconnectError is a Disconnect the server sent before closing the stream.
+type disconnectError struct {
+	reason edgev1.DisconnectReason
+	after  time.Duration
+	msg    string
+}
+
+func (e *disconnectError) Error() string {
+	return fmt.Sprintf("control plane closed the stream: %s %s", e.reason, e.msg)
+}
+
+// revokedSignal ends a session because the refresher learned the identity is gone.
+type revokedSignal struct{ reason string }
+
+func (e *revokedSignal) Error() string { return "identity revoked: " + e.reason }
+func (e *revokedSignal) Unwrap() error { return ErrRevoked }
+
+// errStale: the server stopped answering on a stream that still looks open.
+var errStale = errors.New("no reply from the control plane for 3 heartbeat intervals")
+
+// serve runs one identity until ctx ends or the identity is revoked (ErrRevoked).
+func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
+	hc := a.cfg.HTTPClient(id)
+	defer hc.CloseIdleConnections()
+	a.client = cpclient.NewClusterClient(hc, id.Node.ServerURL)
+	a.tokMu.Lock()
+	a.nodeID, a.key, a.token = id.Node.NodeID, id.Key, id.Token
+	a.tokMu.Unlock()
+	a.tokenChanged = make(chan struct{}, 1)
+	a.revoked = make(chan string, 1)
+	_, exp, _ := tokenTimes(id.Token)
+	a.update(func(s *Snapshot) {
+		*s = Snapshot{
+			Enrolled:       true,
+			NodeID:         id.Node.NodeID,
+			Tenant:         id.Node.Tenant,
+			Status:         StatusConnecting,
+			KeyFingerprint: fingerprint.Of(id.Key.Public().(ed25519.PublicKey)),
+			TokenExpires:   exp,
+			ServerURL:      id.Node.ServerURL,
+			Streams:        s.Streams,
+		}
+	})
+	log := a.log.With("node_id", id.Node.NodeID)
+	log.Info("identity loaded", "server", id.Node.ServerURL, "key_fingerprint", fingerprint.Of(id.Key.Public().(ed25519.PublicKey)), "token_expires", exp)
+
+	rctx, stopRefresher := context.WithCancel(ctx)
+	refresherDone := make(chan struct{})
+	defer func() {
+		stopRefresher()
+		<-refresherDone
+	}()
+	go func() {
+		defer close(refresherDone)
+		a.refresher(rctx, log)
+	}()
+
+	needAttest := !exp.IsZero() && !a.serverNow().Before(exp)
+	attempt := 0
+	for {
+		var err error
+		welcomed := false
+		if needAttest {
+			err = a.attest(ctx, log, "token expired or refused")
+			if err == nil {
+				needAttest = false
+			}
+		}
+		if err == nil {
+			a.update(func(s *Snapshot) { s.Status = StatusConnecting })
+			welcomed, err = a.session(ctx, log)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		var reason string
+		delay := time.Duration(-1)
+		var disc *disconnectError
+		var sig *revokedSignal
+		switch {
+		case errors.As(err, &disc):
+			switch disc.reason {
+			case edgev1.DisconnectReason_DISCONNECT_REASON_REVOKED:
+				reason = "revoked"
+			case edgev1.DisconnectReason_DISCONNECT_REASON_REATTEST:
+				needAttest = true
+			}
+			if disc.after > 0 {
+				delay = disc.after
+			}
+		case errors.As(err, &sig):
+			reason = sig.reason
+		default:
+			if r, ok := reject.From(err); ok {
+				a.learnServerTime(r.GetServerTime().AsTime())
+				switch {
+				case reject.IsTerminal(r.GetReason()):
+					reason = reject.Short(r.GetReason())
+				case reject.NeedsAttest(r.GetReason()):
+					needAttest = true
+				}
+			}
+		}
+		if reason != "" {
+			return a.markRevoked(ctx, log, reason)
+		}
+		if welcomed {
+			attempt = 0
+		}
+		if delay < 0 {
+			delay = a.backoff(attempt)
+			attempt++
+		}
+		msg := errMessage(err)
+		a.update(func(s *Snapshot) {
+			s.Status = StatusDisconnected
+			s.SessionID = ""
+			s.ConnectedSince = time.Time{}
+			s.LastError = msg
+		})
+		log.Warn("stream to the control plane ended; reconnecting", "error", msg, "retry_in", delay.Round(time.Millisecond), "reattest", needAttest)
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-a.revoked:
+			return a.markRevoked(ctx, log, r)
+		case <-time.After(delay):
+		}
+	}
+}
+
+// errMessage is an error as an operator reads it: the Connect message without the
+// wire noise. Errors here never contain a token or key.
+func errMessage(err error) string {
+	if err == nil {
+		return ""
+	}
+	if r, ok := reject.From(err); ok {
+		return reject.Short(r.GetReason()) + ": " + r.GetMessage()
+	}
+	return err.Error()
+}
+
+// markRevoked persists the revocation so a restarted edged (and `status`) still knows.
+func (a *Agent) markRevoked(ctx context.Context, log *slog.Logger, reason string) error {
+	a.tokMu.Lock()
+	nodeID := a.nodeID
+	a.tokMu.Unlock()
+	unlock, err := a.cfg.Dir.Lock(context.WithoutCancel(ctx))
+	if err == nil {
+		err = a.cfg.Dir.WriteRevoked(keystore.Revocation{NodeID: nodeID, Reason: reason, At: a.cfg.Now().UTC()})
+		unlock()
+	}
+	if err != nil {
+		log.Error("could not record the revocation in the state dir", "error", err)
+	}
+	a.update(func(s *Snapshot) {
+		s.Status = StatusRevoked
+		s.SessionID = ""
+		s.ConnectedSince = time.Time{}
+		s.LastError = "revoked (" + reason + "): get a new enrollment token, run `aegis edge logout`, then `aegis edge enroll --token T`"
+	})
+	return fmt.Errorf("%w: %s", ErrRevoked, reason)
+}
+
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+type received struct {
+	cmd *edgev1.EdgeCommand
+	err error
+}
+
+// session runs one ConnectEdge stream. welcomed says whether it got as far as a
+// Welcome (then the reconnect backoff starts over).
+func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, err error) {
+	// The stream outlives ctx by a moment so that on shutdown it is closed cleanly
+	// (end of request stream) rather than reset.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stream := a.client.ConnectEdge(sctx)
+	streamID := randomID()
+	var seq uint64
+	sent := map[uint64]time.Time{}
+	send := func(ev *edgev1.EdgeEvent) error {
+		a.tokMu.Lock()
+		defer a.tokMu.Unlock()
+		seq++
+		env, err := seal.Seal(a.key, seal.Header{
+			Kind:     edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT,
+			Token:    a.token,
+			NodeID:   a.nodeID,
+			StreamID: streamID,
+			Sequence: seq,
+			Time:     a.serverNow(),
+		}, ev)
+		if err != nil {
+			return err
+		}
+		sent[seq] = a.cfg.Now()
+		return stream.Send(env)
+	}
+
+	recv := make(chan received, 1)
+	recvDone := make(chan struct{})
+	go func() {
+		defer close(recvDone)
+		for {
+			cmd, err := stream.Receive()
+			select {
+			case recv <- received{cmd, err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// closeStream ends the request side and waits briefly for the server to finish.
+	closeStream := func() {
+		_ = stream.CloseRequest()
+		select {
+		case <-recvDone:
+		case r := <-recv:
+			_ = r
+		case <-time.After(2 * time.Second):
+		}
+		cancel()
+		_ = stream.CloseResponse()
+	}
+	// streamErr turns a failed Send (io.EOF: the server ended the stream) into the
+	// server's actual error, which Receive reports.
+	streamErr := func(err error) error {
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		select {
+		case r := <-recv:
+			if r.err != nil {
+				return eofMeaning(r.err)
+			}
+		case <-time.After(2 * time.Second):
+		}
+		return errors.New("the control plane closed the stream")
+	}
+
+	hostname, _ := os.Hostname()
+	if err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Hello{Hello: &edgev1.Hello{
+		AgentVersion: a.cfg.Version, Hostname: hostname, Os: runtime.GOOS,
+	}}}); err != nil {
+		err = streamErr(err)
+		cancel()
+		return false, err
+	}
+
+	var welcome *edgev1.Welcome
+	select {
+	case <-ctx.Done():
+		closeStream()
+		return false, ctx.Err()
+	case r := <-a.revoked:
+		closeStream()
+		return false, &revokedSignal{reason: r}
+	case <-time.After(a.cfg.RPCTimeout):
+		cancel()
+		return false, errors.New("the control plane did not answer Hello in time")
+	case r := <-recv:
+		if r.err != nil {
+			return false, eofMeaning(r.err)
+		}
+		if d := r.cmd.GetDisconnect(); d != nil {
+			return false, &disconnectError{reason: d.GetReason(), after: d.GetReconnectAfter().AsDuration(), msg: d.GetMessage()}
+		}
+		welcome = r.cmd.GetWelcome()
+		if welcome == nil {
+			cancel()
+			return false, fmt.Errorf("protocol error: expected Welcome, got %T", r.cmd.GetCommand())
+		}
+	}
+	a.learnServerTime(welcome.GetServerTime().AsTime())
+	interval := a.cfg.HeartbeatInterval
+	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
+		interval = d
+	}
+	now := a.cfg.Now()
+	a.update(func(s *Snapshot) {
+		s.Status = StatusConnected
+		s.SessionID = welcome.GetSessionId()
+		s.ConnectedSince = now.UTC()
+		s.LastError = ""
+		s.Streams++
+	})
+	log.Info("connected to the control plane", "session_id", welcome.GetSessionId(), "heartbeat_interval", interval)
+
+	delete(sent, 1) // the Hello, answered by the Welcome
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	stale := 3*interval + time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			closeStream()
+			return true, ctx.Err()
+		case r := <-a.revoked:
+			closeStream()
+			return true, &revokedSignal{reason: r}
+		case <-ticker.C:
+			// A heartbeat unacknowledged for 3 intervals means a half-open connection.
+			for _, at := range sent {
+				if a.cfg.Now().Sub(at) > stale {
+					cancel()
+					return true, errStale
+				}
+			}
+			err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Heartbeat{Heartbeat: &edgev1.Heartbeat{
+				Uptime: durationpb.New(a.cfg.Now().Sub(a.started)),
+			}}})
+			if err != nil {
+				err = streamErr(err)
+				cancel()
+				return true, err
+			}
+		case r := <-recv:
+			if r.err != nil {
+				return true, eofMeaning(r.err)
+			}
+			switch c := r.cmd.GetCommand().(type) {
+			case *edgev1.EdgeCommand_HeartbeatAck:
+				ack := c.HeartbeatAck
+				a.learnServerTime(ack.GetServerTime().AsTime())
+				// Acks are in order: anything up to this sequence is settled.
+				for s := range sent {
+					if s <= ack.GetSequence() {
+						delete(sent, s)
+					}
+				}
+				at := a.cfg.Now().UTC()
+				a.update(func(s *Snapshot) { s.LastHeartbeatAck = at })
+				log.Debug("heartbeat acknowledged", "sequence", ack.GetSequence())
+			case *edgev1.EdgeCommand_Disconnect:
+				d := c.Disconnect
+				cancel()
+				return true, &disconnectError{reason: d.GetReason(), after: d.GetReconnectAfter().AsDuration(), msg: d.GetMessage()}
+			case *edgev1.EdgeCommand_Welcome:
+				// A second Welcome is harmless; ignore it.
+			}
+		}
+	}
+}
+
+func eofMeaning(err error) error {
+	if errors.Is(err, io.EOF) {
+		return errors.New("the control plane closed the stream")
+	}
+	return err
+}
+
+// attest proves possession of the node key for a fresh token, writes it atomically
+// under the state lock and switches the in-memory token: a live stream carries the new
+// token from its next envelope on.
+func (a *Agent) attest(ctx context.Context, log *slog.Logger, why string) error {
+	a.attestMu.Lock()
+	defer a.attestMu.Unlock()
+	a.tokMu.Lock()
+	defer a.tokMu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+	defer cancel()
+	ch, err := a.client.Challenge(rctx, connect.NewRequest(&edgev1.ChallengeRequest{
+		Purpose: edgev1.ChallengePurpose_CHALLENGE_PURPOSE_ATTEST,
+		NodeId:  a.nodeID,
+	}))
+	if err != nil {
+		return fmt.Errorf("attest: challenge: %w", err)
+	}
+	a.learnServerTime(ch.Msg.GetServerTime().AsTime())
+	pub := a.key.Public().(ed25519.PublicKey)
+	nonce := ch.Msg.GetNonce()
+	resp, err := a.client.Attest(rctx, connect.NewRequest(&edgev1.AttestRequest{
+		NodeId:    a.nodeID,
+		PublicKey: pub,
+		Nonce:     nonce,
+		Signature: ed25519.Sign(a.key, seal.AttestMessage(nonce, a.nodeID, pub)),
+	}))
+	if err != nil {
+		return fmt.Errorf("attest: %w", err)
+	}
+	a.learnServerTime(resp.Msg.GetServerTime().AsTime())
+	tok := resp.Msg.GetNodeSecurityToken()
+	if tok == "" {
+		return errors.New("attest: the control plane returned no token")
+	}
+	// The server has already blacklisted the old token, so the new one is used in
+	// memory even if writing it fails; a restart would then re-attest.
+	a.token = tok
+	unlock, lerr := a.cfg.Dir.Lock(ctx)
+	if lerr == nil {
+		lerr = a.cfg.Dir.WriteToken(tok)
+		unlock()
+	}
+	if lerr != nil {
+		log.Error("new node token is in use but could not be saved; a restart will re-attest", "error", lerr)
+	}
+	exp := resp.Msg.GetTokenExpiresAt().AsTime()
+	if _, e, ok := tokenTimes(tok); ok {
+		exp = e
+	}
+	a.update(func(s *Snapshot) { s.TokenExpires = exp })
+	select {
+	case a.tokenChanged <- struct{}{}:
+	default:
+	}
+	log.Info("node token refreshed", "why", why, "token_expires", exp)
+	return nil
+}
+
+// refreshAt is when, on our clock, the token should be refreshed: margin before exp
+// (on the server's clock), or half way through its life when the margin is longer.
+func (a *Agent) refreshAt(token string) (time.Time, bool) {
+	iat, exp, ok := tokenTimes(token)
+	if !ok {
+		return time.Time{}, false
+	}
+	margin := a.cfg.RefreshMargin
+	if !iat.IsZero() && margin >= exp.Sub(iat) {
+		margin = exp.Sub(iat) / 2
+	}
+	return exp.Add(-margin).Add(-time.Duration(a.offset.Load())), true
+}
+
+// refresher re-attests before the token expires; the live stream keeps going.
+func (a *Agent) refresher(ctx context.Context, log *slog.Logger) {
+	failures := 0
+	for {
+		a.tokMu.Lock()
+		tok := a.token
+		a.tokMu.Unlock()
+		at, ok := a.refreshAt(tok)
+		var wait <-chan time.Time
+		if ok {
+			d := at.Sub(a.cfg.Now())
+			if failures > 0 {
+				d = max(d, a.backoff(failures))
+			}
+			wait = time.After(max(d, 0))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.tokenChanged:
+			failures = 0
+			continue
+		case <-wait:
+		}
+		err := a.attest(ctx, log, "scheduled refresh before expiry")
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		if r, ok := reject.From(err); ok && reject.IsTerminal(r.GetReason()) {
+			select {
+			case a.revoked <- reject.Short(r.GetReason()):
+			default:
+			}
+			return
+		}
+		failures++
+		log.Warn("scheduled token refresh failed; will retry", "error", errMessage(err))
+	}
+}

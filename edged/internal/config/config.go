@@ -1,0 +1,156 @@
+// Package config owns edged's settings: the YAML file (--config), its defaults, and
+// the one merge with command-line flags (flags win), validated once so the rest of the
+// daemon never re-checks a value.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// File is the YAML file as written by people. Pointers tell "absent" from "zero".
+type File struct {
+	HeartbeatInterval      *time.Duration `yaml:"heartbeat_interval"`
+	TokenRefreshMarginSecs *int           `yaml:"token_refresh_margin_secs"`
+	ReconnectMaxBackoff    *time.Duration `yaml:"reconnect_max_backoff"`
+	LogLevel               *string        `yaml:"log_level"`
+}
+
+// Flags are the values given on the command line; nil means "not given".
+type Flags = File
+
+// Config is the validated runtime configuration.
+type Config struct {
+	StateDir string
+	// HeartbeatInterval is used until the server's Welcome says otherwise.
+	HeartbeatInterval   time.Duration
+	TokenRefreshMargin  time.Duration
+	ReconnectMaxBackoff time.Duration
+	LogLevel            slog.Level
+}
+
+// Defaults as documented in DESIGN.md.
+const (
+	DefaultHeartbeatInterval      = 10 * time.Second
+	DefaultTokenRefreshMarginSecs = 300
+	DefaultReconnectMaxBackoff    = 30 * time.Second
+)
+
+// ReadFile parses path. Unknown keys are errors, so a typo is not silently ignored;
+// every error names the key and line.
+func ReadFile(path string) (File, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("read config: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return File{}, fmt.Errorf("config %s: %s", path, oneLine(err))
+	}
+	var f File
+	if len(doc.Content) == 0 {
+		return f, nil
+	}
+	m := doc.Content[0]
+	if m.Kind != yaml.MappingNode {
+		return File{}, fmt.Errorf("config %s: want a mapping of settings at line %d", path, m.Line)
+	}
+	var errs []error
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		var err error
+		switch k.Value {
+		case "heartbeat_interval":
+			f.HeartbeatInterval, err = decodeDuration(v)
+		case "reconnect_max_backoff":
+			f.ReconnectMaxBackoff, err = decodeDuration(v)
+		case "token_refresh_margin_secs":
+			var n int
+			if err = v.Decode(&n); err == nil {
+				f.TokenRefreshMarginSecs = &n
+			} else {
+				err = fmt.Errorf("%q is not a whole number of seconds", v.Value)
+			}
+		case "log_level":
+			var l string
+			if err = v.Decode(&l); err == nil {
+				f.LogLevel = &l
+			}
+		default:
+			err = errors.New("unknown setting (known: heartbeat_interval, token_refresh_margin_secs, reconnect_max_backoff, log_level)")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("line %d: %s: %s", k.Line, k.Value, oneLine(err)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return File{}, fmt.Errorf("config %s: %s", path, oneLine(err))
+	}
+	return f, nil
+}
+
+func decodeDuration(v *yaml.Node) (*time.Duration, error) {
+	d, err := time.ParseDuration(v.Value)
+	if err != nil || v.Kind != yaml.ScalarNode {
+		return nil, fmt.Errorf("%q is not a duration like 10s or 1m30s", v.Value)
+	}
+	return &d, nil
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+// Build merges defaults < file < flags and validates the result.
+func Build(stateDir string, file, flags File) (Config, error) {
+	c := Config{
+		StateDir:            stateDir,
+		HeartbeatInterval:   DefaultHeartbeatInterval,
+		TokenRefreshMargin:  DefaultTokenRefreshMarginSecs * time.Second,
+		ReconnectMaxBackoff: DefaultReconnectMaxBackoff,
+		LogLevel:            slog.LevelInfo,
+	}
+	level := ""
+	for _, src := range []File{file, flags} {
+		if src.HeartbeatInterval != nil {
+			c.HeartbeatInterval = *src.HeartbeatInterval
+		}
+		if src.TokenRefreshMarginSecs != nil {
+			c.TokenRefreshMargin = time.Duration(*src.TokenRefreshMarginSecs) * time.Second
+		}
+		if src.ReconnectMaxBackoff != nil {
+			c.ReconnectMaxBackoff = *src.ReconnectMaxBackoff
+		}
+		if src.LogLevel != nil {
+			level = *src.LogLevel
+		}
+	}
+	var errs []error
+	if c.HeartbeatInterval < 10*time.Millisecond || c.HeartbeatInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("heartbeat_interval %s: want between 10ms and 1h", c.HeartbeatInterval))
+	}
+	if c.TokenRefreshMargin <= 0 {
+		errs = append(errs, fmt.Errorf("token_refresh_margin_secs %d: want a positive number of seconds", int(c.TokenRefreshMargin/time.Second)))
+	}
+	if c.ReconnectMaxBackoff < 100*time.Millisecond || c.ReconnectMaxBackoff > time.Hour {
+		errs = append(errs, fmt.Errorf("reconnect_max_backoff %s: want between 100ms and 1h", c.ReconnectMaxBackoff))
+	}
+	if level != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
+			errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", level))
+		}
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state dir is empty"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, fmt.Errorf("invalid configuration: %s", oneLine(err))
+	}
+	return c, nil
+}

@@ -1,0 +1,117 @@
+// Package localapi owns edged's EdgeLocalService: Connect over plain HTTP/1.1 on the
+// Unix socket <state>/edged.sock (mode 0600, inside the 0700 state dir), which is how
+// aegisctl on the same host asks the running daemon for its status.
+package localapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
+	"github.com/aegis-edge/aegis/edged/internal/agent"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// StatusSource is what the service reports from (the running agent).
+type StatusSource interface {
+	Status() agent.Snapshot
+}
+
+// Service implements EdgeLocalService.
+type Service struct {
+	src StatusSource
+}
+
+// NewService wraps src.
+func NewService(src StatusSource) *Service { return &Service{src: src} }
+
+var _ edgev1connect.EdgeLocalServiceHandler = (*Service)(nil)
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// Status reports the daemon's snapshot.
+func (s *Service) Status(context.Context, *connect.Request[edgev1.StatusRequest]) (*connect.Response[edgev1.StatusResponse], error) {
+	snap := s.src.Status()
+	resp := &edgev1.StatusResponse{
+		NodeId:           snap.NodeID,
+		Status:           snap.Status,
+		KeyFingerprint:   snap.KeyFingerprint,
+		TokenExpires:     ts(snap.TokenExpires),
+		ServerUrl:        snap.ServerURL,
+		ConnectedSince:   ts(snap.ConnectedSince),
+		LastError:        snap.LastError,
+		LastHeartbeatAck: ts(snap.LastHeartbeatAck),
+	}
+	if snap.Tenant.ID != "" {
+		resp.Tenant = &edgev1.Tenant{Id: snap.Tenant.ID, Name: snap.Tenant.Name, Kind: snap.Tenant.Kind}
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// Server is the socket listener and its HTTP server.
+type Server struct {
+	path string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// Listen binds the socket at path. Any file already there is removed first: the caller
+// holds the daemon lock, so a socket left there belongs to a daemon that is gone.
+func Listen(path string, src StatusSource, logger *slog.Logger) (*Server, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// Closing the listener must not unlink a socket a successor may already own;
+	// Close removes it explicitly instead.
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(edgev1connect.NewEdgeLocalServiceHandler(NewService(src)))
+	return &Server{
+		path: path,
+		ln:   ln,
+		srv: &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		},
+	}, nil
+}
+
+// Serve blocks until Close; it returns nil after a Close.
+func (s *Server) Serve() error {
+	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Close stops serving and removes the socket file.
+func (s *Server) Close(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}

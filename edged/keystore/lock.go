@@ -1,0 +1,105 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Lock takes the directory's mutation lock (flock on .lock), waiting for a holder in
+// another process (or another open of the file in this one) to let go. Every change to
+// the directory's files happens under it, by edged and aegisctl alike. The returned
+// func releases it.
+func (d *Dir) Lock(ctx context.Context) (unlock func(), err error) {
+	f, err := os.OpenFile(d.File(LockFile), os.O_RDWR|os.O_CREATE, FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", d.File(LockFile), err)
+	}
+	// Poll with LOCK_NB rather than block in flock(2), so a stuck holder cannot make
+	// the caller ignore its context.
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", d.File(LockFile), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for the state dir lock %s: %w", d.File(LockFile), ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return func() {
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = f.Close()
+	}, nil
+}
+
+// DaemonLock is held by a running edged for its whole life (flock on edged.pid), so
+// only one daemon ever serves a state directory.
+type DaemonLock struct {
+	f *os.File
+}
+
+// LockDaemon takes the daemon lock without waiting: ErrDaemonRunning if another edged
+// holds it. The file carries the holder's pid, for people.
+func (d *Dir) LockDaemon() (*DaemonLock, error) {
+	f, err := os.OpenFile(d.File(PIDFile), os.O_RDWR|os.O_CREATE, FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.File(PIDFile), err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w on %s (pid file %s)", ErrDaemonRunning, d.path, d.File(PIDFile))
+		}
+		return nil, fmt.Errorf("lock %s: %w", d.File(PIDFile), err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &DaemonLock{f: f}, nil
+}
+
+// Release lets go of the daemon lock. The file stays: removing a flocked file would
+// let two daemons lock two different inodes.
+func (l *DaemonLock) Release() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	_ = l.f.Truncate(0)
+	err := unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+	cerr := l.f.Close()
+	l.f = nil
+	return errors.Join(err, cerr)
+}
+
+// DaemonRunning reports whether some edged holds the daemon lock right now, so
+// aegisctl can decide between asking the daemon and doing the work itself.
+func (d *Dir) DaemonRunning() (bool, error) {
+	f, err := os.OpenFile(d.File(PIDFile), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", d.File(PIDFile), err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return true, nil
+		}
+		return false, fmt.Errorf("probe %s: %w", d.File(PIDFile), err)
+	}
+	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false, nil
+}
