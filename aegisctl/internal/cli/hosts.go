@@ -1,0 +1,185 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	ucli "github.com/urfave/cli/v2"
+)
+
+func (a *app) hostsCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:        "hosts",
+		Usage:       "list and inspect enrolled hosts (control plane view)",
+		UsageText:   a.name + " edge hosts list|get",
+		Description: "Example:\n  " + a.name + " edge hosts list --target 'tags=AnyOf(prod)'",
+		Subcommands: []*ucli.Command{
+			{
+				Name:      "list",
+				Usage:     "list the hosts of your tenant",
+				UsageText: a.name + " edge hosts list [--target SEL] [-o json]",
+				Description: "SEL is all, tags=AnyOf(a,b), tags=AllOf(a,b), tags=NoneOf(a), nodes=<id>,...,\n" +
+					"name=<glob>, os=linux, combined with ';'.\n\n" +
+					"Example:\n  " + a.name + " edge hosts list -o json",
+				Flags: []ucli.Flag{
+					&ucli.StringFlag{Name: "target", Value: "all", Usage: "which hosts to list (a target selector)"},
+					outputFlag,
+				},
+				Action: a.listHosts,
+			},
+			{
+				Name:        "get",
+				Usage:       "show one host",
+				UsageText:   a.name + " edge hosts get [-o json] NODE_ID",
+				Description: "Example:\n  " + a.name + " edge hosts get -o json n-7a3b2f0c91de",
+				Flags:       []ucli.Flag{outputFlag},
+				Action:      a.getHost,
+			},
+		},
+	}
+}
+
+// hostJSON is the §9 shape of a host.
+type hostJSON struct {
+	NodeID         string   `json:"node_id"`
+	Name           string   `json:"name"`
+	Tenant         string   `json:"tenant"`
+	Status         string   `json:"status"`
+	Tags           []string `json:"tags"`
+	KeyFingerprint string   `json:"key_fingerprint"`
+	KeyRotatedAt   *string  `json:"key_rotated_at"`
+	LastSeenAt     *string  `json:"last_seen_at"`
+}
+
+func hostStatus(s edgev1.HostStatus) string {
+	switch s {
+	case edgev1.HostStatus_HOST_STATUS_CONNECTED:
+		return "Connected"
+	case edgev1.HostStatus_HOST_STATUS_DISCONNECTED:
+		return "Disconnected"
+	case edgev1.HostStatus_HOST_STATUS_REVOKED:
+		return "Revoked"
+	}
+	return "Unknown"
+}
+
+func toHostJSON(h *edgev1.Host) hostJSON {
+	tags := h.GetTags()
+	if tags == nil {
+		tags = []string{}
+	}
+	return hostJSON{
+		NodeID:         h.GetNodeId(),
+		Name:           h.GetName(),
+		Tenant:         h.GetTenant().GetId(),
+		Status:         hostStatus(h.GetStatus()),
+		Tags:           tags,
+		KeyFingerprint: h.GetKeyFingerprint(),
+		KeyRotatedAt:   timePtr(asTime(h.GetKeyRotatedAt())),
+		LastSeenAt:     timePtr(asTime(h.GetLastSeenAt())),
+	}
+}
+
+func (a *app) listHosts(c *ucli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	out, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	client, p, err := a.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+	defer cancel()
+	resp, err := client.ListHosts(ctx, connect.NewRequest(&edgev1.ListHostsRequest{Target: c.String("target")}))
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeInvalidArgument {
+			return usagef("bad --target: %s", orDefault(connectMessage(err), "invalid selector"))
+		}
+		return a.rpcError(err, p.Server)
+	}
+	hosts := resp.Msg.GetHosts()
+	if out == "json" {
+		list := make([]hostJSON, 0, len(hosts))
+		for _, h := range hosts {
+			list = append(list, toHostJSON(h))
+		}
+		return writeJSON(a.env.Stdout, struct {
+			Hosts []hostJSON `json:"hosts"`
+		}{list})
+	}
+	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT")
+	for _, h := range hosts {
+		j := toHostJSON(h)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.NodeID, orDash(j.Name), j.Status, orDash(strings.Join(j.Tags, ",")),
+			orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt))
+	}
+	return tw.Flush()
+}
+
+func (a *app) getHost(c *ucli.Context) error {
+	out, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	id, err := oneArg(c, "NODE_ID")
+	if err != nil {
+		return err
+	}
+	client, p, err := a.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+	defer cancel()
+	resp, err := client.GetHost(ctx, connect.NewRequest(&edgev1.GetHostRequest{NodeId: id}))
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return fmt.Errorf("no such host %q in your tenant: see `%s edge hosts list`", id, a.name)
+		}
+		return a.rpcError(err, p.Server)
+	}
+	h := resp.Msg.GetHost()
+	j := toHostJSON(h)
+	if out == "json" {
+		return writeJSON(a.env.Stdout, j)
+	}
+	w := a.env.Stdout
+	fmt.Fprintf(w, "node_id: %s\n", j.NodeID)
+	fmt.Fprintf(w, "name: %s\n", j.Name)
+	fmt.Fprintf(w, "tenant: %s (%s)\n", h.GetTenant().GetId(), h.GetTenant().GetKind())
+	fmt.Fprintf(w, "status: %s\n", j.Status)
+	fmt.Fprintf(w, "tags: %s\n", strings.Join(j.Tags, ","))
+	fmt.Fprintf(w, "key_fingerprint: %s\n", j.KeyFingerprint)
+	fmt.Fprintf(w, "key_rotated_at: %s\n", derefDash(j.KeyRotatedAt))
+	fmt.Fprintf(w, "last_seen_at: %s\n", derefDash(j.LastSeenAt))
+	if e := asTime(h.GetEnrolledAt()); !e.IsZero() {
+		fmt.Fprintf(w, "enrolled_at: %s\n", formatTime(e))
+	}
+	return nil
+}
+
+func derefDash(s *string) string {
+	if s == nil {
+		return "-"
+	}
+	return *s
+}
+
+func connectMessage(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce.Message()
+	}
+	return ""
+}

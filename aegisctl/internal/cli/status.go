@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/fingerprint"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/nodetoken"
+	"github.com/aegis-edge/aegis/edged/keystore"
+	"github.com/aegis-edge/aegis/edged/localclient"
+	ucli "github.com/urfave/cli/v2"
+)
+
+// stateDirFlag is --state-dir, shared by the host-side commands.
+var stateDirFlag = &ucli.StringFlag{
+	Name:  "state-dir",
+	Usage: "the host's edge state directory (default: $AEGIS_EDGE_STATE_DIR, else ~/.aegis/edge)",
+}
+
+// stateDir resolves --state-dir the way edged does: flag, else $AEGIS_EDGE_STATE_DIR,
+// else ~/.aegis/edge; always absolute.
+func (a *app) stateDir(c *ucli.Context) (*keystore.Dir, error) {
+	dir := c.String("state-dir")
+	if dir == "" {
+		dir = a.env.Getenv(keystore.EnvStateDir)
+	}
+	if dir == "" {
+		home, err := a.env.HomeDir()
+		if err != nil || home == "" {
+			return nil, fmt.Errorf("cannot find your home directory for the default state dir (~/.aegis/edge): pass --state-dir or set %s", keystore.EnvStateDir)
+		}
+		dir = filepath.Join(home, ".aegis", "edge")
+	}
+	abs, err := keystore.ResolveDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return keystore.Open(abs), nil
+}
+
+func (a *app) statusCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:      "status",
+		Usage:     "show this host's identity and connection",
+		UsageText: a.name + " edge status [--state-dir DIR] [-o json]",
+		Description: "Asks the local edged over its socket; when edged is not running, reads the state\n" +
+			"directory itself and says so (still exit 0). Exit 1 when the host is not enrolled.\n\n" +
+			"Example:\n  " + a.name + " edge status\n  " + a.name + " edge status --state-dir /var/lib/aegis/edge -o json",
+		Flags:  []ucli.Flag{stateDirFlag, outputFlag},
+		Action: a.status,
+	}
+}
+
+// hostStatusReport is `edge status`: the guide's fields first.
+type hostStatusReport struct {
+	NodeID         string  `json:"node_id"`
+	Tenant         string  `json:"tenant"`
+	TenantKind     string  `json:"tenant_kind"`
+	Status         string  `json:"status"`
+	KeyFingerprint string  `json:"key_fingerprint"`
+	TokenExpires   *string `json:"token_expires"`
+	DaemonRunning  bool    `json:"daemon_running"`
+	ServerURL      string  `json:"server_url"`
+	LastError      string  `json:"last_error"`
+	StateDir       string  `json:"state_dir"`
+}
+
+func (a *app) status(c *ucli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	out, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	dir, err := a.stateDir(c)
+	if err != nil {
+		return err
+	}
+	enrolled, err := dir.Enrolled()
+	if err != nil {
+		return err
+	}
+	if !enrolled {
+		return fmt.Errorf("this host is not enrolled (state dir %s): run `%s edge enroll --token T`", dir.Path(), a.name)
+	}
+	running, err := dir.DaemonRunning()
+	if err != nil {
+		return err
+	}
+	var rep hostStatusReport
+	if running {
+		rep, err = a.statusFromDaemon(c.Context, dir)
+		if err != nil && localclient.IsNotRunning(err) {
+			// The daemon took its lock but has not opened its socket yet.
+			rep, err = a.statusFromFiles(dir)
+			if err != nil {
+				return err
+			}
+			rep.DaemonRunning = true
+			rep.Status = "Connecting"
+			rep.LastError = "the daemon is starting"
+		} else if err != nil {
+			// The daemon holds its lock but does not answer (starting, or stuck):
+			// report what the files say and why the daemon could not be asked.
+			rep, err = a.statusFromFiles(dir)
+			if err != nil {
+				return err
+			}
+			rep.DaemonRunning = true
+			rep.Status = "Unknown"
+			rep.LastError = "the daemon did not answer on " + dir.File(keystore.SocketFile)
+		}
+	} else {
+		rep, err = a.statusFromFiles(dir)
+		if err != nil {
+			return err
+		}
+	}
+	rep.StateDir = dir.Path()
+	if out == "json" {
+		return writeJSON(a.env.Stdout, rep)
+	}
+	w := a.env.Stdout
+	fmt.Fprintf(w, "node_id: %s\n", rep.NodeID)
+	fmt.Fprintf(w, "tenant: %s (%s)\n", rep.Tenant, rep.TenantKind)
+	fmt.Fprintf(w, "status: %s\n", rep.Status)
+	fmt.Fprintf(w, "key_fingerprint: %s\n", rep.KeyFingerprint)
+	fmt.Fprintf(w, "token_expires: %s\n", derefDash(rep.TokenExpires))
+	if !rep.DaemonRunning {
+		fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
+	} else if rep.Status != "Connected" && rep.LastError != "" {
+		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
+	}
+	return nil
+}
+
+func (a *app) statusFromDaemon(ctx context.Context, dir *keystore.Dir) (hostStatusReport, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	client := localclient.New(dir.Path())
+	resp, err := client.Status(ctx, connect.NewRequest(&edgev1.StatusRequest{}))
+	if err != nil {
+		return hostStatusReport{}, err
+	}
+	s := resp.Msg
+	return hostStatusReport{
+		NodeID:         s.GetNodeId(),
+		Tenant:         s.GetTenant().GetId(),
+		TenantKind:     s.GetTenant().GetKind(),
+		Status:         s.GetStatus(),
+		KeyFingerprint: s.GetKeyFingerprint(),
+		TokenExpires:   timePtr(asTime(s.GetTokenExpires())),
+		DaemonRunning:  true,
+		ServerURL:      s.GetServerUrl(),
+		LastError:      s.GetLastError(),
+	}, nil
+}
+
+// statusFromFiles is the stopped host's view: the identity on disk, Disconnected (or
+// Revoked when the daemon recorded a revocation).
+func (a *app) statusFromFiles(dir *keystore.Dir) (hostStatusReport, error) {
+	node, err := dir.ReadNode()
+	if err != nil {
+		if errors.Is(err, keystore.ErrNotEnrolled) {
+			return hostStatusReport{}, fmt.Errorf("this host is not enrolled (state dir %s): run `%s edge enroll --token T`", dir.Path(), a.name)
+		}
+		return hostStatusReport{}, err
+	}
+	rep := hostStatusReport{
+		NodeID:     node.NodeID,
+		Tenant:     node.Tenant.ID,
+		TenantKind: node.Tenant.Kind,
+		Status:     "Disconnected",
+		ServerURL:  node.ServerURL,
+	}
+	key, err := dir.ReadKey()
+	if err != nil {
+		return rep, fmt.Errorf("the state dir %s has no usable key: %w", dir.Path(), err)
+	}
+	rep.KeyFingerprint = fingerprint.Of(key.Public().(ed25519.PublicKey))
+	if tok, err := dir.ReadToken(); err == nil {
+		// Display only: the token's expiry as the host sees it, never a trust decision.
+		if claims, err := nodetoken.Peek(tok); err == nil {
+			rep.TokenExpires = timePtr(claims.Expires())
+		}
+	}
+	if r, ok, err := dir.ReadRevoked(); err == nil && ok {
+		rep.Status = "Revoked"
+		rep.LastError = "revoked: " + r.Reason
+	}
+	return rep, nil
+}
