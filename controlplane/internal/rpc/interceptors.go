@@ -3,9 +3,11 @@ package rpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
@@ -21,9 +23,60 @@ func PrincipalFrom(ctx context.Context) (apitoken.Principal, bool) {
 
 // AuthInterceptor resolves "Authorization: Bearer <api token>" on every admin call,
 // unary and streaming, and refuses the call before the handler runs when it is
-// missing or invalid.
+// missing or invalid, or when the token's role is below what AdminPermissions asks
+// for the procedure. A procedure missing from the table is refused: a new RPC is
+// closed until someone decides who may call it.
 type AuthInterceptor struct {
 	Store store.Tx
+}
+
+// Access is the least role an admin procedure needs.
+type Access int
+
+const (
+	// Read: viewers, operators and admins (tenant-scoped except for admins).
+	Read Access = iota + 1
+	// Write: operators and admins.
+	Write
+	// AdminOnly: admins (across tenants).
+	AdminOnly
+)
+
+// AdminPermissions is the one place that says who may call which admin procedure.
+// Tenant scoping is the domain's job (an object of another tenant is NotFound);
+// this table decides the role.
+var AdminPermissions = map[string]Access{
+	edgev1connect.EdgeAdminServiceWhoAmIProcedure:                Read,
+	edgev1connect.EdgeAdminServiceListHostsProcedure:             Read,
+	edgev1connect.EdgeAdminServiceGetHostProcedure:               Read,
+	edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:  Read,
+	edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: Write,
+	edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: Write,
+}
+
+func allowed(p apitoken.Principal, need Access) bool {
+	switch need {
+	case Read:
+		return p.Role == store.RoleViewer || p.CanWrite()
+	case Write:
+		return p.CanWrite()
+	case AdminOnly:
+		return p.IsAdmin()
+	}
+	return false
+}
+
+func (a AuthInterceptor) authorize(ctx context.Context, procedure, header string) (context.Context, error) {
+	ctx, err := a.authenticate(ctx, header)
+	if err != nil {
+		return nil, err
+	}
+	p, _ := PrincipalFrom(ctx)
+	need, known := AdminPermissions[procedure]
+	if !known || !allowed(p, need) {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%w: a %s API token may not call %s", apitoken.ErrPermissionDenied, p.Role, procedure[strings.LastIndex(procedure, "/")+1:]))
+	}
+	return ctx, nil
 }
 
 func (a AuthInterceptor) authenticate(ctx context.Context, header string) (context.Context, error) {
@@ -47,7 +100,7 @@ func (a AuthInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if req.Spec().IsClient {
 			return next(ctx, req)
 		}
-		ctx, err := a.authenticate(ctx, req.Header().Get("Authorization"))
+		ctx, err := a.authorize(ctx, req.Spec().Procedure, req.Header().Get("Authorization"))
 		if err != nil {
 			return nil, err
 		}
@@ -63,7 +116,7 @@ func (a AuthInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) c
 // WrapStreamingHandler implements connect.Interceptor.
 func (a AuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		ctx, err := a.authenticate(ctx, conn.RequestHeader().Get("Authorization"))
+		ctx, err := a.authorize(ctx, conn.Spec().Procedure, conn.RequestHeader().Get("Authorization"))
 		if err != nil {
 			return err
 		}

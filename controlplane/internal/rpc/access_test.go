@@ -1,0 +1,168 @@
+package rpc_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
+	"github.com/aegis-edge/aegis/controlplane/cptest"
+	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/rpc"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// mintToken stores an API token of role in tenant and returns its text.
+func mintToken(t *testing.T, srv *cptest.Server, tenantID, role string) string {
+	t.Helper()
+	text, rec, err := apitoken.Mint(rand.Reader, tenantID, role, role+"-test", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Store.CreateAPIToken(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	return text
+}
+
+func code(err error) connect.Code {
+	if err == nil {
+		return 0
+	}
+	return connect.CodeOf(err)
+}
+
+// Every admin RPC, for every role, on an object of the caller's own tenant and of
+// another: what is allowed works, a role too low is PermissionDenied, and another
+// tenant's object is NotFound (never Forbidden, so existence does not leak).
+func TestAdminRolesAndTenants(t *testing.T) {
+	forEachStore(t, func(t *testing.T, opts cptest.Options) {
+		srv := cptest.Start(t, opts)
+		ctx := context.Background()
+
+		// Tenant A is the bootstrap tenant; tenant B is another team.
+		who, err := srv.AdminClient().WhoAmI(ctx, connect.NewRequest(&edgev1.WhoAmIRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tenantA := who.Msg.GetTenant().GetId()
+		if err := srv.Store.CreateTenant(ctx, store.Tenant{ID: "t-bbbbbbbb", Name: "b", Kind: store.TenantTeam}); err != nil {
+			t.Fatal(err)
+		}
+		hostA := enroll(t, srv, srv.EnrollmentToken(t, "a"))
+		created, err := srv.AdminClient().CreateEnrollmentToken(ctx, connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokenA := created.Msg.GetEnrollmentToken().GetId()
+
+		clients := map[string]edgev1connect.EdgeAdminServiceClient{
+			"admin":      srv.AdminClient(),
+			"operator A": srv.AdminClientWithToken(mintToken(t, srv, tenantA, store.RoleOperator)),
+			"viewer A":   srv.AdminClientWithToken(mintToken(t, srv, tenantA, store.RoleViewer)),
+			"operator B": srv.AdminClientWithToken(mintToken(t, srv, "t-bbbbbbbb", store.RoleOperator)),
+			"viewer B":   srv.AdminClientWithToken(mintToken(t, srv, "t-bbbbbbbb", store.RoleViewer)),
+		}
+
+		type call func(c edgev1connect.EdgeAdminServiceClient) error
+		calls := map[string]call{
+			edgev1connect.EdgeAdminServiceWhoAmIProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				_, err := c.WhoAmI(ctx, connect.NewRequest(&edgev1.WhoAmIRequest{}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceListHostsProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				resp, err := c.ListHosts(ctx, connect.NewRequest(&edgev1.ListHostsRequest{}))
+				if err != nil {
+					return err
+				}
+				for _, h := range resp.Msg.GetHosts() {
+					if h.GetNodeId() == hostA.id {
+						return nil
+					}
+				}
+				return connect.NewError(connect.CodeNotFound, errors.New("host A not listed"))
+			},
+			edgev1connect.EdgeAdminServiceGetHostProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				_, err := c.GetHost(ctx, connect.NewRequest(&edgev1.GetHostRequest{NodeId: hostA.id}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				resp, err := c.ListEnrollmentTokens(ctx, connect.NewRequest(&edgev1.ListEnrollmentTokensRequest{}))
+				if err != nil {
+					return err
+				}
+				for _, e := range resp.Msg.GetEnrollmentTokens() {
+					if e.GetId() == tokenA {
+						return nil
+					}
+				}
+				return connect.NewError(connect.CodeNotFound, errors.New("token A not listed"))
+			},
+			edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				_, err := c.CreateEnrollmentToken(ctx, connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{Ttl: durationpb.New(time.Minute)}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				// Revoking is idempotent, so every allowed caller may revoke token A.
+				_, err := c.RevokeEnrollmentToken(ctx, connect.NewRequest(&edgev1.RevokeEnrollmentTokenRequest{Id: tokenA}))
+				return err
+			},
+		}
+		for proc := range rpc.AdminPermissions {
+			if calls[proc] == nil {
+				t.Errorf("%s has a permission but no row in this test", proc)
+			}
+		}
+
+		// want[procedure][client]: 0 = ok. WhoAmI and CreateEnrollmentToken act on the
+		// caller's own tenant, so tenant B sees them succeed.
+		ok, denied, notFound := connect.Code(0), connect.CodePermissionDenied, connect.CodeNotFound
+		want := map[string]map[string]connect.Code{
+			edgev1connect.EdgeAdminServiceWhoAmIProcedure:                {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": ok, "viewer B": ok},
+			edgev1connect.EdgeAdminServiceListHostsProcedure:             {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceGetHostProcedure:               {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": ok, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+		}
+		for proc, byClient := range want {
+			for name, wantCode := range byClient {
+				if got := code(calls[proc](clients[name])); got != wantCode {
+					t.Errorf("%s as %s: code %v, want %v", proc, name, got, wantCode)
+				}
+			}
+		}
+
+		// A token of tenant B never revoked tenant A's token by accident.
+		list, err := srv.Store.ListEnrollmentTokens(ctx, "t-bbbbbbbb")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range list {
+			if e.ID == tokenA {
+				t.Fatal("tenant B sees tenant A's enrollment token in the store")
+			}
+		}
+
+		// A revoked API token and a garbage one are Unauthenticated on every RPC.
+		text := mintToken(t, srv, tenantA, store.RoleOperator)
+		id, _, _ := apitoken.Parse(text)
+		if err := srv.Store.RevokeAPIToken(ctx, id, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range map[string]edgev1connect.EdgeAdminServiceClient{
+			"revoked": srv.AdminClientWithToken(text), "garbage": srv.AdminClientWithToken("x.y"), "none": srv.AdminClientWithToken(""),
+		} {
+			for proc, fn := range calls {
+				if got := code(fn(c)); got != connect.CodeUnauthenticated {
+					t.Errorf("%s as %s token: code %v, want Unauthenticated", proc, name, got)
+				}
+			}
+		}
+	})
+}
