@@ -202,3 +202,8 @@ func hostPB(h hosts.Host) *edgev1.Host {
 		SecurityContext: d.SecurityContext,
 	}
 }
+
+// RevokeHost is not served yet.
+func (a *Admin) RevokeHost(context.Context, *connect.Request[edgev1.RevokeHostRequest]) (*connect.Response[edgev1.RevokeHostResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("revoke-remote is not available on this control plane yet"))
+}

@@ -283,3 +283,13 @@ func newSessionID(rnd io.Reader) (string, error) {
 func tenantPB(t store.Tenant) *edgev1.Tenant {
 	return &edgev1.Tenant{Id: t.ID, Name: t.Name, Kind: t.Kind}
 }
+
+// RotateEdgeKey is not served yet.
+func (c *Cluster) RotateEdgeKey(context.Context, *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.RotateEdgeKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("key rotation is not available on this control plane yet"))
+}
+
+// Logout is not served yet.
+func (c *Cluster) Logout(context.Context, *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.LogoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("logout is not available on this control plane yet"))
+}

@@ -115,3 +115,18 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	return err
 }
+
+// RotateKeys is not served yet.
+func (s *Service) RotateKeys(context.Context, *connect.Request[edgev1.RotateKeysRequest]) (*connect.Response[edgev1.RotateKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("key rotation is not available in this edged yet"))
+}
+
+// RefreshToken is not served yet.
+func (s *Service) RefreshToken(context.Context, *connect.Request[edgev1.RefreshTokenRequest]) (*connect.Response[edgev1.RefreshTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("token refresh is not available in this edged yet"))
+}
+
+// Logout is not served yet.
+func (s *Service) Logout(context.Context, *connect.Request[edgev1.EdgeLocalServiceLogoutRequest]) (*connect.Response[edgev1.EdgeLocalServiceLogoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("logout is not available in this edged yet"))
+}

@@ -629,6 +629,264 @@ func (x *AttestResponse) GetTenant() *Tenant {
 	return nil
 }
 
+// RotateEdgeKeyRequest is the payload of a ROTATE_KEY envelope.
+type RotateEdgeKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Made by the daemon (a UUID), recorded beside node.key.next; the key of idempotency.
+	RotationId string `protobuf:"bytes,1,opt,name=rotation_id,json=rotationId,proto3" json:"rotation_id,omitempty"`
+	NodeId     string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The new Ed25519 public key (32 bytes).
+	NewPublicKey []byte `protobuf:"bytes,3,opt,name=new_public_key,json=newPublicKey,proto3" json:"new_public_key,omitempty"`
+	// When the daemon made the request (server clock estimate), in the signed bytes.
+	TimestampUnixMs int64 `protobuf:"varint,4,opt,name=timestamp_unix_ms,json=timestampUnixMs,proto3" json:"timestamp_unix_ms,omitempty"`
+	// The new key's signature over seal.RotateNewKeyMessage(rotation_id, node_id,
+	// old public key, new public key, timestamp).
+	NewKeySignature []byte `protobuf:"bytes,5,opt,name=new_key_signature,json=newKeySignature,proto3" json:"new_key_signature,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RotateEdgeKeyRequest) Reset() {
+	*x = RotateEdgeKeyRequest{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateEdgeKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateEdgeKeyRequest) ProtoMessage() {}
+
+func (x *RotateEdgeKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateEdgeKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateEdgeKeyRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RotateEdgeKeyRequest) GetRotationId() string {
+	if x != nil {
+		return x.RotationId
+	}
+	return ""
+}
+
+func (x *RotateEdgeKeyRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RotateEdgeKeyRequest) GetNewPublicKey() []byte {
+	if x != nil {
+		return x.NewPublicKey
+	}
+	return nil
+}
+
+func (x *RotateEdgeKeyRequest) GetTimestampUnixMs() int64 {
+	if x != nil {
+		return x.TimestampUnixMs
+	}
+	return 0
+}
+
+func (x *RotateEdgeKeyRequest) GetNewKeySignature() []byte {
+	if x != nil {
+		return x.NewKeySignature
+	}
+	return nil
+}
+
+type RotateEdgeKeyResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RotationId string                 `protobuf:"bytes,1,opt,name=rotation_id,json=rotationId,proto3" json:"rotation_id,omitempty"`
+	// The new NodeSecurityToken, bound to the new key.
+	NodeSecurityToken string                 `protobuf:"bytes,2,opt,name=node_security_token,json=nodeSecurityToken,proto3" json:"node_security_token,omitempty"`
+	TokenExpiresAt    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
+	// Until when envelopes signed by the previous key are still accepted on streams
+	// that were authenticated before the rotation.
+	OverlapUntil      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=overlap_until,json=overlapUntil,proto3" json:"overlap_until,omitempty"`
+	NewKeyFingerprint string                 `protobuf:"bytes,5,opt,name=new_key_fingerprint,json=newKeyFingerprint,proto3" json:"new_key_fingerprint,omitempty"`
+	ServerTime        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	RotatedAt         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=rotated_at,json=rotatedAt,proto3" json:"rotated_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RotateEdgeKeyResponse) Reset() {
+	*x = RotateEdgeKeyResponse{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateEdgeKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateEdgeKeyResponse) ProtoMessage() {}
+
+func (x *RotateEdgeKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateEdgeKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateEdgeKeyResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RotateEdgeKeyResponse) GetRotationId() string {
+	if x != nil {
+		return x.RotationId
+	}
+	return ""
+}
+
+func (x *RotateEdgeKeyResponse) GetNodeSecurityToken() string {
+	if x != nil {
+		return x.NodeSecurityToken
+	}
+	return ""
+}
+
+func (x *RotateEdgeKeyResponse) GetTokenExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpiresAt
+	}
+	return nil
+}
+
+func (x *RotateEdgeKeyResponse) GetOverlapUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OverlapUntil
+	}
+	return nil
+}
+
+func (x *RotateEdgeKeyResponse) GetNewKeyFingerprint() string {
+	if x != nil {
+		return x.NewKeyFingerprint
+	}
+	return ""
+}
+
+func (x *RotateEdgeKeyResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
+	}
+	return nil
+}
+
+func (x *RotateEdgeKeyResponse) GetRotatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RotatedAt
+	}
+	return nil
+}
+
+// LogoutRequest is the payload of a LOGOUT envelope.
+type LogoutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogoutRequest) Reset() {
+	*x = LogoutRequest{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogoutRequest) ProtoMessage() {}
+
+func (x *LogoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogoutRequest.ProtoReflect.Descriptor instead.
+func (*LogoutRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LogoutRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type LogoutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogoutResponse) Reset() {
+	*x = LogoutResponse{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogoutResponse) ProtoMessage() {}
+
+func (x *LogoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogoutResponse.ProtoReflect.Descriptor instead.
+func (*LogoutResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{10}
+}
+
 // EdgeEvent is the payload of a ConnectEdge envelope (kind EDGE_EVENT).
 type EdgeEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -643,7 +901,7 @@ type EdgeEvent struct {
 
 func (x *EdgeEvent) Reset() {
 	*x = EdgeEvent{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[7]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +913,7 @@ func (x *EdgeEvent) String() string {
 func (*EdgeEvent) ProtoMessage() {}
 
 func (x *EdgeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[7]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +926,7 @@ func (x *EdgeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeEvent.ProtoReflect.Descriptor instead.
 func (*EdgeEvent) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EdgeEvent) GetEvent() isEdgeEvent_Event {
@@ -723,7 +981,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[8]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +993,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[8]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +1006,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Hello) GetAgentVersion() string {
@@ -782,7 +1040,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[9]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1052,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[9]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1065,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Heartbeat) GetUptime() *durationpb.Duration {
@@ -825,6 +1083,8 @@ type EdgeCommand struct {
 	//	*EdgeCommand_Welcome
 	//	*EdgeCommand_HeartbeatAck
 	//	*EdgeCommand_Disconnect
+	//	*EdgeCommand_RefreshToken
+	//	*EdgeCommand_RotateKey
 	Command       isEdgeCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -832,7 +1092,7 @@ type EdgeCommand struct {
 
 func (x *EdgeCommand) Reset() {
 	*x = EdgeCommand{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[10]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +1104,7 @@ func (x *EdgeCommand) String() string {
 func (*EdgeCommand) ProtoMessage() {}
 
 func (x *EdgeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[10]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +1117,7 @@ func (x *EdgeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeCommand.ProtoReflect.Descriptor instead.
 func (*EdgeCommand) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EdgeCommand) GetCommand() isEdgeCommand_Command {
@@ -894,6 +1154,24 @@ func (x *EdgeCommand) GetDisconnect() *Disconnect {
 	return nil
 }
 
+func (x *EdgeCommand) GetRefreshToken() *RefreshTokenCommand {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_RefreshToken); ok {
+			return x.RefreshToken
+		}
+	}
+	return nil
+}
+
+func (x *EdgeCommand) GetRotateKey() *RotateKeyCommand {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_RotateKey); ok {
+			return x.RotateKey
+		}
+	}
+	return nil
+}
+
 type isEdgeCommand_Command interface {
 	isEdgeCommand_Command()
 }
@@ -910,11 +1188,125 @@ type EdgeCommand_Disconnect struct {
 	Disconnect *Disconnect `protobuf:"bytes,3,opt,name=disconnect,proto3,oneof"`
 }
 
+type EdgeCommand_RefreshToken struct {
+	RefreshToken *RefreshTokenCommand `protobuf:"bytes,4,opt,name=refresh_token,json=refreshToken,proto3,oneof"`
+}
+
+type EdgeCommand_RotateKey struct {
+	RotateKey *RotateKeyCommand `protobuf:"bytes,5,opt,name=rotate_key,json=rotateKey,proto3,oneof"`
+}
+
 func (*EdgeCommand_Welcome) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_HeartbeatAck) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_Disconnect) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_RefreshToken) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_RotateKey) isEdgeCommand_Command() {}
+
+// RefreshTokenCommand asks the daemon to re-attest now and swap the new token in
+// (after a server-side scope or security-context change).
+type RefreshTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshTokenCommand) Reset() {
+	*x = RefreshTokenCommand{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshTokenCommand) ProtoMessage() {}
+
+func (x *RefreshTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshTokenCommand.ProtoReflect.Descriptor instead.
+func (*RefreshTokenCommand) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RefreshTokenCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RotateKeyCommand asks the daemon to run the key rotation locally (how a fleet
+// rotation reaches a host).
+type RotateKeyCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Echoed in the rotation's audit entry.
+	FleetRunId string `protobuf:"bytes,1,opt,name=fleet_run_id,json=fleetRunId,proto3" json:"fleet_run_id,omitempty"`
+	// How long the archived old key is kept; 0 means the daemon's default.
+	KeepOld       *durationpb.Duration `protobuf:"bytes,2,opt,name=keep_old,json=keepOld,proto3" json:"keep_old,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyCommand) Reset() {
+	*x = RotateKeyCommand{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyCommand) ProtoMessage() {}
+
+func (x *RotateKeyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyCommand.ProtoReflect.Descriptor instead.
+func (*RotateKeyCommand) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RotateKeyCommand) GetFleetRunId() string {
+	if x != nil {
+		return x.FleetRunId
+	}
+	return ""
+}
+
+func (x *RotateKeyCommand) GetKeepOld() *durationpb.Duration {
+	if x != nil {
+		return x.KeepOld
+	}
+	return nil
+}
 
 // Welcome answers an accepted Hello.
 type Welcome struct {
@@ -929,7 +1321,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[11]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1333,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[11]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1346,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -989,7 +1381,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[12]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1393,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[12]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1406,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HeartbeatAck) GetSequence() uint64 {
@@ -1043,7 +1435,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[13]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1447,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[13]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1460,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Disconnect) GetReason() DisconnectReason {
@@ -1139,7 +1531,28 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x10token_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x12;\n" +
 	"\vserver_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x12-\n" +
-	"\x06tenant\x18\x04 \x01(\v2\x15.aegis.edge.v1.TenantR\x06tenant\"|\n" +
+	"\x06tenant\x18\x04 \x01(\v2\x15.aegis.edge.v1.TenantR\x06tenant\"\xce\x01\n" +
+	"\x14RotateEdgeKeyRequest\x12\x1f\n" +
+	"\vrotation_id\x18\x01 \x01(\tR\n" +
+	"rotationId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12$\n" +
+	"\x0enew_public_key\x18\x03 \x01(\fR\fnewPublicKey\x12*\n" +
+	"\x11timestamp_unix_ms\x18\x04 \x01(\x03R\x0ftimestampUnixMs\x12*\n" +
+	"\x11new_key_signature\x18\x05 \x01(\fR\x0fnewKeySignature\"\x97\x03\n" +
+	"\x15RotateEdgeKeyResponse\x12\x1f\n" +
+	"\vrotation_id\x18\x01 \x01(\tR\n" +
+	"rotationId\x12.\n" +
+	"\x13node_security_token\x18\x02 \x01(\tR\x11nodeSecurityToken\x12D\n" +
+	"\x10token_expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x12?\n" +
+	"\roverlap_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\foverlapUntil\x12.\n" +
+	"\x13new_key_fingerprint\x18\x05 \x01(\tR\x11newKeyFingerprint\x12;\n" +
+	"\vserver_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\x129\n" +
+	"\n" +
+	"rotated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\"(\n" +
+	"\rLogoutRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x10\n" +
+	"\x0eLogoutResponse\"|\n" +
 	"\tEdgeEvent\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.aegis.edge.v1.HelloH\x00R\x05hello\x128\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x18.aegis.edge.v1.HeartbeatH\x00R\theartbeatB\a\n" +
@@ -1149,14 +1562,23 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x03 \x01(\tR\x02os\">\n" +
 	"\tHeartbeat\x121\n" +
-	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xcd\x01\n" +
+	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xda\x02\n" +
 	"\vEdgeCommand\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.aegis.edge.v1.WelcomeH\x00R\awelcome\x12B\n" +
 	"\rheartbeat_ack\x18\x02 \x01(\v2\x1b.aegis.edge.v1.HeartbeatAckH\x00R\fheartbeatAck\x12;\n" +
 	"\n" +
 	"disconnect\x18\x03 \x01(\v2\x19.aegis.edge.v1.DisconnectH\x00R\n" +
-	"disconnectB\t\n" +
-	"\acommand\"\xaf\x01\n" +
+	"disconnect\x12I\n" +
+	"\rrefresh_token\x18\x04 \x01(\v2\".aegis.edge.v1.RefreshTokenCommandH\x00R\frefreshToken\x12@\n" +
+	"\n" +
+	"rotate_key\x18\x05 \x01(\v2\x1f.aegis.edge.v1.RotateKeyCommandH\x00R\trotateKeyB\t\n" +
+	"\acommand\"-\n" +
+	"\x13RefreshTokenCommand\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"j\n" +
+	"\x10RotateKeyCommand\x12 \n" +
+	"\ffleet_run_id\x18\x01 \x01(\tR\n" +
+	"fleetRunId\x124\n" +
+	"\bkeep_old\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\akeepOld\"\xaf\x01\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12;\n" +
@@ -1181,12 +1603,14 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x1aDISCONNECT_REASON_SHUTDOWN\x10\x01\x12\x1e\n" +
 	"\x1aDISCONNECT_REASON_REPLACED\x10\x02\x12\x1d\n" +
 	"\x19DISCONNECT_REASON_REVOKED\x10\x03\x12\x1e\n" +
-	"\x1aDISCONNECT_REASON_REATTEST\x10\x042\xc2\x02\n" +
+	"\x1aDISCONNECT_REASON_REATTEST\x10\x042\xe4\x03\n" +
 	"\x12NodeClusterService\x12N\n" +
 	"\tChallenge\x12\x1f.aegis.edge.v1.ChallengeRequest\x1a .aegis.edge.v1.ChallengeResponse\x12E\n" +
 	"\x06Enroll\x12\x1c.aegis.edge.v1.EnrollRequest\x1a\x1d.aegis.edge.v1.EnrollResponse\x12E\n" +
 	"\x06Attest\x12\x1c.aegis.edge.v1.AttestRequest\x1a\x1d.aegis.edge.v1.AttestResponse\x12N\n" +
-	"\vConnectEdge\x12\x1f.aegis.edge.v1.SealNodeEnvelope\x1a\x1a.aegis.edge.v1.EdgeCommand(\x010\x01B\xb1\x01\n" +
+	"\vConnectEdge\x12\x1f.aegis.edge.v1.SealNodeEnvelope\x1a\x1a.aegis.edge.v1.EdgeCommand(\x010\x01\x12V\n" +
+	"\rRotateEdgeKey\x12\x1f.aegis.edge.v1.SealNodeEnvelope\x1a$.aegis.edge.v1.RotateEdgeKeyResponse\x12H\n" +
+	"\x06Logout\x12\x1f.aegis.edge.v1.SealNodeEnvelope\x1a\x1d.aegis.edge.v1.LogoutResponseB\xb1\x01\n" +
 	"\x11com.aegis.edge.v1B\fClusterProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
 var (
@@ -1202,7 +1626,7 @@ func file_aegis_edge_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(ChallengePurpose)(0),         // 0: aegis.edge.v1.ChallengePurpose
 	(DisconnectReason)(0),         // 1: aegis.edge.v1.DisconnectReason
@@ -1213,51 +1637,68 @@ var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(*Tenant)(nil),                // 6: aegis.edge.v1.Tenant
 	(*AttestRequest)(nil),         // 7: aegis.edge.v1.AttestRequest
 	(*AttestResponse)(nil),        // 8: aegis.edge.v1.AttestResponse
-	(*EdgeEvent)(nil),             // 9: aegis.edge.v1.EdgeEvent
-	(*Hello)(nil),                 // 10: aegis.edge.v1.Hello
-	(*Heartbeat)(nil),             // 11: aegis.edge.v1.Heartbeat
-	(*EdgeCommand)(nil),           // 12: aegis.edge.v1.EdgeCommand
-	(*Welcome)(nil),               // 13: aegis.edge.v1.Welcome
-	(*HeartbeatAck)(nil),          // 14: aegis.edge.v1.HeartbeatAck
-	(*Disconnect)(nil),            // 15: aegis.edge.v1.Disconnect
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(*SealNodeEnvelope)(nil),      // 18: aegis.edge.v1.SealNodeEnvelope
+	(*RotateEdgeKeyRequest)(nil),  // 9: aegis.edge.v1.RotateEdgeKeyRequest
+	(*RotateEdgeKeyResponse)(nil), // 10: aegis.edge.v1.RotateEdgeKeyResponse
+	(*LogoutRequest)(nil),         // 11: aegis.edge.v1.LogoutRequest
+	(*LogoutResponse)(nil),        // 12: aegis.edge.v1.LogoutResponse
+	(*EdgeEvent)(nil),             // 13: aegis.edge.v1.EdgeEvent
+	(*Hello)(nil),                 // 14: aegis.edge.v1.Hello
+	(*Heartbeat)(nil),             // 15: aegis.edge.v1.Heartbeat
+	(*EdgeCommand)(nil),           // 16: aegis.edge.v1.EdgeCommand
+	(*RefreshTokenCommand)(nil),   // 17: aegis.edge.v1.RefreshTokenCommand
+	(*RotateKeyCommand)(nil),      // 18: aegis.edge.v1.RotateKeyCommand
+	(*Welcome)(nil),               // 19: aegis.edge.v1.Welcome
+	(*HeartbeatAck)(nil),          // 20: aegis.edge.v1.HeartbeatAck
+	(*Disconnect)(nil),            // 21: aegis.edge.v1.Disconnect
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
+	(*SealNodeEnvelope)(nil),      // 24: aegis.edge.v1.SealNodeEnvelope
 }
 var file_aegis_edge_v1_cluster_proto_depIdxs = []int32{
 	0,  // 0: aegis.edge.v1.ChallengeRequest.purpose:type_name -> aegis.edge.v1.ChallengePurpose
-	16, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
-	16, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
+	22, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
 	6,  // 3: aegis.edge.v1.EnrollResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	16, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	16, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
-	16, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	16, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
+	22, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	22, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
+	22, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	22, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
 	6,  // 8: aegis.edge.v1.AttestResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	10, // 9: aegis.edge.v1.EdgeEvent.hello:type_name -> aegis.edge.v1.Hello
-	11, // 10: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
-	17, // 11: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	13, // 12: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
-	14, // 13: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
-	15, // 14: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
-	16, // 15: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	17, // 16: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	16, // 17: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	1,  // 18: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
-	17, // 19: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
-	2,  // 20: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
-	4,  // 21: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
-	7,  // 22: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
-	18, // 23: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
-	3,  // 24: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
-	5,  // 25: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
-	8,  // 26: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
-	12, // 27: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
-	24, // [24:28] is the sub-list for method output_type
-	20, // [20:24] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	22, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	22, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
+	22, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
+	22, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
+	14, // 13: aegis.edge.v1.EdgeEvent.hello:type_name -> aegis.edge.v1.Hello
+	15, // 14: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
+	23, // 15: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	19, // 16: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
+	20, // 17: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
+	21, // 18: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
+	17, // 19: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
+	18, // 20: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
+	23, // 21: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
+	22, // 22: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	23, // 23: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	22, // 24: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	1,  // 25: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
+	23, // 26: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
+	2,  // 27: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
+	4,  // 28: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
+	7,  // 29: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
+	24, // 30: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
+	24, // 31: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
+	24, // 32: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
+	3,  // 33: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
+	5,  // 34: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
+	8,  // 35: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
+	16, // 36: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
+	10, // 37: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
+	12, // 38: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
+	33, // [33:39] is the sub-list for method output_type
+	27, // [27:33] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_cluster_proto_init() }
@@ -1266,14 +1707,16 @@ func file_aegis_edge_v1_cluster_proto_init() {
 		return
 	}
 	file_aegis_edge_v1_common_proto_init()
-	file_aegis_edge_v1_cluster_proto_msgTypes[7].OneofWrappers = []any{
+	file_aegis_edge_v1_cluster_proto_msgTypes[11].OneofWrappers = []any{
 		(*EdgeEvent_Hello)(nil),
 		(*EdgeEvent_Heartbeat)(nil),
 	}
-	file_aegis_edge_v1_cluster_proto_msgTypes[10].OneofWrappers = []any{
+	file_aegis_edge_v1_cluster_proto_msgTypes[14].OneofWrappers = []any{
 		(*EdgeCommand_Welcome)(nil),
 		(*EdgeCommand_HeartbeatAck)(nil),
 		(*EdgeCommand_Disconnect)(nil),
+		(*EdgeCommand_RefreshToken)(nil),
+		(*EdgeCommand_RotateKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1281,7 +1724,7 @@ func file_aegis_edge_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_cluster_proto_rawDesc), len(file_aegis_edge_v1_cluster_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

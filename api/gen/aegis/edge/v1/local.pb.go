@@ -9,6 +9,7 @@ package edgev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -22,6 +23,305 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RotateKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the archived old key is kept; 0 means the default, 24h.
+	KeepOld       *durationpb.Duration `protobuf:"bytes,1,opt,name=keep_old,json=keepOld,proto3" json:"keep_old,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeysRequest) Reset() {
+	*x = RotateKeysRequest{}
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeysRequest) ProtoMessage() {}
+
+func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RotateKeysRequest) GetKeepOld() *durationpb.Duration {
+	if x != nil {
+		return x.KeepOld
+	}
+	return nil
+}
+
+type RotateKeysResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	RotationId        string                 `protobuf:"bytes,1,opt,name=rotation_id,json=rotationId,proto3" json:"rotation_id,omitempty"`
+	OldKeyFingerprint string                 `protobuf:"bytes,2,opt,name=old_key_fingerprint,json=oldKeyFingerprint,proto3" json:"old_key_fingerprint,omitempty"`
+	NewKeyFingerprint string                 `protobuf:"bytes,3,opt,name=new_key_fingerprint,json=newKeyFingerprint,proto3" json:"new_key_fingerprint,omitempty"`
+	// Where the old key was archived (archive/<RFC 3339 UTC>.key).
+	ArchivedKeyPath string                 `protobuf:"bytes,4,opt,name=archived_key_path,json=archivedKeyPath,proto3" json:"archived_key_path,omitempty"`
+	TokenExpires    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=token_expires,json=tokenExpires,proto3" json:"token_expires,omitempty"`
+	ArchiveExpires  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=archive_expires,json=archiveExpires,proto3" json:"archive_expires,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RotateKeysResponse) Reset() {
+	*x = RotateKeysResponse{}
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeysResponse) ProtoMessage() {}
+
+func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RotateKeysResponse) GetRotationId() string {
+	if x != nil {
+		return x.RotationId
+	}
+	return ""
+}
+
+func (x *RotateKeysResponse) GetOldKeyFingerprint() string {
+	if x != nil {
+		return x.OldKeyFingerprint
+	}
+	return ""
+}
+
+func (x *RotateKeysResponse) GetNewKeyFingerprint() string {
+	if x != nil {
+		return x.NewKeyFingerprint
+	}
+	return ""
+}
+
+func (x *RotateKeysResponse) GetArchivedKeyPath() string {
+	if x != nil {
+		return x.ArchivedKeyPath
+	}
+	return ""
+}
+
+func (x *RotateKeysResponse) GetTokenExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpires
+	}
+	return nil
+}
+
+func (x *RotateKeysResponse) GetArchiveExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ArchiveExpires
+	}
+	return nil
+}
+
+type RefreshTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshTokenRequest) Reset() {
+	*x = RefreshTokenRequest{}
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshTokenRequest) ProtoMessage() {}
+
+func (x *RefreshTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshTokenRequest.ProtoReflect.Descriptor instead.
+func (*RefreshTokenRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{2}
+}
+
+type RefreshTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenExpires  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=token_expires,json=tokenExpires,proto3" json:"token_expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshTokenResponse) Reset() {
+	*x = RefreshTokenResponse{}
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshTokenResponse) ProtoMessage() {}
+
+func (x *RefreshTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshTokenResponse.ProtoReflect.Descriptor instead.
+func (*RefreshTokenResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RefreshTokenResponse) GetTokenExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpires
+	}
+	return nil
+}
+
+type EdgeLocalServiceLogoutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeLocalServiceLogoutRequest) Reset() {
+	*x = EdgeLocalServiceLogoutRequest{}
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeLocalServiceLogoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeLocalServiceLogoutRequest) ProtoMessage() {}
+
+func (x *EdgeLocalServiceLogoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeLocalServiceLogoutRequest.ProtoReflect.Descriptor instead.
+func (*EdgeLocalServiceLogoutRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{4}
+}
+
+type EdgeLocalServiceLogoutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the control plane was told (false when it could not be reached).
+	ServerNotified bool   `protobuf:"varint,1,opt,name=server_notified,json=serverNotified,proto3" json:"server_notified,omitempty"`
+	NodeId         string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EdgeLocalServiceLogoutResponse) Reset() {
+	*x = EdgeLocalServiceLogoutResponse{}
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeLocalServiceLogoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeLocalServiceLogoutResponse) ProtoMessage() {}
+
+func (x *EdgeLocalServiceLogoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeLocalServiceLogoutResponse.ProtoReflect.Descriptor instead.
+func (*EdgeLocalServiceLogoutResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *EdgeLocalServiceLogoutResponse) GetServerNotified() bool {
+	if x != nil {
+		return x.ServerNotified
+	}
+	return false
+}
+
+func (x *EdgeLocalServiceLogoutResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +330,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_aegis_edge_v1_local_proto_msgTypes[0]
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +342,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_local_proto_msgTypes[0]
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +355,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{0}
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{6}
 }
 
 type StatusResponse struct {
@@ -78,7 +378,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_aegis_edge_v1_local_proto_msgTypes[1]
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -90,7 +390,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_local_proto_msgTypes[1]
+	mi := &file_aegis_edge_v1_local_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -103,7 +403,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{1}
+	return file_aegis_edge_v1_local_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -173,7 +473,24 @@ var File_aegis_edge_v1_local_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_local_proto_rawDesc = "" +
 	"\n" +
-	"\x19aegis/edge/v1/local.proto\x12\raegis.edge.v1\x1a\x1baegis/edge/v1/cluster.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\x19aegis/edge/v1/local.proto\x12\raegis.edge.v1\x1a\x1baegis/edge/v1/cluster.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n" +
+	"\x11RotateKeysRequest\x124\n" +
+	"\bkeep_old\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\akeepOld\"\xc7\x02\n" +
+	"\x12RotateKeysResponse\x12\x1f\n" +
+	"\vrotation_id\x18\x01 \x01(\tR\n" +
+	"rotationId\x12.\n" +
+	"\x13old_key_fingerprint\x18\x02 \x01(\tR\x11oldKeyFingerprint\x12.\n" +
+	"\x13new_key_fingerprint\x18\x03 \x01(\tR\x11newKeyFingerprint\x12*\n" +
+	"\x11archived_key_path\x18\x04 \x01(\tR\x0farchivedKeyPath\x12?\n" +
+	"\rtoken_expires\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\ftokenExpires\x12C\n" +
+	"\x0farchive_expires\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0earchiveExpires\"\x15\n" +
+	"\x13RefreshTokenRequest\"W\n" +
+	"\x14RefreshTokenResponse\x12?\n" +
+	"\rtoken_expires\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ftokenExpires\"\x1f\n" +
+	"\x1dEdgeLocalServiceLogoutRequest\"b\n" +
+	"\x1eEdgeLocalServiceLogoutResponse\x12'\n" +
+	"\x0fserver_notified\x18\x01 \x01(\bR\x0eserverNotified\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\x0f\n" +
 	"\rStatusRequest\"\xa7\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12-\n" +
@@ -186,9 +503,13 @@ const file_aegis_edge_v1_local_proto_rawDesc = "" +
 	"\x0fconnected_since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0econnectedSince\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\b \x01(\tR\tlastError\x12H\n" +
-	"\x12last_heartbeat_ack\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10lastHeartbeatAck2Y\n" +
+	"\x12last_heartbeat_ack\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10lastHeartbeatAck2\xec\x02\n" +
 	"\x10EdgeLocalService\x12E\n" +
-	"\x06Status\x12\x1c.aegis.edge.v1.StatusRequest\x1a\x1d.aegis.edge.v1.StatusResponseB\xaf\x01\n" +
+	"\x06Status\x12\x1c.aegis.edge.v1.StatusRequest\x1a\x1d.aegis.edge.v1.StatusResponse\x12Q\n" +
+	"\n" +
+	"RotateKeys\x12 .aegis.edge.v1.RotateKeysRequest\x1a!.aegis.edge.v1.RotateKeysResponse\x12W\n" +
+	"\fRefreshToken\x12\".aegis.edge.v1.RefreshTokenRequest\x1a#.aegis.edge.v1.RefreshTokenResponse\x12e\n" +
+	"\x06Logout\x12,.aegis.edge.v1.EdgeLocalServiceLogoutRequest\x1a-.aegis.edge.v1.EdgeLocalServiceLogoutResponseB\xaf\x01\n" +
 	"\x11com.aegis.edge.v1B\n" +
 	"LocalProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
@@ -204,25 +525,42 @@ func file_aegis_edge_v1_local_proto_rawDescGZIP() []byte {
 	return file_aegis_edge_v1_local_proto_rawDescData
 }
 
-var file_aegis_edge_v1_local_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_aegis_edge_v1_local_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_aegis_edge_v1_local_proto_goTypes = []any{
-	(*StatusRequest)(nil),         // 0: aegis.edge.v1.StatusRequest
-	(*StatusResponse)(nil),        // 1: aegis.edge.v1.StatusResponse
-	(*Tenant)(nil),                // 2: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*RotateKeysRequest)(nil),              // 0: aegis.edge.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),             // 1: aegis.edge.v1.RotateKeysResponse
+	(*RefreshTokenRequest)(nil),            // 2: aegis.edge.v1.RefreshTokenRequest
+	(*RefreshTokenResponse)(nil),           // 3: aegis.edge.v1.RefreshTokenResponse
+	(*EdgeLocalServiceLogoutRequest)(nil),  // 4: aegis.edge.v1.EdgeLocalServiceLogoutRequest
+	(*EdgeLocalServiceLogoutResponse)(nil), // 5: aegis.edge.v1.EdgeLocalServiceLogoutResponse
+	(*StatusRequest)(nil),                  // 6: aegis.edge.v1.StatusRequest
+	(*StatusResponse)(nil),                 // 7: aegis.edge.v1.StatusResponse
+	(*durationpb.Duration)(nil),            // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 9: google.protobuf.Timestamp
+	(*Tenant)(nil),                         // 10: aegis.edge.v1.Tenant
 }
 var file_aegis_edge_v1_local_proto_depIdxs = []int32{
-	2, // 0: aegis.edge.v1.StatusResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	3, // 1: aegis.edge.v1.StatusResponse.token_expires:type_name -> google.protobuf.Timestamp
-	3, // 2: aegis.edge.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
-	3, // 3: aegis.edge.v1.StatusResponse.last_heartbeat_ack:type_name -> google.protobuf.Timestamp
-	0, // 4: aegis.edge.v1.EdgeLocalService.Status:input_type -> aegis.edge.v1.StatusRequest
-	1, // 5: aegis.edge.v1.EdgeLocalService.Status:output_type -> aegis.edge.v1.StatusResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8,  // 0: aegis.edge.v1.RotateKeysRequest.keep_old:type_name -> google.protobuf.Duration
+	9,  // 1: aegis.edge.v1.RotateKeysResponse.token_expires:type_name -> google.protobuf.Timestamp
+	9,  // 2: aegis.edge.v1.RotateKeysResponse.archive_expires:type_name -> google.protobuf.Timestamp
+	9,  // 3: aegis.edge.v1.RefreshTokenResponse.token_expires:type_name -> google.protobuf.Timestamp
+	10, // 4: aegis.edge.v1.StatusResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	9,  // 5: aegis.edge.v1.StatusResponse.token_expires:type_name -> google.protobuf.Timestamp
+	9,  // 6: aegis.edge.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
+	9,  // 7: aegis.edge.v1.StatusResponse.last_heartbeat_ack:type_name -> google.protobuf.Timestamp
+	6,  // 8: aegis.edge.v1.EdgeLocalService.Status:input_type -> aegis.edge.v1.StatusRequest
+	0,  // 9: aegis.edge.v1.EdgeLocalService.RotateKeys:input_type -> aegis.edge.v1.RotateKeysRequest
+	2,  // 10: aegis.edge.v1.EdgeLocalService.RefreshToken:input_type -> aegis.edge.v1.RefreshTokenRequest
+	4,  // 11: aegis.edge.v1.EdgeLocalService.Logout:input_type -> aegis.edge.v1.EdgeLocalServiceLogoutRequest
+	7,  // 12: aegis.edge.v1.EdgeLocalService.Status:output_type -> aegis.edge.v1.StatusResponse
+	1,  // 13: aegis.edge.v1.EdgeLocalService.RotateKeys:output_type -> aegis.edge.v1.RotateKeysResponse
+	3,  // 14: aegis.edge.v1.EdgeLocalService.RefreshToken:output_type -> aegis.edge.v1.RefreshTokenResponse
+	5,  // 15: aegis.edge.v1.EdgeLocalService.Logout:output_type -> aegis.edge.v1.EdgeLocalServiceLogoutResponse
+	12, // [12:16] is the sub-list for method output_type
+	8,  // [8:12] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_local_proto_init() }
@@ -237,7 +575,7 @@ func file_aegis_edge_v1_local_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_local_proto_rawDesc), len(file_aegis_edge_v1_local_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -50,6 +50,9 @@ const (
 	// EdgeAdminServiceGetHostProcedure is the fully-qualified name of the EdgeAdminService's GetHost
 	// RPC.
 	EdgeAdminServiceGetHostProcedure = "/aegis.edge.v1.EdgeAdminService/GetHost"
+	// EdgeAdminServiceRevokeHostProcedure is the fully-qualified name of the EdgeAdminService's
+	// RevokeHost RPC.
+	EdgeAdminServiceRevokeHostProcedure = "/aegis.edge.v1.EdgeAdminService/RevokeHost"
 )
 
 // EdgeAdminServiceClient is a client for the aegis.edge.v1.EdgeAdminService service.
@@ -61,6 +64,9 @@ type EdgeAdminServiceClient interface {
 	RevokeEnrollmentToken(context.Context, *connect.Request[v1.RevokeEnrollmentTokenRequest]) (*connect.Response[v1.RevokeEnrollmentTokenResponse], error)
 	ListHosts(context.Context, *connect.Request[v1.ListHostsRequest]) (*connect.Response[v1.ListHostsResponse], error)
 	GetHost(context.Context, *connect.Request[v1.GetHostRequest]) (*connect.Response[v1.GetHostResponse], error)
+	// RevokeHost (revoke-remote): status Revoked, active tokens blacklisted, the live
+	// stream dropped. The host must enroll again.
+	RevokeHost(context.Context, *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error)
 }
 
 // NewEdgeAdminServiceClient constructs a client for the aegis.edge.v1.EdgeAdminService service. By
@@ -110,6 +116,12 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeAdminServiceMethods.ByName("GetHost")),
 			connect.WithClientOptions(opts...),
 		),
+		revokeHost: connect.NewClient[v1.RevokeHostRequest, v1.RevokeHostResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceRevokeHostProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("RevokeHost")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -121,6 +133,7 @@ type edgeAdminServiceClient struct {
 	revokeEnrollmentToken *connect.Client[v1.RevokeEnrollmentTokenRequest, v1.RevokeEnrollmentTokenResponse]
 	listHosts             *connect.Client[v1.ListHostsRequest, v1.ListHostsResponse]
 	getHost               *connect.Client[v1.GetHostRequest, v1.GetHostResponse]
+	revokeHost            *connect.Client[v1.RevokeHostRequest, v1.RevokeHostResponse]
 }
 
 // WhoAmI calls aegis.edge.v1.EdgeAdminService.WhoAmI.
@@ -153,6 +166,11 @@ func (c *edgeAdminServiceClient) GetHost(ctx context.Context, req *connect.Reque
 	return c.getHost.CallUnary(ctx, req)
 }
 
+// RevokeHost calls aegis.edge.v1.EdgeAdminService.RevokeHost.
+func (c *edgeAdminServiceClient) RevokeHost(ctx context.Context, req *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error) {
+	return c.revokeHost.CallUnary(ctx, req)
+}
+
 // EdgeAdminServiceHandler is an implementation of the aegis.edge.v1.EdgeAdminService service.
 type EdgeAdminServiceHandler interface {
 	// WhoAmI describes the caller's API token (used by `aegisctl login`).
@@ -162,6 +180,9 @@ type EdgeAdminServiceHandler interface {
 	RevokeEnrollmentToken(context.Context, *connect.Request[v1.RevokeEnrollmentTokenRequest]) (*connect.Response[v1.RevokeEnrollmentTokenResponse], error)
 	ListHosts(context.Context, *connect.Request[v1.ListHostsRequest]) (*connect.Response[v1.ListHostsResponse], error)
 	GetHost(context.Context, *connect.Request[v1.GetHostRequest]) (*connect.Response[v1.GetHostResponse], error)
+	// RevokeHost (revoke-remote): status Revoked, active tokens blacklisted, the live
+	// stream dropped. The host must enroll again.
+	RevokeHost(context.Context, *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error)
 }
 
 // NewEdgeAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -207,6 +228,12 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeAdminServiceMethods.ByName("GetHost")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeAdminServiceRevokeHostHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceRevokeHostProcedure,
+		svc.RevokeHost,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("RevokeHost")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeAdminServiceWhoAmIProcedure:
@@ -221,6 +248,8 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceListHostsHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceGetHostProcedure:
 			edgeAdminServiceGetHostHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceRevokeHostProcedure:
+			edgeAdminServiceRevokeHostHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -252,4 +281,8 @@ func (UnimplementedEdgeAdminServiceHandler) ListHosts(context.Context, *connect.
 
 func (UnimplementedEdgeAdminServiceHandler) GetHost(context.Context, *connect.Request[v1.GetHostRequest]) (*connect.Response[v1.GetHostResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.GetHost is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) RevokeHost(context.Context, *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.RevokeHost is not implemented"))
 }

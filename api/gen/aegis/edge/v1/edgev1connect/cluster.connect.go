@@ -45,6 +45,12 @@ const (
 	// NodeClusterServiceConnectEdgeProcedure is the fully-qualified name of the NodeClusterService's
 	// ConnectEdge RPC.
 	NodeClusterServiceConnectEdgeProcedure = "/aegis.edge.v1.NodeClusterService/ConnectEdge"
+	// NodeClusterServiceRotateEdgeKeyProcedure is the fully-qualified name of the NodeClusterService's
+	// RotateEdgeKey RPC.
+	NodeClusterServiceRotateEdgeKeyProcedure = "/aegis.edge.v1.NodeClusterService/RotateEdgeKey"
+	// NodeClusterServiceLogoutProcedure is the fully-qualified name of the NodeClusterService's Logout
+	// RPC.
+	NodeClusterServiceLogoutProcedure = "/aegis.edge.v1.NodeClusterService/Logout"
 )
 
 // NodeClusterServiceClient is a client for the aegis.edge.v1.NodeClusterService service.
@@ -59,6 +65,14 @@ type NodeClusterServiceClient interface {
 	// ConnectEdge is the live stream. Every request is a SealNodeEnvelope whose
 	// payload is an EdgeEvent; the first one must carry a Hello.
 	ConnectEdge(context.Context) *connect.BidiStreamForClient[v1.SealNodeEnvelope, v1.EdgeCommand]
+	// RotateEdgeKey swaps the node's key (DESIGN.md §3). The envelope (kind ROTATE_KEY)
+	// is signed by the current key and carries the current token (proof of authority);
+	// its payload, a RotateEdgeKeyRequest, carries the new key's signature (proof of
+	// possession). Retrying one rotation_id returns the first outcome.
+	RotateEdgeKey(context.Context, *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.RotateEdgeKeyResponse], error)
+	// Logout tells the control plane the host is leaving (envelope kind LOGOUT,
+	// payload LogoutRequest): the node is revoked and its tokens blacklisted.
+	Logout(context.Context, *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.LogoutResponse], error)
 }
 
 // NewNodeClusterServiceClient constructs a client for the aegis.edge.v1.NodeClusterService service.
@@ -96,15 +110,29 @@ func NewNodeClusterServiceClient(httpClient connect.HTTPClient, baseURL string, 
 			connect.WithSchema(nodeClusterServiceMethods.ByName("ConnectEdge")),
 			connect.WithClientOptions(opts...),
 		),
+		rotateEdgeKey: connect.NewClient[v1.SealNodeEnvelope, v1.RotateEdgeKeyResponse](
+			httpClient,
+			baseURL+NodeClusterServiceRotateEdgeKeyProcedure,
+			connect.WithSchema(nodeClusterServiceMethods.ByName("RotateEdgeKey")),
+			connect.WithClientOptions(opts...),
+		),
+		logout: connect.NewClient[v1.SealNodeEnvelope, v1.LogoutResponse](
+			httpClient,
+			baseURL+NodeClusterServiceLogoutProcedure,
+			connect.WithSchema(nodeClusterServiceMethods.ByName("Logout")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // nodeClusterServiceClient implements NodeClusterServiceClient.
 type nodeClusterServiceClient struct {
-	challenge   *connect.Client[v1.ChallengeRequest, v1.ChallengeResponse]
-	enroll      *connect.Client[v1.EnrollRequest, v1.EnrollResponse]
-	attest      *connect.Client[v1.AttestRequest, v1.AttestResponse]
-	connectEdge *connect.Client[v1.SealNodeEnvelope, v1.EdgeCommand]
+	challenge     *connect.Client[v1.ChallengeRequest, v1.ChallengeResponse]
+	enroll        *connect.Client[v1.EnrollRequest, v1.EnrollResponse]
+	attest        *connect.Client[v1.AttestRequest, v1.AttestResponse]
+	connectEdge   *connect.Client[v1.SealNodeEnvelope, v1.EdgeCommand]
+	rotateEdgeKey *connect.Client[v1.SealNodeEnvelope, v1.RotateEdgeKeyResponse]
+	logout        *connect.Client[v1.SealNodeEnvelope, v1.LogoutResponse]
 }
 
 // Challenge calls aegis.edge.v1.NodeClusterService.Challenge.
@@ -127,6 +155,16 @@ func (c *nodeClusterServiceClient) ConnectEdge(ctx context.Context) *connect.Bid
 	return c.connectEdge.CallBidiStream(ctx)
 }
 
+// RotateEdgeKey calls aegis.edge.v1.NodeClusterService.RotateEdgeKey.
+func (c *nodeClusterServiceClient) RotateEdgeKey(ctx context.Context, req *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.RotateEdgeKeyResponse], error) {
+	return c.rotateEdgeKey.CallUnary(ctx, req)
+}
+
+// Logout calls aegis.edge.v1.NodeClusterService.Logout.
+func (c *nodeClusterServiceClient) Logout(ctx context.Context, req *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.LogoutResponse], error) {
+	return c.logout.CallUnary(ctx, req)
+}
+
 // NodeClusterServiceHandler is an implementation of the aegis.edge.v1.NodeClusterService service.
 type NodeClusterServiceHandler interface {
 	// Challenge returns a single-use, short-lived nonce for Enroll or Attest.
@@ -139,6 +177,14 @@ type NodeClusterServiceHandler interface {
 	// ConnectEdge is the live stream. Every request is a SealNodeEnvelope whose
 	// payload is an EdgeEvent; the first one must carry a Hello.
 	ConnectEdge(context.Context, *connect.BidiStream[v1.SealNodeEnvelope, v1.EdgeCommand]) error
+	// RotateEdgeKey swaps the node's key (DESIGN.md §3). The envelope (kind ROTATE_KEY)
+	// is signed by the current key and carries the current token (proof of authority);
+	// its payload, a RotateEdgeKeyRequest, carries the new key's signature (proof of
+	// possession). Retrying one rotation_id returns the first outcome.
+	RotateEdgeKey(context.Context, *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.RotateEdgeKeyResponse], error)
+	// Logout tells the control plane the host is leaving (envelope kind LOGOUT,
+	// payload LogoutRequest): the node is revoked and its tokens blacklisted.
+	Logout(context.Context, *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.LogoutResponse], error)
 }
 
 // NewNodeClusterServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -172,6 +218,18 @@ func NewNodeClusterServiceHandler(svc NodeClusterServiceHandler, opts ...connect
 		connect.WithSchema(nodeClusterServiceMethods.ByName("ConnectEdge")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeClusterServiceRotateEdgeKeyHandler := connect.NewUnaryHandler(
+		NodeClusterServiceRotateEdgeKeyProcedure,
+		svc.RotateEdgeKey,
+		connect.WithSchema(nodeClusterServiceMethods.ByName("RotateEdgeKey")),
+		connect.WithHandlerOptions(opts...),
+	)
+	nodeClusterServiceLogoutHandler := connect.NewUnaryHandler(
+		NodeClusterServiceLogoutProcedure,
+		svc.Logout,
+		connect.WithSchema(nodeClusterServiceMethods.ByName("Logout")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.NodeClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeClusterServiceChallengeProcedure:
@@ -182,6 +240,10 @@ func NewNodeClusterServiceHandler(svc NodeClusterServiceHandler, opts ...connect
 			nodeClusterServiceAttestHandler.ServeHTTP(w, r)
 		case NodeClusterServiceConnectEdgeProcedure:
 			nodeClusterServiceConnectEdgeHandler.ServeHTTP(w, r)
+		case NodeClusterServiceRotateEdgeKeyProcedure:
+			nodeClusterServiceRotateEdgeKeyHandler.ServeHTTP(w, r)
+		case NodeClusterServiceLogoutProcedure:
+			nodeClusterServiceLogoutHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -205,4 +267,12 @@ func (UnimplementedNodeClusterServiceHandler) Attest(context.Context, *connect.R
 
 func (UnimplementedNodeClusterServiceHandler) ConnectEdge(context.Context, *connect.BidiStream[v1.SealNodeEnvelope, v1.EdgeCommand]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.NodeClusterService.ConnectEdge is not implemented"))
+}
+
+func (UnimplementedNodeClusterServiceHandler) RotateEdgeKey(context.Context, *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.RotateEdgeKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.NodeClusterService.RotateEdgeKey is not implemented"))
+}
+
+func (UnimplementedNodeClusterServiceHandler) Logout(context.Context, *connect.Request[v1.SealNodeEnvelope]) (*connect.Response[v1.LogoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.NodeClusterService.Logout is not implemented"))
 }

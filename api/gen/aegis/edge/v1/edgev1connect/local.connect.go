@@ -35,11 +35,27 @@ const (
 const (
 	// EdgeLocalServiceStatusProcedure is the fully-qualified name of the EdgeLocalService's Status RPC.
 	EdgeLocalServiceStatusProcedure = "/aegis.edge.v1.EdgeLocalService/Status"
+	// EdgeLocalServiceRotateKeysProcedure is the fully-qualified name of the EdgeLocalService's
+	// RotateKeys RPC.
+	EdgeLocalServiceRotateKeysProcedure = "/aegis.edge.v1.EdgeLocalService/RotateKeys"
+	// EdgeLocalServiceRefreshTokenProcedure is the fully-qualified name of the EdgeLocalService's
+	// RefreshToken RPC.
+	EdgeLocalServiceRefreshTokenProcedure = "/aegis.edge.v1.EdgeLocalService/RefreshToken"
+	// EdgeLocalServiceLogoutProcedure is the fully-qualified name of the EdgeLocalService's Logout RPC.
+	EdgeLocalServiceLogoutProcedure = "/aegis.edge.v1.EdgeLocalService/Logout"
 )
 
 // EdgeLocalServiceClient is a client for the aegis.edge.v1.EdgeLocalService service.
 type EdgeLocalServiceClient interface {
 	Status(context.Context, *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error)
+	// RotateKeys runs the five-step key rotation in the daemon, so its in-memory key
+	// and the files on disk never disagree.
+	RotateKeys(context.Context, *connect.Request[v1.RotateKeysRequest]) (*connect.Response[v1.RotateKeysResponse], error)
+	// RefreshToken re-attests with the current key and swaps the new token in.
+	RefreshToken(context.Context, *connect.Request[v1.RefreshTokenRequest]) (*connect.Response[v1.RefreshTokenResponse], error)
+	// Logout tells the control plane (best effort), removes the local identity and
+	// stops the daemon's stream.
+	Logout(context.Context, *connect.Request[v1.EdgeLocalServiceLogoutRequest]) (*connect.Response[v1.EdgeLocalServiceLogoutResponse], error)
 }
 
 // NewEdgeLocalServiceClient constructs a client for the aegis.edge.v1.EdgeLocalService service. By
@@ -59,12 +75,33 @@ func NewEdgeLocalServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeLocalServiceMethods.ByName("Status")),
 			connect.WithClientOptions(opts...),
 		),
+		rotateKeys: connect.NewClient[v1.RotateKeysRequest, v1.RotateKeysResponse](
+			httpClient,
+			baseURL+EdgeLocalServiceRotateKeysProcedure,
+			connect.WithSchema(edgeLocalServiceMethods.ByName("RotateKeys")),
+			connect.WithClientOptions(opts...),
+		),
+		refreshToken: connect.NewClient[v1.RefreshTokenRequest, v1.RefreshTokenResponse](
+			httpClient,
+			baseURL+EdgeLocalServiceRefreshTokenProcedure,
+			connect.WithSchema(edgeLocalServiceMethods.ByName("RefreshToken")),
+			connect.WithClientOptions(opts...),
+		),
+		logout: connect.NewClient[v1.EdgeLocalServiceLogoutRequest, v1.EdgeLocalServiceLogoutResponse](
+			httpClient,
+			baseURL+EdgeLocalServiceLogoutProcedure,
+			connect.WithSchema(edgeLocalServiceMethods.ByName("Logout")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // edgeLocalServiceClient implements EdgeLocalServiceClient.
 type edgeLocalServiceClient struct {
-	status *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	status       *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	rotateKeys   *connect.Client[v1.RotateKeysRequest, v1.RotateKeysResponse]
+	refreshToken *connect.Client[v1.RefreshTokenRequest, v1.RefreshTokenResponse]
+	logout       *connect.Client[v1.EdgeLocalServiceLogoutRequest, v1.EdgeLocalServiceLogoutResponse]
 }
 
 // Status calls aegis.edge.v1.EdgeLocalService.Status.
@@ -72,9 +109,32 @@ func (c *edgeLocalServiceClient) Status(ctx context.Context, req *connect.Reques
 	return c.status.CallUnary(ctx, req)
 }
 
+// RotateKeys calls aegis.edge.v1.EdgeLocalService.RotateKeys.
+func (c *edgeLocalServiceClient) RotateKeys(ctx context.Context, req *connect.Request[v1.RotateKeysRequest]) (*connect.Response[v1.RotateKeysResponse], error) {
+	return c.rotateKeys.CallUnary(ctx, req)
+}
+
+// RefreshToken calls aegis.edge.v1.EdgeLocalService.RefreshToken.
+func (c *edgeLocalServiceClient) RefreshToken(ctx context.Context, req *connect.Request[v1.RefreshTokenRequest]) (*connect.Response[v1.RefreshTokenResponse], error) {
+	return c.refreshToken.CallUnary(ctx, req)
+}
+
+// Logout calls aegis.edge.v1.EdgeLocalService.Logout.
+func (c *edgeLocalServiceClient) Logout(ctx context.Context, req *connect.Request[v1.EdgeLocalServiceLogoutRequest]) (*connect.Response[v1.EdgeLocalServiceLogoutResponse], error) {
+	return c.logout.CallUnary(ctx, req)
+}
+
 // EdgeLocalServiceHandler is an implementation of the aegis.edge.v1.EdgeLocalService service.
 type EdgeLocalServiceHandler interface {
 	Status(context.Context, *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error)
+	// RotateKeys runs the five-step key rotation in the daemon, so its in-memory key
+	// and the files on disk never disagree.
+	RotateKeys(context.Context, *connect.Request[v1.RotateKeysRequest]) (*connect.Response[v1.RotateKeysResponse], error)
+	// RefreshToken re-attests with the current key and swaps the new token in.
+	RefreshToken(context.Context, *connect.Request[v1.RefreshTokenRequest]) (*connect.Response[v1.RefreshTokenResponse], error)
+	// Logout tells the control plane (best effort), removes the local identity and
+	// stops the daemon's stream.
+	Logout(context.Context, *connect.Request[v1.EdgeLocalServiceLogoutRequest]) (*connect.Response[v1.EdgeLocalServiceLogoutResponse], error)
 }
 
 // NewEdgeLocalServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -90,10 +150,34 @@ func NewEdgeLocalServiceHandler(svc EdgeLocalServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeLocalServiceMethods.ByName("Status")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeLocalServiceRotateKeysHandler := connect.NewUnaryHandler(
+		EdgeLocalServiceRotateKeysProcedure,
+		svc.RotateKeys,
+		connect.WithSchema(edgeLocalServiceMethods.ByName("RotateKeys")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeLocalServiceRefreshTokenHandler := connect.NewUnaryHandler(
+		EdgeLocalServiceRefreshTokenProcedure,
+		svc.RefreshToken,
+		connect.WithSchema(edgeLocalServiceMethods.ByName("RefreshToken")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeLocalServiceLogoutHandler := connect.NewUnaryHandler(
+		EdgeLocalServiceLogoutProcedure,
+		svc.Logout,
+		connect.WithSchema(edgeLocalServiceMethods.ByName("Logout")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeLocalService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeLocalServiceStatusProcedure:
 			edgeLocalServiceStatusHandler.ServeHTTP(w, r)
+		case EdgeLocalServiceRotateKeysProcedure:
+			edgeLocalServiceRotateKeysHandler.ServeHTTP(w, r)
+		case EdgeLocalServiceRefreshTokenProcedure:
+			edgeLocalServiceRefreshTokenHandler.ServeHTTP(w, r)
+		case EdgeLocalServiceLogoutProcedure:
+			edgeLocalServiceLogoutHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -105,4 +189,16 @@ type UnimplementedEdgeLocalServiceHandler struct{}
 
 func (UnimplementedEdgeLocalServiceHandler) Status(context.Context, *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeLocalService.Status is not implemented"))
+}
+
+func (UnimplementedEdgeLocalServiceHandler) RotateKeys(context.Context, *connect.Request[v1.RotateKeysRequest]) (*connect.Response[v1.RotateKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeLocalService.RotateKeys is not implemented"))
+}
+
+func (UnimplementedEdgeLocalServiceHandler) RefreshToken(context.Context, *connect.Request[v1.RefreshTokenRequest]) (*connect.Response[v1.RefreshTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeLocalService.RefreshToken is not implemented"))
+}
+
+func (UnimplementedEdgeLocalServiceHandler) Logout(context.Context, *connect.Request[v1.EdgeLocalServiceLogoutRequest]) (*connect.Response[v1.EdgeLocalServiceLogoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeLocalService.Logout is not implemented"))
 }
