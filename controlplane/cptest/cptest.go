@@ -24,6 +24,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/config"
 	"github.com/aegis-edge/aegis/controlplane/internal/server"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/postgres/pgtest"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -240,4 +241,17 @@ func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.St
 
 func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// ForEachStore runs fn once with a control plane on SQLite and, when
+// AEGIS_TEST_POSTGRES_URL is set, once more on PostgreSQL in a schema of its own
+// (dropped at the end). Unset: the PostgreSQL run is not made; set but unreachable:
+// the test fails, never skips. Pass the given Options (add to them) to Start.
+func ForEachStore(t *testing.T, fn func(t *testing.T, opts Options)) {
+	t.Run("sqlite", func(t *testing.T) { fn(t, Options{}) })
+	if base := os.Getenv(pgtest.EnvURL); base != "" {
+		t.Run("postgres", func(t *testing.T) {
+			fn(t, Options{DatabaseURL: pgtest.Fresh(t, base)})
+		})
+	}
 }
