@@ -61,6 +61,86 @@ func (d *Dir) Remove(name string) error {
 	return syncDir(d.path)
 }
 
+// Rename atomically replaces the file to with the file from (both plain names in the
+// directory) and fsyncs the directory, so the rename survives a crash.
+func (d *Dir) Rename(from, to string) error {
+	for _, n := range []string{from, to} {
+		if strings.ContainsRune(n, filepath.Separator) {
+			return fmt.Errorf("keystore: %q is not a plain file name", n)
+		}
+	}
+	if err := os.Rename(d.File(from), d.File(to)); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", from, to, err)
+	}
+	return syncDir(d.path)
+}
+
+// Exists reports whether name exists in the directory.
+func (d *Dir) Exists(name string) (bool, error) {
+	_, err := os.Lstat(d.File(name))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	default:
+		return false, fmt.Errorf("stat %s: %w", d.File(name), err)
+	}
+}
+
+// RemoveTemps deletes what an interrupted WriteFile left behind, so no key material
+// outlives a crash in a temporary file.
+func (d *Dir) RemoveTemps() error {
+	entries, err := os.ReadDir(d.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", d.path, err)
+	}
+	removed := false
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tempPrefix) {
+			if err := os.Remove(d.File(e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			removed = true
+		}
+	}
+	if removed {
+		return syncDir(d.path)
+	}
+	return nil
+}
+
+// Sub returns the subdirectory name (mode 0700, created if missing, the creation
+// made durable by an fsync of this directory) as a Dir of its own, with the same
+// atomic writes. The archive of rotated keys lives in one.
+func (d *Dir) Sub(name string) (*Dir, error) {
+	if strings.ContainsRune(name, filepath.Separator) {
+		return nil, fmt.Errorf("keystore: %q is not a plain directory name", name)
+	}
+	p := d.File(name)
+	if err := os.Mkdir(p, DirMode); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("create %s: %w", p, err)
+	} else if err == nil {
+		if err := syncDir(d.path); err != nil {
+			return nil, err
+		}
+	}
+	st, err := os.Lstat(p)
+	if err != nil {
+		return nil, fmt.Errorf("stat %s: %w", p, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory", p)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, &PermissionError{Path: p, Mode: st.Mode(), Want: DirMode, Dir: true}
+	}
+	return Open(p), nil
+}
+
 func syncDir(path string) error {
 	dir, err := os.Open(path)
 	if err != nil {

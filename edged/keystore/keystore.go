@@ -31,6 +31,16 @@ const (
 	LockFile    = ".lock"
 	ArchiveDir  = "archive"
 	RevokedFile = "revoked.json"
+
+	// A key rotation in progress (see the rotation package): the new key and token
+	// wait beside the current ones until they are renamed over them, and
+	// rotation.json records the request so a crash can be reconciled with the server.
+	KeyNextFile   = "node.key.next"
+	TokenNextFile = "node.token.next"
+	RotationFile  = "rotation.json"
+	// ArchiveIndexFile records, for each archived key, when it may be deleted, so the
+	// daemon's housekeeping honours a --keep-old chosen by whoever archived it.
+	ArchiveIndexFile = "archive.json"
 )
 
 // EnvStateDir overrides the default state directory when no flag is given.
@@ -317,15 +327,23 @@ func (d *Dir) ReadRevoked() (r Revocation, ok bool, err error) {
 var IdentityFiles = []string{CAFile, KeyFile, TokenFile, NodeFile}
 
 // RemoveIdentity deletes node.json first (so a crash half way leaves an unenrolled
-// directory, never a half identity), then the other identity files and the revocation
-// marker. Missing files are fine. Callers hold Lock.
+// directory, never a half identity), then the other identity files, any rotation in
+// progress, the archived keys and the revocation marker: after it the directory holds
+// no key material and the host can enroll again. Missing files are fine. Callers hold
+// Lock.
 func (d *Dir) RemoveIdentity() error {
-	names := []string{NodeFile, TokenFile, KeyFile, CAFile, RevokedFile}
+	names := []string{NodeFile, TokenFile, KeyFile, TokenNextFile, KeyNextFile, RotationFile, CAFile, RevokedFile, ArchiveIndexFile}
 	var errs []error
 	for _, n := range names {
 		if err := os.Remove(d.File(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	if err := os.RemoveAll(d.File(ArchiveDir)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.RemoveTemps(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := syncDir(d.path); err != nil {
 		errs = append(errs, err)

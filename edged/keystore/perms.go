@@ -28,7 +28,7 @@ func (e *PermissionError) Error() string {
 func (e *PermissionError) Unwrap() error { return ErrInsecure }
 
 // secretFiles must never be reachable by group or others.
-var secretFiles = []string{KeyFile, TokenFile}
+var secretFiles = []string{KeyFile, TokenFile, KeyNextFile, TokenNextFile}
 
 // CheckPermissions refuses, as ssh does, a state directory that group or others can
 // enter and a key or token file they can read or write. Absent files are fine (the host
