@@ -10,6 +10,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -17,11 +18,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/api/nodetoken"
 	"github.com/aegis-edge/aegis/edged/cpclient"
 	"github.com/aegis-edge/aegis/edged/keystore"
+	"github.com/aegis-edge/aegis/edged/rotation"
 )
 
 // Status values shown by `aegis edge status`.
@@ -59,6 +62,15 @@ type Config struct {
 	// HTTPClient builds the control plane client for a pinned CA; default
 	// cpclient.NewHTTPClient.
 	HTTPClient func(id *keystore.Identity) *http.Client
+	// ClientOptions are added to the control plane client (tests inject faults here).
+	ClientOptions []connect.ClientOption
+	// HousekeepInterval is how often archived keys past their retention are deleted;
+	// default 1m.
+	HousekeepInterval time.Duration
+	// Rand is the entropy for new keys; default crypto/rand.
+	Rand io.Reader
+	// RotationFault is for tests only: rotation.Config.Fault for every rotation.
+	RotationFault func(rotation.Step) error
 }
 
 func (c *Config) defaults() {
@@ -89,6 +101,9 @@ func (c *Config) defaults() {
 	if c.Jitter == nil {
 		c.Jitter = rand.Float64
 	}
+	if c.HousekeepInterval == 0 {
+		c.HousekeepInterval = time.Minute
+	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = func(id *keystore.Identity) *http.Client { return cpclient.NewHTTPClient(id.CA) }
 	}
@@ -110,6 +125,12 @@ type Snapshot struct {
 	// reached Welcome since start (a token refresh must not add one).
 	SessionID string
 	Streams   uint64
+	// Sent is the sequence number of the last envelope sent on the current stream and
+	// Acked the highest one the server acknowledged.
+	Sent  uint64
+	Acked uint64
+	// Rotations counts key rotations this daemon completed since start.
+	Rotations uint64
 }
 
 // Agent is one running daemon.
@@ -133,16 +154,29 @@ type Agent struct {
 	key    ed25519.PrivateKey
 	token  string
 
+	// attestMu serializes every change of key or token (attest, rotation, logout).
+	// Lock order: attestMu, then tokMu or the state dir lock (rotation callbacks take
+	// tokMu with the dir lock held; attest takes the dir lock with tokMu held; both
+	// only ever happen under attestMu).
 	attestMu     sync.Mutex
 	client       edgev1connect.NodeClusterServiceClient
 	tokenChanged chan struct{}
 	revoked      chan string // reason, from the refresher
+
+	// host is the rotation.Host of the identity being served (nil when not serving).
+	host atomic.Pointer[rotation.Host]
+	// kick asks the live stream for a heartbeat now (after a key or token swap).
+	kick chan struct{}
+	// loggedOut ends serving after a logout; loggingOut makes a revocation seen
+	// during the logout (the server kicks the stream) not leave a marker.
+	loggedOut  chan struct{}
+	loggingOut atomic.Bool
 }
 
 // New makes an agent; Run starts it.
 func New(cfg Config) *Agent {
 	cfg.defaults()
-	a := &Agent{cfg: cfg, log: cfg.Logger, started: cfg.Now()}
+	a := &Agent{cfg: cfg, log: cfg.Logger, started: cfg.Now(), kick: make(chan struct{}, 1), loggedOut: make(chan struct{}, 1)}
 	a.snap = Snapshot{Status: StatusDisconnected, LastError: "not enrolled: run `aegis edge enroll --token T`"}
 	return a
 }
@@ -179,6 +213,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.Dir.CheckPermissions(); err != nil {
 		return err
 	}
+	hkDone := make(chan struct{})
+	hctx, stopHK := context.WithCancel(ctx)
+	defer func() {
+		stopHK()
+		<-hkDone
+	}()
+	go func() {
+		defer close(hkDone)
+		a.housekeeping(hctx)
+	}()
 	for {
 		id, err := a.waitEnrolled(ctx)
 		if err != nil {
@@ -190,6 +234,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		err = a.serve(ctx, id)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errLoggedOut) {
+			a.loggingOut.Store(false)
+			continue
 		}
 		if !errors.Is(err, ErrRevoked) {
 			return err
@@ -205,6 +253,10 @@ func (a *Agent) waitEnrolled(ctx context.Context) (*keystore.Identity, error) {
 	dir := a.cfg.Dir
 	loggedWait, loggedRevoked := false, false
 	for {
+		select {
+		case <-a.loggedOut: // a logout already handled
+		default:
+		}
 		node, err := dir.ReadNode()
 		switch {
 		case errors.Is(err, keystore.ErrNotEnrolled):

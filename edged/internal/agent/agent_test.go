@@ -45,10 +45,15 @@ func (w testWriter) Write(p []byte) (int, error) {
 func enrolled(t *testing.T, srv *cptest.Server) *keystore.Dir {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "edge")
-	if _, err := enroll.Enroll(context.Background(), enroll.Options{Token: srv.EnrollmentToken(t), StateDir: dir, Name: t.Name()}); err != nil {
+	if _, err := enrollInto(t, srv, dir); err != nil {
 		t.Fatal(err)
 	}
 	return keystore.Open(dir)
+}
+
+func enrollInto(t *testing.T, srv *cptest.Server, dir string) (enroll.Result, error) {
+	t.Helper()
+	return enroll.Enroll(context.Background(), enroll.Options{Token: srv.EnrollmentToken(t), StateDir: dir, Name: t.Name()})
 }
 
 type running struct {

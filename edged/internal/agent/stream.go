@@ -13,13 +13,13 @@ import (
 	"runtime"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/reject"
 	"github.com/aegis-edge/aegis/api/seal"
 	"github.com/aegis-edge/aegis/edged/cpclient"
 	"github.com/aegis-edge/aegis/edged/keystore"
+	"github.com/aegis-edge/aegis/edged/rotation"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -47,7 +47,7 @@ var errStale = errors.New("no reply from the control plane for 3 heartbeat inter
 func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	hc := a.cfg.HTTPClient(id)
 	defer hc.CloseIdleConnections()
-	a.client = cpclient.NewClusterClient(hc, id.Node.ServerURL)
+	a.client = cpclient.NewClusterClient(hc, id.Node.ServerURL, a.cfg.ClientOptions...)
 	a.tokMu.Lock()
 	a.nodeID, a.key, a.token = id.Node.NodeID, id.Key, id.Token
 	a.tokMu.Unlock()
@@ -68,6 +68,9 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	})
 	log := a.log.With("node_id", id.Node.NodeID)
 	log.Info("identity loaded", "server", id.Node.ServerURL, "key_fingerprint", fingerprint.Of(id.Key.Public().(ed25519.PublicKey)), "token_expires", exp)
+	host := a.newHost(log)
+	a.host.Store(host)
+	defer a.host.Store(nil)
 
 	rctx, stopRefresher := context.WithCancel(ctx)
 	refresherDone := make(chan struct{})
@@ -85,8 +88,16 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	for {
 		var err error
 		welcomed := false
+		// A rotation an earlier run (or a failed step) left behind is settled first,
+		// so the stream opens with the key the server holds.
+		if rerr := a.reconcile(ctx, log, host); rerr != nil {
+			return a.markRevoked(ctx, log, "revoked")
+		}
+		a.tokMu.Lock()
+		needAttest = needAttest || (!a.tokenExpiry().IsZero() && !a.serverNow().Before(a.tokenExpiry()))
+		a.tokMu.Unlock()
 		if needAttest {
-			err = a.attest(ctx, log, "token expired or refused")
+			_, err = a.attest(ctx, log, "token expired or refused")
 			if err == nil {
 				needAttest = false
 			}
@@ -126,6 +137,9 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 				}
 			}
 		}
+		if errors.Is(err, errLoggedOut) {
+			return err
+		}
 		if reason != "" {
 			return a.markRevoked(ctx, log, reason)
 		}
@@ -149,6 +163,8 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 			return nil
 		case r := <-a.revoked:
 			return a.markRevoked(ctx, log, r)
+		case <-a.loggedOut:
+			return errLoggedOut
 		case <-time.After(delay):
 		}
 	}
@@ -168,6 +184,10 @@ func errMessage(err error) string {
 
 // markRevoked persists the revocation so a restarted edged (and `status`) still knows.
 func (a *Agent) markRevoked(ctx context.Context, log *slog.Logger, reason string) error {
+	if a.loggingOut.Load() {
+		// The server kicked us because we logged out: no marker, no Revoked status.
+		return errLoggedOut
+	}
 	a.tokMu.Lock()
 	nodeID := a.nodeID
 	a.tokMu.Unlock()
@@ -226,7 +246,12 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 			return err
 		}
 		sent[seq] = a.cfg.Now()
-		return stream.Send(env)
+		if err := stream.Send(env); err != nil {
+			return err
+		}
+		n := seq
+		a.update(func(s *Snapshot) { s.Sent = n })
+		return nil
 	}
 
 	recv := make(chan received, 1)
@@ -290,6 +315,9 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 	case r := <-a.revoked:
 		closeStream()
 		return false, &revokedSignal{reason: r}
+	case <-a.loggedOut:
+		closeStream()
+		return false, errLoggedOut
 	case <-time.After(a.cfg.RPCTimeout):
 		cancel()
 		return false, errors.New("the control plane did not answer Hello in time")
@@ -318,10 +346,21 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 		s.ConnectedSince = now.UTC()
 		s.LastError = ""
 		s.Streams++
+		s.Acked = 0
 	})
 	log.Info("connected to the control plane", "session_id", welcome.GetSessionId(), "heartbeat_interval", interval)
 
 	delete(sent, 1) // the Hello, answered by the Welcome
+	heartbeat := func() error {
+		err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Heartbeat{Heartbeat: &edgev1.Heartbeat{
+			Uptime: durationpb.New(a.cfg.Now().Sub(a.started)),
+		}}})
+		if err != nil {
+			err = streamErr(err)
+			cancel()
+		}
+		return err
+	}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	stale := 3*interval + time.Second
@@ -333,6 +372,14 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 		case r := <-a.revoked:
 			closeStream()
 			return true, &revokedSignal{reason: r}
+		case <-a.loggedOut:
+			closeStream()
+			return true, errLoggedOut
+		case <-a.kick:
+			// The key or token just changed: the next envelope, at once, carries it.
+			if err := heartbeat(); err != nil {
+				return true, err
+			}
 		case <-ticker.C:
 			// A heartbeat unacknowledged for 3 intervals means a half-open connection.
 			for _, at := range sent {
@@ -341,12 +388,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 					return true, errStale
 				}
 			}
-			err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Heartbeat{Heartbeat: &edgev1.Heartbeat{
-				Uptime: durationpb.New(a.cfg.Now().Sub(a.started)),
-			}}})
-			if err != nil {
-				err = streamErr(err)
-				cancel()
+			if err := heartbeat(); err != nil {
 				return true, err
 			}
 		case r := <-recv:
@@ -364,7 +406,10 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 					}
 				}
 				at := a.cfg.Now().UTC()
-				a.update(func(s *Snapshot) { s.LastHeartbeatAck = at })
+				a.update(func(s *Snapshot) {
+					s.LastHeartbeatAck = at
+					s.Acked = max(s.Acked, ack.GetSequence())
+				})
 				log.Debug("heartbeat acknowledged", "sequence", ack.GetSequence())
 			case *edgev1.EdgeCommand_Disconnect:
 				d := c.Disconnect
@@ -372,6 +417,8 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 				return true, &disconnectError{reason: d.GetReason(), after: d.GetReconnectAfter().AsDuration(), msg: d.GetMessage()}
 			case *edgev1.EdgeCommand_Welcome:
 				// A second Welcome is harmless; ignore it.
+			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey:
+				a.handleCommand(ctx, log, r.cmd)
 			}
 		}
 	}
@@ -387,59 +434,39 @@ func eofMeaning(err error) error {
 // attest proves possession of the node key for a fresh token, writes it atomically
 // under the state lock and switches the in-memory token: a live stream carries the new
 // token from its next envelope on.
-func (a *Agent) attest(ctx context.Context, log *slog.Logger, why string) error {
+func (a *Agent) attest(ctx context.Context, log *slog.Logger, why string) (time.Time, error) {
 	a.attestMu.Lock()
 	defer a.attestMu.Unlock()
 	a.tokMu.Lock()
 	defer a.tokMu.Unlock()
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
-	defer cancel()
-	ch, err := a.client.Challenge(rctx, connect.NewRequest(&edgev1.ChallengeRequest{
-		Purpose: edgev1.ChallengePurpose_CHALLENGE_PURPOSE_ATTEST,
-		NodeId:  a.nodeID,
-	}))
+	res, err := rotation.Attest(ctx, a.client, a.nodeID, a.key, a.cfg.RPCTimeout, a.learnServerTime)
 	if err != nil {
-		return fmt.Errorf("attest: challenge: %w", err)
-	}
-	a.learnServerTime(ch.Msg.GetServerTime().AsTime())
-	pub := a.key.Public().(ed25519.PublicKey)
-	nonce := ch.Msg.GetNonce()
-	resp, err := a.client.Attest(rctx, connect.NewRequest(&edgev1.AttestRequest{
-		NodeId:    a.nodeID,
-		PublicKey: pub,
-		Nonce:     nonce,
-		Signature: ed25519.Sign(a.key, seal.AttestMessage(nonce, a.nodeID, pub)),
-	}))
-	if err != nil {
-		return fmt.Errorf("attest: %w", err)
-	}
-	a.learnServerTime(resp.Msg.GetServerTime().AsTime())
-	tok := resp.Msg.GetNodeSecurityToken()
-	if tok == "" {
-		return errors.New("attest: the control plane returned no token")
+		return time.Time{}, err
 	}
 	// The server has already blacklisted the old token, so the new one is used in
 	// memory even if writing it fails; a restart would then re-attest.
-	a.token = tok
+	a.token = res.Token
 	unlock, lerr := a.cfg.Dir.Lock(ctx)
 	if lerr == nil {
-		lerr = a.cfg.Dir.WriteToken(tok)
+		lerr = a.cfg.Dir.WriteToken(res.Token)
 		unlock()
 	}
 	if lerr != nil {
 		log.Error("new node token is in use but could not be saved; a restart will re-attest", "error", lerr)
 	}
-	exp := resp.Msg.GetTokenExpiresAt().AsTime()
-	if _, e, ok := tokenTimes(tok); ok {
-		exp = e
-	}
-	a.update(func(s *Snapshot) { s.TokenExpires = exp })
+	a.update(func(s *Snapshot) { s.TokenExpires = res.Expires })
 	select {
 	case a.tokenChanged <- struct{}{}:
 	default:
 	}
-	log.Info("node token refreshed", "why", why, "token_expires", exp)
-	return nil
+	log.Info("node token refreshed", "why", why, "token_expires", res.Expires)
+	return res.Expires, nil
+}
+
+// tokenExpiry of the in-memory token. Callers hold tokMu.
+func (a *Agent) tokenExpiry() time.Time {
+	_, exp, _ := tokenTimes(a.token)
+	return exp
 }
 
 // refreshAt is when, on our clock, the token should be refreshed: margin before exp
@@ -480,7 +507,7 @@ func (a *Agent) refresher(ctx context.Context, log *slog.Logger) {
 			continue
 		case <-wait:
 		}
-		err := a.attest(ctx, log, "scheduled refresh before expiry")
+		_, err := a.attest(ctx, log, "scheduled refresh before expiry")
 		if ctx.Err() != nil {
 			return
 		}

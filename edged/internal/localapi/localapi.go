@@ -1,6 +1,7 @@
 // Package localapi owns edged's EdgeLocalService: Connect over plain HTTP/1.1 on the
 // Unix socket <state>/edged.sock (mode 0600, inside the 0700 state dir), which is how
-// aegisctl on the same host asks the running daemon for its status.
+// aegisctl on the same host asks the running daemon for its status, and has it
+// rotate its key, refresh its token or log out.
 package localapi
 
 import (
@@ -17,6 +18,8 @@ import (
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/edged/internal/agent"
+	"github.com/aegis-edge/aegis/edged/keystore"
+	"github.com/aegis-edge/aegis/edged/rotation"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -116,17 +119,87 @@ func (s *Server) Close(ctx context.Context) error {
 	return err
 }
 
-// RotateKeys is not served yet.
-func (s *Service) RotateKeys(context.Context, *connect.Request[edgev1.RotateKeysRequest]) (*connect.Response[edgev1.RotateKeysResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("key rotation is not available in this edged yet"))
+// Operator is what a running daemon does for the host's owner. The agent implements
+// it; a source without it answers Unimplemented.
+type Operator interface {
+	RotateKeys(ctx context.Context, opts rotation.RotateOptions) (rotation.Result, error)
+	RefreshToken(ctx context.Context, why string) (time.Time, error)
+	Logout(ctx context.Context) (rotation.LogoutResult, error)
 }
 
-// RefreshToken is not served yet.
-func (s *Service) RefreshToken(context.Context, *connect.Request[edgev1.RefreshTokenRequest]) (*connect.Response[edgev1.RefreshTokenResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("token refresh is not available in this edged yet"))
+func (s *Service) operator() (Operator, error) {
+	op, ok := s.src.(Operator)
+	if !ok {
+		return nil, connect.NewError(connect.CodeUnimplemented, errors.New("this edged cannot change its identity"))
+	}
+	return op, nil
 }
 
-// Logout is not served yet.
-func (s *Service) Logout(context.Context, *connect.Request[edgev1.EdgeLocalServiceLogoutRequest]) (*connect.Response[edgev1.EdgeLocalServiceLogoutResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("logout is not available in this edged yet"))
+// toConnect keeps the daemon's one-line message and picks the code from its kind.
+func toConnect(err error) error {
+	code := connect.CodeInternal
+	switch {
+	case errors.Is(err, keystore.ErrNotEnrolled), errors.Is(err, rotation.ErrRevoked), errors.Is(err, rotation.ErrRefused):
+		code = connect.CodeFailedPrecondition
+	case errors.Is(err, rotation.ErrUnreachable), errors.Is(err, rotation.ErrPending), errors.Is(err, agent.ErrNotServing):
+		code = connect.CodeUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		code = connect.CodeDeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		code = connect.CodeCanceled
+	}
+	return connect.NewError(code, err)
+}
+
+// RotateKeys runs the five-step rotation in the daemon, so its in-memory key and the
+// files never disagree.
+func (s *Service) RotateKeys(ctx context.Context, req *connect.Request[edgev1.RotateKeysRequest]) (*connect.Response[edgev1.RotateKeysResponse], error) {
+	op, err := s.operator()
+	if err != nil {
+		return nil, err
+	}
+	keep := req.Msg.GetKeepOld().AsDuration()
+	if keep < 0 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("keep_old must not be negative"))
+	}
+	// The rotation must finish even if the CLI goes away mid-way.
+	res, err := op.RotateKeys(context.WithoutCancel(ctx), rotation.RotateOptions{KeepOld: keep})
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&edgev1.RotateKeysResponse{
+		RotationId:        res.RotationID,
+		OldKeyFingerprint: res.OldKeyFingerprint,
+		NewKeyFingerprint: res.NewKeyFingerprint,
+		ArchivedKeyPath:   res.ArchivedKey,
+		TokenExpires:      ts(res.TokenExpires),
+		ArchiveExpires:    ts(res.ArchiveExpires),
+	}), nil
+}
+
+// RefreshToken re-attests with the current key and swaps the new token in.
+func (s *Service) RefreshToken(ctx context.Context, _ *connect.Request[edgev1.RefreshTokenRequest]) (*connect.Response[edgev1.RefreshTokenResponse], error) {
+	op, err := s.operator()
+	if err != nil {
+		return nil, err
+	}
+	exp, err := op.RefreshToken(context.WithoutCancel(ctx), "requested with `aegis edge token refresh`")
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&edgev1.RefreshTokenResponse{TokenExpires: ts(exp)}), nil
+}
+
+// Logout tells the control plane (best effort), removes the identity and stops the
+// daemon's stream.
+func (s *Service) Logout(ctx context.Context, _ *connect.Request[edgev1.EdgeLocalServiceLogoutRequest]) (*connect.Response[edgev1.EdgeLocalServiceLogoutResponse], error) {
+	op, err := s.operator()
+	if err != nil {
+		return nil, err
+	}
+	res, err := op.Logout(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&edgev1.EdgeLocalServiceLogoutResponse{ServerNotified: res.ServerNotified, NodeId: res.NodeID}), nil
 }
