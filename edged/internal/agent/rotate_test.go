@@ -157,6 +157,10 @@ func TestCrashAtEveryStepHealsOnRestart(t *testing.T) {
 				dir := enrolled(t, srv)
 				before, _ := dir.ReadKey()
 				lr := &lostReply{}
+				var copts []connect.ClientOption
+				if strings.HasPrefix(name, "lost-reply") {
+					copts = append(copts, connect.WithInterceptors(lr))
+				}
 				h := cliHost(t, srv, dir, func(c *rotation.Config) {
 					c.Fault = func(s rotation.Step) error {
 						if s.String() == name {
@@ -164,13 +168,16 @@ func TestCrashAtEveryStepHealsOnRestart(t *testing.T) {
 						}
 						return nil
 					}
-				}, connect.WithInterceptors(lr))
+				}, copts...)
 				_, err := h.Rotate(context.Background(), rotation.RotateOptions{})
 				switch name {
 				case "lost-reply":
-					// The reply is lost and the network stays down: pending.
+					// The reply is lost and the network stays down: pending, old key.
 					if !errors.Is(err, rotation.ErrPending) {
 						t.Fatalf("Rotate with a lost reply: %v", err)
+					}
+					if k, _ := dir.ReadKey(); !k.Equal(before) {
+						t.Fatal("node.key changed while the rotation's outcome was unknown")
 					}
 				case "lost-reply-then-offline":
 					if !errors.Is(err, rotation.ErrPending) {
