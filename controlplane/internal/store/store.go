@@ -204,6 +204,9 @@ type Tx interface {
 	// ClaimPublicKey records that key belongs to nodeID forever. ErrKeyInUse if any
 	// daemon (this one included) ever claimed it.
 	ClaimPublicKey(ctx context.Context, key []byte, nodeID string, at time.Time) error
+	// KeyOwner returns the node that claimed key (the claim outlives the daemon).
+	// ErrNotFound if no daemon ever claimed it.
+	KeyOwner(ctx context.Context, key []byte) (string, error)
 	// InsertDaemon: ErrConflict if node_id exists. Does not claim the key.
 	InsertDaemon(ctx context.Context, d Daemon) error
 	GetDaemon(ctx context.Context, nodeID string) (Daemon, error)

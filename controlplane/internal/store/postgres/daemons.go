@@ -27,6 +27,15 @@ func (q *queries) ClaimPublicKey(ctx context.Context, key []byte, nodeID string,
 	return nil
 }
 
+func (q *queries) KeyOwner(ctx context.Context, key []byte) (string, error) {
+	var nodeID string
+	err := q.db.QueryRow(ctx, `SELECT node_id FROM daemon_keys WHERE key = $1`, bytesArg(key)).Scan(&nodeID)
+	if err != nil {
+		return "", wrapf(err, "owner of public key")
+	}
+	return nodeID, nil
+}
+
 func (q *queries) InsertDaemon(ctx context.Context, d store.Daemon) error {
 	if d.Status == "" {
 		d.Status = store.DaemonActive

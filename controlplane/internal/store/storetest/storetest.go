@@ -354,6 +354,11 @@ func testClaimPublicKey(t *testing.T, s store.Store) {
 	wantErr(t, s.ClaimPublicKey(ctx, k1, "n1", at(time.Second)), store.ErrKeyInUse)
 	wantErr(t, s.ClaimPublicKey(ctx, k1, "n2", at(time.Second)), store.ErrKeyInUse)
 	noErr(t, s.ClaimPublicKey(ctx, k2, "n1", t0))
+	owner, err := s.KeyOwner(ctx, k1)
+	noErr(t, err)
+	equal(t, "owner of k1", owner, "n1")
+	_, err = s.KeyOwner(ctx, pubkey("never claimed"))
+	wantErr(t, err, store.ErrNotFound)
 
 	// A claim outlives the daemon: a deleted host's key can never come back.
 	mustTenant(t, s, "t1")
@@ -363,6 +368,18 @@ func testClaimPublicKey(t *testing.T, s store.Store) {
 	noErr(t, s.DeleteDaemon(ctx, d.NodeID))
 	wantErr(t, s.ClaimPublicKey(ctx, d.PublicKey, "n4", at(time.Hour)), store.ErrKeyInUse)
 	wantErr(t, s.ClaimPublicKey(ctx, d.PublicKey, d.NodeID, at(time.Hour)), store.ErrKeyInUse)
+	owner, err = s.KeyOwner(ctx, d.PublicKey)
+	noErr(t, err)
+	equal(t, "owner of a deleted daemon's key", owner, "n3")
+	// Inside a transaction the owner is visible to the claim's own transaction.
+	k3 := pubkey("k3")
+	noErr(t, s.InTx(ctx, func(tx store.Tx) error {
+		noErr(t, tx.ClaimPublicKey(ctx, k3, "n5", t0))
+		owner, err := tx.KeyOwner(ctx, k3)
+		noErr(t, err)
+		equal(t, "owner inside the claiming transaction", owner, "n5")
+		return nil
+	}))
 }
 
 func testDaemonRoundTrip(t *testing.T, s store.Store) {
