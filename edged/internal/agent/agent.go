@@ -236,7 +236,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		if errors.Is(err, errLoggedOut) {
-			a.loggingOut.Store(false)
 			continue
 		}
 		if !errors.Is(err, ErrRevoked) {

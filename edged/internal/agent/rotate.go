@@ -147,9 +147,9 @@ func (a *Agent) Logout(ctx context.Context) (rotation.LogoutResult, error) {
 		h = rotation.New(cfg)
 	}
 	a.loggingOut.Store(serving)
+	defer a.loggingOut.Store(false)
 	res, err := h.Logout(ctx)
 	if err != nil {
-		a.loggingOut.Store(false)
 		return res, err
 	}
 	select {

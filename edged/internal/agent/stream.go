@@ -193,6 +193,14 @@ func (a *Agent) markRevoked(ctx context.Context, log *slog.Logger, reason string
 	a.tokMu.Unlock()
 	unlock, err := a.cfg.Dir.Lock(context.WithoutCancel(ctx))
 	if err == nil {
+		// Only for the identity still on disk: after a logout (or a new enrollment)
+		// a late refusal of the old identity must leave no marker.
+		node, nerr := a.cfg.Dir.ReadNode()
+		if nerr != nil || node.NodeID != nodeID {
+			unlock()
+			log.Info("the control plane refused an identity that is no longer in the state dir", "reason", reason)
+			return errLoggedOut
+		}
 		err = a.cfg.Dir.WriteRevoked(keystore.Revocation{NodeID: nodeID, Reason: reason, At: a.cfg.Now().UTC()})
 		unlock()
 	}
