@@ -96,6 +96,7 @@ func TestScripts(t *testing.T) {
 			"perm":       cmdPerm,
 			"emptydir":   cmdEmptyDir,
 			"sleep":      cmdSleep,
+			"archived":   cmdArchived,
 		},
 	})
 }
@@ -249,4 +250,40 @@ func cmdSleep(ts *testscript.TestScript, neg bool, args []string) {
 	d, err := time.ParseDuration(args[0])
 	ts.Check(err)
 	time.Sleep(d)
+}
+
+// archiveName is the guide's archive file name: RFC 3339 UTC to the second.
+var archiveName = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\.key$`)
+
+// archived DIR N: DIR (mode 0700) holds exactly N archived keys, each named
+// <RFC 3339 UTC>.key and mode 0600, and nothing else.
+func cmdArchived(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: archived DIR N")
+	}
+	want, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	dir := ts.MkAbs(args[0])
+	fi, err := os.Stat(dir)
+	ts.Check(err)
+	if fi.Mode().Perm() != 0o700 {
+		ts.Fatalf("%s has mode %#o, want 0700", args[0], fi.Mode().Perm())
+	}
+	entries, err := os.ReadDir(dir)
+	ts.Check(err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+		if !archiveName.MatchString(e.Name()) {
+			ts.Fatalf("%s: %q is not named <RFC 3339 UTC>.key", args[0], e.Name())
+		}
+		info, err := e.Info()
+		ts.Check(err)
+		if info.Mode().Perm() != 0o600 {
+			ts.Fatalf("%s/%s has mode %#o, want 0600", args[0], e.Name(), info.Mode().Perm())
+		}
+	}
+	if len(entries) != want {
+		ts.Fatalf("%s holds %d keys (%s), want %d", args[0], len(entries), strings.Join(names, " "), want)
+	}
 }

@@ -109,7 +109,7 @@ func (a *app) newApp() *ucli.App {
 		HelpName:             a.name,
 		Usage:                "operate Aegis Edge: enroll hosts, check their status, manage the fleet",
 		UsageText:            a.name + " [--help] COMMAND [COMMAND ...] [flags] [args]",
-		Description:          "Host side (talks to the local edged): edge enroll, edge status.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
+		Description:          "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
 		Reader:               a.env.Stdin,
 		Writer:               a.env.Stdout,
 		ErrWriter:            a.env.Stderr,
@@ -128,6 +128,9 @@ func (a *app) newApp() *ucli.App {
 				Subcommands: []*ucli.Command{
 					a.enrollCommand(),
 					a.statusCommand(),
+					a.keysCommand(),
+					a.tokenCommand(),
+					a.logoutCommand(),
 					a.enrollmentTokensCommand(),
 					a.hostsCommand(),
 				},
