@@ -61,6 +61,8 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.TokenTTL = v }),
 		str("max-clock-skew", "AEGIS_MAX_CLOCK_SKEW", d.MaxClockSkew, "largest accepted difference between an envelope's timestamp and server time (`DURATION`)",
 			func(f *config.File, v string) { f.MaxClockSkew = v }),
+		str("rotation-overlap", "AEGIS_ROTATION_OVERLAP", d.RotationOverlap, "how long after a key rotation a live stream may still send envelopes signed by the previous key (`DURATION`); new connections with the old key are refused at once",
+			func(f *config.File, v string) { f.RotationOverlap = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
 	}
@@ -71,7 +73,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	flags := []cli.Flag{&cli.StringFlag{
 		Name:    "config",
 		EnvVars: []string{"AEGIS_CONTROLPLANE_CONFIG"},
-		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, log_level); environment and flags override it",
+		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, log_level); environment and flags override it",
 	}}
 	for _, l := range layers {
 		flags = append(flags, l.flag)

@@ -34,6 +34,7 @@ type File struct {
 	HeartbeatInterval string `yaml:"heartbeat_interval"`
 	TokenTTL          string `yaml:"token_ttl"`
 	MaxClockSkew      string `yaml:"max_clock_skew"`
+	RotationOverlap   string `yaml:"rotation_overlap"`
 	LogLevel          string `yaml:"log_level"`
 }
 
@@ -45,6 +46,7 @@ func Defaults() File {
 		HeartbeatInterval: "10s",
 		TokenTTL:          "1h",
 		MaxClockSkew:      "60s",
+		RotationOverlap:   "60s",
 		LogLevel:          "info",
 	}
 }
@@ -67,6 +69,7 @@ func Merge(layers ...File) File {
 		set(&out.HeartbeatInterval, l.HeartbeatInterval)
 		set(&out.TokenTTL, l.TokenTTL)
 		set(&out.MaxClockSkew, l.MaxClockSkew)
+		set(&out.RotationOverlap, l.RotationOverlap)
 		set(&out.LogLevel, l.LogLevel)
 	}
 	return out
@@ -110,7 +113,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	TokenTTL          time.Duration
 	MaxClockSkew      time.Duration
-	LogLevel          slog.Level
+	// RotationOverlap is how long after a key rotation a stream that was
+	// authenticated before it may still send envelopes under the previous key.
+	RotationOverlap time.Duration
+	LogLevel        slog.Level
 }
 
 // Resolve validates f (already merged over Defaults) into a Config. Each error names
@@ -195,6 +201,9 @@ func (f File) Resolve() (Config, error) {
 	dur("heartbeat-interval", f.HeartbeatInterval, 50*time.Millisecond, time.Hour, &c.HeartbeatInterval)
 	dur("token-ttl", f.TokenTTL, time.Minute, 7*24*time.Hour, &c.TokenTTL)
 	dur("max-clock-skew", f.MaxClockSkew, time.Second, time.Hour, &c.MaxClockSkew)
+	// Short overlaps are allowed for tests and tight environments; a daemon switches
+	// keys right after the swap, so the overlap only has to cover envelopes in flight.
+	dur("rotation-overlap", f.RotationOverlap, 100*time.Millisecond, time.Hour, &c.RotationOverlap)
 
 	switch strings.ToLower(f.LogLevel) {
 	case "debug":
