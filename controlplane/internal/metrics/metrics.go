@@ -5,6 +5,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,6 +19,9 @@ type Metrics struct {
 	heartbeats         prometheus.Counter
 	blacklistEntries   prometheus.Gauge
 	attestations       *prometheus.CounterVec
+	tokenRefreshes     prometheus.Counter
+	keyRotations       *prometheus.CounterVec
+	keyRotationSecs    prometheus.Histogram
 }
 
 // New registers the metrics with reg. A nil reg yields working, unregistered metrics.
@@ -50,10 +55,24 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "aegis_edge_attestations_total",
 			Help: "Attestations (token refreshes), by result (\"ok\" or the reject reason).",
 		}, []string{"result"}),
+		tokenRefreshes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aegis_edge_token_refreshes_total",
+			Help: "Successful attestations that replaced a node's still-valid token (refreshes, not re-attestations after expiry).",
+		}),
+		keyRotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aegis_edge_key_rotations_total",
+			Help: "RotateEdgeKey requests, by result (ok, replayed, refused, error) and reason (\"none\" unless refused or failed).",
+		}, []string{"result", "reason"}),
+		keyRotationSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "aegis_edge_key_rotation_duration_seconds",
+			Help: "Time the control plane spent on one RotateEdgeKey request, whatever its result.",
+			// A rotation is one short transaction: 1ms to ~4s.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 13),
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connectedDaemons, m.rpcRequests, m.envelopeRejections, m.enrollments,
-			m.heartbeats, m.blacklistEntries, m.attestations)
+			m.heartbeats, m.blacklistEntries, m.attestations, m.tokenRefreshes, m.keyRotations, m.keyRotationSecs)
 	}
 	return m
 }
@@ -104,5 +123,20 @@ func (m *Metrics) Heartbeat() {
 func (m *Metrics) BlacklistSize(n int) {
 	if m != nil {
 		m.blacklistEntries.Set(float64(n))
+	}
+}
+
+// TokenRefreshed counts one attestation that superseded a still-valid token.
+func (m *Metrics) TokenRefreshed() {
+	if m != nil {
+		m.tokenRefreshes.Inc()
+	}
+}
+
+// KeyRotation counts one RotateEdgeKey request and how long it took.
+func (m *Metrics) KeyRotation(result, reason string, took time.Duration) {
+	if m != nil {
+		m.keyRotations.WithLabelValues(result, reason).Inc()
+		m.keyRotationSecs.Observe(took.Seconds())
 	}
 }

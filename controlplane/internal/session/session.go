@@ -1,8 +1,10 @@
 // Package session owns the live streams held by this replica: the registry from node
 // id to its one open stream (a newer stream replaces an older one), the way other
 // parts of the control plane reach a stream (a Kick that makes it send Disconnect and
-// close; later issues push commands the same way), and the batching of last_seen_at
-// so that heartbeats never cost a database write each.
+// close) or hand it a Command to send down to the daemon (refresh your token, rotate
+// your key), and the batching of last_seen_at so that heartbeats never cost a
+// database write each. The registry never sends on a stream itself: the stream's
+// own goroutine does every Send.
 package session
 
 import (
@@ -16,8 +18,14 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
-// ErrClosed: the registry is shutting down and takes no new streams.
-var ErrClosed = errors.New("control plane is shutting down")
+var (
+	// ErrClosed: the registry is shutting down and takes no new streams.
+	ErrClosed = errors.New("control plane is shutting down")
+	// ErrNoStream: the node has no live stream on this replica.
+	ErrNoStream = errors.New("node has no live stream on this replica")
+	// ErrBusy: the node's stream has too many commands waiting to be sent.
+	ErrBusy = errors.New("node's stream has too many commands pending")
+)
 
 // Reason says why a stream is being closed by the server.
 type Reason int
@@ -36,17 +44,57 @@ type Kick struct {
 	Message        string
 }
 
+// CommandKind names what a Command asks the daemon to do.
+type CommandKind int
+
+const (
+	// CommandRefreshToken: re-attest now and swap the new token in.
+	CommandRefreshToken CommandKind = iota + 1
+	// CommandRotateKey: run the whole key rotation on the host.
+	CommandRotateKey
+)
+
+func (k CommandKind) String() string {
+	switch k {
+	case CommandRefreshToken:
+		return "refresh_token"
+	case CommandRotateKey:
+		return "rotate_key"
+	}
+	return "unknown"
+}
+
+// Command is a request for the daemon, delivered down its stream.
+type Command struct {
+	Kind CommandKind
+	// Reason is shown by the daemon (CommandRefreshToken).
+	Reason string
+	// FleetRunID is echoed in the rotation's audit entry (CommandRotateKey).
+	FleetRunID string
+	// KeepOld is how long the host keeps the archived key; 0 means its default.
+	KeepOld time.Duration
+}
+
+// commandQueue bounds the commands waiting for one stream's goroutine. A daemon
+// acts on one at a time; a caller that finds the queue full retries later rather
+// than piling up work the daemon would do twice.
+const commandQueue = 8
+
 // Handle is one registered stream.
 type Handle struct {
 	NodeID    string
 	SessionID string
 	kick      chan Kick
+	cmds      chan Command
 	once      sync.Once
 	released  sync.Once
 }
 
 // Kicked delivers at most one Kick.
 func (h *Handle) Kicked() <-chan Kick { return h.kick }
+
+// Commands delivers the commands to send down the stream, in order.
+func (h *Handle) Commands() <-chan Command { return h.cmds }
 
 func (h *Handle) send(k Kick) {
 	h.once.Do(func() { h.kick <- k })
@@ -71,7 +119,7 @@ func NewRegistry(m *metrics.Metrics) *Registry {
 // with ReasonReplaced. After Shutdown it returns ErrClosed. Every attached handle
 // must be Released.
 func (r *Registry) Attach(nodeID, sessionID string) (*Handle, error) {
-	h := &Handle{NodeID: nodeID, SessionID: sessionID, kick: make(chan Kick, 1)}
+	h := &Handle{NodeID: nodeID, SessionID: sessionID, kick: make(chan Kick, 1), cmds: make(chan Command, commandQueue)}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -117,6 +165,22 @@ func (r *Registry) Kick(nodeID string, k Kick) bool {
 		h.send(k)
 	}
 	return ok
+}
+
+// Send queues c for the node's current stream on this replica: ErrNoStream if there
+// is none, ErrBusy if its queue is full. A queued command is sent unless the stream
+// ends first.
+func (r *Registry) Send(nodeID string, c Command) error {
+	h, ok := r.Get(nodeID)
+	if !ok {
+		return ErrNoStream
+	}
+	select {
+	case h.cmds <- c:
+		return nil
+	default:
+		return ErrBusy
+	}
 }
 
 // Len is the number of registered streams.
