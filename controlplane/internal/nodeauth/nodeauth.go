@@ -26,8 +26,20 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
 )
 
-// BlacklistReasonRefreshed marks tokens superseded by an attestation.
-const BlacklistReasonRefreshed = "refreshed"
+// Why a token was blacklisted (token_blacklist.reason). The verifier treats them
+// differently: a refreshed token keeps a short grace on streams that already used
+// it, a rotated one keeps the rotation's overlap on such streams, and the others
+// none at all.
+const (
+	// BlacklistReasonRefreshed marks tokens superseded by an attestation.
+	BlacklistReasonRefreshed = "refreshed"
+	// BlacklistReasonRotated marks the token a key rotation replaced.
+	BlacklistReasonRotated = "rotated"
+	// BlacklistReasonRevoked marks the tokens of a node an operator revoked.
+	BlacklistReasonRevoked = "revoked"
+	// BlacklistReasonLogout marks the tokens of a node that logged out.
+	BlacklistReasonLogout = "logout"
+)
 
 // DefaultRefreshGrace is how long a stream may keep using a token it had already
 // verified after an attestation blacklisted it, so that a daemon refreshing its
@@ -124,7 +136,8 @@ func (s *Service) attest(ctx context.Context, req AttestRequest) (AttestResult, 
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_BAD_SIGNATURE, "attestation signature does not verify under the presented key")
 		}
 		// The key proved possession of itself; now it must be the key the node holds.
-		// (Attesting with a just-rotated key's successor is the rotation issue's job.)
+		// After a rotation that is the new key: the previous one, even inside the
+		// overlap, earns nothing (only streams that already verified it may use it).
 		if subtle.ConstantTimeCompare(req.PublicKey, d.PublicKey) != 1 {
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_KEY_MISMATCH, "the presented key is not node %s's current key", req.NodeID)
 		}
@@ -166,6 +179,9 @@ func (s *Service) attest(ctx context.Context, req AttestRequest) (AttestResult, 
 		return AttestResult{}, err
 	}
 	s.cfg.Blacklist.Add(added...)
+	if len(added) > 0 {
+		s.cfg.Metrics.TokenRefreshed()
+	}
 	return res, nil
 }
 

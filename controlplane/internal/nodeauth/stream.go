@@ -25,8 +25,11 @@ const maxCachedTokens = 4
 // a heartbeat costs one Ed25519 verification and map lookups. Not safe for
 // concurrent use: one stream, one goroutine.
 type Stream struct {
-	s        *Service
-	kind     edgev1.EnvelopeKind
+	s    *Service
+	kind edgev1.EnvelopeKind
+	// reader loads the node record: the Store, or the caller's transaction for a
+	// unary envelope checked inside one.
+	reader   store.Tx
 	nodeID   string
 	streamID string
 	lastSeq  uint64
@@ -35,15 +38,56 @@ type Stream struct {
 	daemon   *nodeState
 }
 
-// nodeState is the node record as this stream last loaded it.
+// nodeState is the node record as this stream last loaded it, with the
+// fingerprints of its current and previous keys.
 type nodeState struct {
-	d   store.Daemon
-	kfp string
+	d       store.Daemon
+	kfp     string
+	prevKfp string // "" when the node has no previous key
 }
+
+func newNodeState(d store.Daemon) *nodeState {
+	n := &nodeState{d: d, kfp: fingerprint.Of(d.PublicKey)}
+	if len(d.PreviousPublicKey) == ed25519.PublicKeySize {
+		n.prevKfp = fingerprint.Of(d.PreviousPublicKey)
+	}
+	return n
+}
+
+// binding says which of the node's keys a token is bound to.
+type binding int
+
+const (
+	boundNowhere binding = iota
+	boundCurrent
+	// boundPrevious: the key a rotation replaced, while the overlap lasts.
+	boundPrevious
+)
 
 // NewStream starts verification for one stream whose envelopes are all of kind.
 func (s *Service) NewStream(kind edgev1.EnvelopeKind) *Stream {
-	return &Stream{s: s, kind: kind, verified: map[string]nodetoken.Claims{}}
+	return &Stream{s: s, kind: kind, reader: s.cfg.Store, verified: map[string]nodetoken.Claims{}}
+}
+
+// Verified is what an accepted unary envelope established.
+type Verified struct {
+	Daemon store.Daemon
+	Claims nodetoken.Claims
+}
+
+// CheckUnary verifies one envelope of kind sent outside a stream (RotateEdgeKey,
+// Logout) with every check, in the same order, that the first envelope of a stream
+// gets; its stream_id is spent like a stream's. The node is read through tx, so a
+// caller checking inside its transaction acts on the record it verified. Only the
+// node's current key and a token bound to it are accepted: a one-envelope call
+// never verified anything before, so no grace or overlap applies.
+func (s *Service) CheckUnary(ctx context.Context, tx store.Tx, kind edgev1.EnvelopeKind, env *edgev1.SealNodeEnvelope) (Verified, error) {
+	st := s.NewStream(kind)
+	st.reader = tx
+	if err := st.Check(ctx, env); err != nil {
+		return Verified{}, err
+	}
+	return Verified{Daemon: st.daemon.d, Claims: st.verified[env.GetNodeSecurityToken()]}, nil
 }
 
 // NodeID is the node this stream is bound to (after the first accepted envelope).
@@ -104,17 +148,21 @@ func (st *Stream) check(ctx context.Context, env *edgev1.SealNodeEnvelope) error
 	}
 
 	// 4. The node exists and is not revoked. Loaded again whenever the token changes,
-	// since that is when the node's key or standing may have changed.
+	// since that is when the node's key or standing may have changed, and when the
+	// token was withdrawn for a reason the stream's record does not show yet (a
+	// rotation or revocation committed since the record was loaded). Those are the
+	// only reloads: a heartbeat under a known token costs no database read.
+	entry, listed := cfg.Blacklist.Lookup(claims.JTI())
 	node := st.daemon
-	if node == nil || !seenBefore {
-		d, err := cfg.Store.GetDaemon(ctx, env.GetNodeId())
+	if node == nil || !seenBefore || (listed && !node.explains(entry, claims)) {
+		d, err := st.reader.GetDaemon(ctx, env.GetNodeId())
 		if errors.Is(err, store.ErrNotFound) {
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_UNKNOWN_NODE, "node %s is not enrolled", env.GetNodeId())
 		}
 		if err != nil {
 			return fmt.Errorf("look up node: %w", err)
 		}
-		node = &nodeState{d: d, kfp: fingerprint.Of(d.PublicKey)}
+		node = newNodeState(d)
 	}
 	if node.d.Status == store.DaemonRevoked {
 		return rejection.New(edgev1.RejectReason_REJECT_REASON_REVOKED, "node %s was revoked", env.GetNodeId())
@@ -124,16 +172,27 @@ func (st *Stream) check(ctx context.Context, env *edgev1.SealNodeEnvelope) error
 	}
 
 	// 5. The token is bound to the key that must sign.
-	pub, ok := st.keyFor(claims, node)
-	if !ok {
+	pub, bound := st.keyFor(claims, node, now)
+	if bound == boundNowhere {
 		return rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_KEY_MISMATCH, "node token is bound to a key that is not the node's current key: attest for a new one")
 	}
 
-	// 6. Blacklist (in memory).
-	if e, listed := cfg.Blacklist.Lookup(claims.JTI()); listed {
-		graceful := seenBefore && e.Reason == BlacklistReasonRefreshed && now.Sub(e.AddedAt) < cfg.RefreshGrace
+	// 6. Blacklist (in memory). A token bound to the previous key was withdrawn by the
+	// rotation that replaced the key, listed or not: only a stream that verified it
+	// before keeps it, for the overlap.
+	if bound == boundPrevious && !seenBefore {
+		return rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_BLACKLISTED, "node token was withdrawn (%s): its key was rotated; use the new token", BlacklistReasonRotated)
+	}
+	if listed {
+		graceful := false
+		switch entry.Reason {
+		case BlacklistReasonRefreshed:
+			graceful = seenBefore && now.Sub(entry.AddedAt) < cfg.RefreshGrace
+		case BlacklistReasonRotated:
+			graceful = seenBefore && bound == boundPrevious
+		}
 		if !graceful {
-			return rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_BLACKLISTED, "node token was withdrawn (%s): attest for a new one", e.Reason)
+			return rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_BLACKLISTED, "node token was withdrawn (%s): attest for a new one", entry.Reason)
 		}
 	}
 
@@ -173,14 +232,32 @@ func (st *Stream) check(ctx context.Context, env *edgev1.SealNodeEnvelope) error
 }
 
 // keyFor returns the public key an envelope carrying a token with claims must be
-// signed with: the node's current key when the token is bound to it. (The rotation
-// overlap window — the previous key, on a stream that verified it, until
-// overlap_until — extends this function.)
-func (st *Stream) keyFor(claims nodetoken.Claims, node *nodeState) (ed25519.PublicKey, bool) {
-	if claims.Cnf.KeyFingerprint == node.kfp && len(node.d.PublicKey) == ed25519.PublicKeySize {
-		return ed25519.PublicKey(node.d.PublicKey), true
+// signed with, and which of the node's keys that is: the current key when the token
+// is bound to it, or the previous key when the token is bound to that and the
+// rotation's overlap has not ended. Whether this stream may use the previous key is
+// the blacklist step's decision, so the refusal names the withdrawn token.
+func (st *Stream) keyFor(claims nodetoken.Claims, node *nodeState, now time.Time) (ed25519.PublicKey, binding) {
+	switch kfp := claims.Cnf.KeyFingerprint; {
+	case kfp == node.kfp && len(node.d.PublicKey) == ed25519.PublicKeySize:
+		return ed25519.PublicKey(node.d.PublicKey), boundCurrent
+	case kfp == node.prevKfp && node.prevKfp != "" && now.Before(node.d.OverlapUntil):
+		return ed25519.PublicKey(node.d.PreviousPublicKey), boundPrevious
 	}
-	return nil, false
+	return nil, boundNowhere
+}
+
+// explains reports whether the node record already accounts for the blacklisting of
+// a token with claims. A rotation moves the token's key out of the current slot; a
+// revocation or logout marks the node revoked. If the record shows neither, it was
+// loaded before that change committed and must be read again.
+func (n *nodeState) explains(e store.BlacklistEntry, claims nodetoken.Claims) bool {
+	switch e.Reason {
+	case BlacklistReasonRotated:
+		return n.kfp != claims.Cnf.KeyFingerprint
+	case BlacklistReasonRevoked, BlacklistReasonLogout:
+		return n.d.Status == store.DaemonRevoked
+	}
+	return true
 }
 
 func absDur(d time.Duration) time.Duration {
