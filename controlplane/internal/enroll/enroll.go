@@ -287,7 +287,7 @@ func (s *Service) enroll(ctx context.Context, req Request) (Result, error) {
 		}
 		switch err := tx.ClaimPublicKey(ctx, req.PublicKey, nodeID, now); {
 		case errors.Is(err, store.ErrKeyInUse):
-			return rejection.New(edgev1.RejectReason_REJECT_REASON_KEY_IN_USE, "this public key is already bound to a node: generate a new key")
+			return s.keyInUse(ctx, tx, req.PublicKey)
 		case err != nil:
 			return fmt.Errorf("claim public key: %w", err)
 		}
@@ -333,6 +333,30 @@ func (s *Service) enroll(ctx context.Context, req Request) (Result, error) {
 		return nil
 	})
 	return res, err
+}
+
+// keyInUse says why a key cannot be enrolled: a revoked node's key is refused as
+// revoked, so a host whose identity was revoked learns that (and that it must make a
+// new key), not merely that the key is taken.
+func (s *Service) keyInUse(ctx context.Context, tx store.Tx, key []byte) error {
+	inUse := rejection.New(edgev1.RejectReason_REJECT_REASON_KEY_IN_USE, "this public key is already bound to a node: generate a new key")
+	owner, err := tx.KeyOwner(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return inUse
+	}
+	if err != nil {
+		return fmt.Errorf("owner of public key: %w", err)
+	}
+	d, err := tx.GetDaemon(ctx, owner)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return inUse
+	case err != nil:
+		return fmt.Errorf("owner of public key: %w", err)
+	case d.Status == store.DaemonRevoked:
+		return rejection.New(edgev1.RejectReason_REJECT_REASON_REVOKED, "this key belonged to node %s, which was revoked: remove it (aegis edge logout) and enroll with a new key", owner)
+	}
+	return inUse
 }
 
 func newNodeID(rnd io.Reader) (string, error) {
