@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,6 +41,12 @@ type Options struct {
 	TokenTTL          time.Duration
 	HeartbeatInterval time.Duration
 	MaxClockSkew      time.Duration
+	// RotationOverlap is how long after a key rotation a stream that verified the
+	// old key may keep using it (default 60s, as controlplane serve).
+	RotationOverlap time.Duration
+	// HousekeepingInterval is how often expired blacklist rows and nonces are purged
+	// (default: every minute, as in production).
+	HousekeepingInterval time.Duration
 	// Logger defaults to warnings and errors on the test's output.
 	Logger *slog.Logger
 }
@@ -62,6 +69,7 @@ type Server struct {
 	mu   sync.Mutex
 	stop func()
 	http *http.Client
+	srv  *server.Server
 }
 
 // Start starts a control plane and stops it when the test ends.
@@ -108,6 +116,9 @@ func (s *Server) start(t testing.TB) {
 	if s.opts.MaxClockSkew > 0 {
 		f.MaxClockSkew = s.opts.MaxClockSkew.String()
 	}
+	if s.opts.RotationOverlap > 0 {
+		f.RotationOverlap = s.opts.RotationOverlap.String()
+	}
 	cfg, err := f.Resolve()
 	if err != nil {
 		_ = ln.Close()
@@ -116,11 +127,12 @@ func (s *Server) start(t testing.TB) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, server.Options{
-		Config:          cfg,
-		Logger:          s.opts.Logger,
-		Now:             s.opts.Now,
-		Listener:        ln,
-		ShutdownTimeout: 5 * time.Second,
+		Config:               cfg,
+		Logger:               s.opts.Logger,
+		Now:                  s.opts.Now,
+		Listener:             ln,
+		ShutdownTimeout:      5 * time.Second,
+		HousekeepingInterval: s.opts.HousekeepingInterval,
 	})
 	if err != nil {
 		cancel()
@@ -152,6 +164,7 @@ func (s *Server) start(t testing.TB) {
 	s.AdminToken = strings.TrimSpace(string(tok))
 	s.Store = srv.Store()
 	s.http = &http.Client{Transport: tr}
+	s.srv = srv
 	s.stop = func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -180,6 +193,37 @@ func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()
 	s.start(t)
+}
+
+// RequestTokenRefresh sends RefreshTokenCommand down the node's live stream, as the
+// control plane does after a scope change or for a fleet token refresh. It fails if
+// the node has no live stream on this control plane.
+func (s *Server) RequestTokenRefresh(nodeID string) error {
+	srv, err := s.running()
+	if err != nil {
+		return err
+	}
+	return srv.RequestTokenRefresh(nodeID, "requested by the test")
+}
+
+// RequestKeyRotation sends RotateKeyCommand{keep_old} down the node's live stream,
+// as a fleet key rotation does (keepOld 0: the host's default). It fails if the node
+// has no live stream on this control plane.
+func (s *Server) RequestKeyRotation(nodeID string, keepOld time.Duration) error {
+	srv, err := s.running()
+	if err != nil {
+		return err
+	}
+	return srv.RequestKeyRotation(nodeID, "", keepOld)
+}
+
+func (s *Server) running() (*server.Server, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop == nil {
+		return nil, errors.New("cptest: the control plane is stopped")
+	}
+	return s.srv, nil
 }
 
 // HTTPClient is an HTTP/2 client that trusts only this control plane's CA.

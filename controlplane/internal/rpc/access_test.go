@@ -112,6 +112,12 @@ func TestAdminRolesAndTenants(t *testing.T) {
 				_, err := c.RevokeEnrollmentToken(ctx, connect.NewRequest(&edgev1.RevokeEnrollmentTokenRequest{Id: tokenA}))
 				return err
 			},
+			edgev1connect.EdgeAdminServiceRevokeHostProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				// Revoking a host is idempotent too; the other rows still read a
+				// revoked host fine.
+				_, err := c.RevokeHost(ctx, connect.NewRequest(&edgev1.RevokeHostRequest{NodeId: hostA.id}))
+				return err
+			},
 		}
 		for proc := range rpc.AdminPermissions {
 			if calls[proc] == nil {
@@ -129,6 +135,7 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
 			edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": ok, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceRevokeHostProcedure:            {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 		}
 		for proc, byClient := range want {
 			for name, wantCode := range byClient {

@@ -12,17 +12,19 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // AdminConfig wires the EdgeAdminService handler.
 type AdminConfig struct {
-	Enroll *enroll.Service
-	Hosts  *hosts.Service
-	Store  store.Tx
-	Now    func() time.Time
-	Logger *slog.Logger
+	Enroll     *enroll.Service
+	Hosts      *hosts.Service
+	Revocation *revocation.Service
+	Store      store.Tx
+	Now        func() time.Time
+	Logger     *slog.Logger
 }
 
 // Admin implements edgev1connect.EdgeAdminServiceHandler. It must be mounted behind
@@ -203,7 +205,24 @@ func hostPB(h hosts.Host) *edgev1.Host {
 	}
 }
 
-// RevokeHost is not served yet.
-func (a *Admin) RevokeHost(context.Context, *connect.Request[edgev1.RevokeHostRequest]) (*connect.Response[edgev1.RevokeHostResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("revoke-remote is not available on this control plane yet"))
+// RevokeHost implements EdgeAdminService.RevokeHost (revoke-remote).
+func (a *Admin) RevokeHost(ctx context.Context, req *connect.Request[edgev1.RevokeHostRequest]) (*connect.Response[edgev1.RevokeHostResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := a.cfg.Revocation.Revoke(ctx, p, req.Msg.GetNodeId())
+	if err != nil {
+		return nil, a.fail(ctx, "RevokeHost", err)
+	}
+	a.cfg.Logger.InfoContext(ctx, "host revoked", "operator", p.TokenID, "node", res.Daemon.NodeID, "blacklisted_tokens", res.Blacklisted, "stream_dropped", res.StreamDropped)
+	h, err := a.cfg.Hosts.Get(ctx, p, res.Daemon.NodeID)
+	if err != nil {
+		return nil, a.fail(ctx, "RevokeHost", err)
+	}
+	return connect.NewResponse(&edgev1.RevokeHostResponse{
+		Host:              hostPB(h),
+		BlacklistedTokens: int32(res.Blacklisted),
+		StreamDropped:     res.StreamDropped,
+	}), nil
 }

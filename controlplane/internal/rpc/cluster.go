@@ -17,6 +17,8 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
+	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
+	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"google.golang.org/protobuf/proto"
@@ -29,6 +31,8 @@ type ClusterConfig struct {
 	Challenges        *challenge.Service
 	Enroll            *enroll.Service
 	Auth              *nodeauth.Service
+	Rotation          *rotation.Service
+	Revocation        *revocation.Service
 	Sessions          *session.Registry
 	LastSeen          *session.LastSeen
 	Store             store.Store
@@ -216,6 +220,11 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		case k := <-h.Kicked():
 			log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
 			return bs.Send(disconnect(k))
+		case cmd := <-h.Commands():
+			log.InfoContext(ctx, "command sent", "kind", cmd.Kind)
+			if err := bs.Send(command(cmd)); err != nil {
+				return nil
+			}
 		case r := <-recv:
 			if r.err != nil {
 				log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
@@ -272,6 +281,19 @@ func disconnect(k session.Kick) *edgev1.EdgeCommand {
 	return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Disconnect{Disconnect: d}}
 }
 
+func command(c session.Command) *edgev1.EdgeCommand {
+	switch c.Kind {
+	case session.CommandRotateKey:
+		rk := &edgev1.RotateKeyCommand{FleetRunId: c.FleetRunID}
+		if c.KeepOld > 0 {
+			rk.KeepOld = durationpb.New(c.KeepOld)
+		}
+		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_RotateKey{RotateKey: rk}}
+	default:
+		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_RefreshToken{RefreshToken: &edgev1.RefreshTokenCommand{Reason: c.Reason}}}
+	}
+}
+
 func newSessionID(rnd io.Reader) (string, error) {
 	var b [16]byte
 	if _, err := io.ReadFull(rnd, b[:]); err != nil {
@@ -284,12 +306,48 @@ func tenantPB(t store.Tenant) *edgev1.Tenant {
 	return &edgev1.Tenant{Id: t.ID, Name: t.Name, Kind: t.Kind}
 }
 
-// RotateEdgeKey is not served yet.
-func (c *Cluster) RotateEdgeKey(context.Context, *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.RotateEdgeKeyResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("key rotation is not available on this control plane yet"))
+// RotateEdgeKey implements NodeClusterService.RotateEdgeKey.
+func (c *Cluster) RotateEdgeKey(ctx context.Context, req *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.RotateEdgeKeyResponse], error) {
+	env := req.Msg
+	var p edgev1.RotateEdgeKeyRequest
+	perr := proto.Unmarshal(env.GetPayload(), &p)
+	res, err := c.cfg.Rotation.Rotate(ctx, rotation.Request{
+		Envelope:        env,
+		PayloadErr:      perr,
+		RotationID:      p.GetRotationId(),
+		NodeID:          p.GetNodeId(),
+		NewPublicKey:    p.GetNewPublicKey(),
+		At:              time.UnixMilli(p.GetTimestampUnixMs()),
+		NewKeySignature: p.GetNewKeySignature(),
+	})
+	if err != nil {
+		return nil, c.fail(ctx, "RotateEdgeKey", err)
+	}
+	if res.Replayed {
+		c.cfg.Logger.InfoContext(ctx, "key rotation replayed", "node", res.NodeID, "rotation_id", res.RotationID)
+	} else {
+		c.cfg.Logger.InfoContext(ctx, "key rotated", "node", res.NodeID, "rotation_id", res.RotationID, "old_key", res.OldFingerprint, "new_key", res.NewFingerprint)
+	}
+	return connect.NewResponse(&edgev1.RotateEdgeKeyResponse{
+		RotationId:        res.RotationID,
+		NodeSecurityToken: res.Token,
+		TokenExpiresAt:    timestamppb.New(res.TokenExpires),
+		OverlapUntil:      ts(res.OverlapUntil),
+		NewKeyFingerprint: res.NewFingerprint,
+		ServerTime:        timestamppb.New(c.cfg.Now()),
+		RotatedAt:         timestamppb.New(res.RotatedAt),
+	}), nil
 }
 
-// Logout is not served yet.
-func (c *Cluster) Logout(context.Context, *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.LogoutResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("logout is not available on this control plane yet"))
+// Logout implements NodeClusterService.Logout.
+func (c *Cluster) Logout(ctx context.Context, req *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.LogoutResponse], error) {
+	env := req.Msg
+	var p edgev1.LogoutRequest
+	perr := proto.Unmarshal(env.GetPayload(), &p)
+	res, err := c.cfg.Revocation.Logout(ctx, revocation.LogoutRequest{Envelope: env, PayloadErr: perr, NodeID: p.GetNodeId()})
+	if err != nil {
+		return nil, c.fail(ctx, "Logout", err)
+	}
+	c.cfg.Logger.InfoContext(ctx, "node logged out", "node", res.Daemon.NodeID, "blacklisted_tokens", res.Blacklisted, "stream_dropped", res.StreamDropped)
+	return connect.NewResponse(&edgev1.LogoutResponse{}), nil
 }

@@ -52,6 +52,7 @@ var AdminPermissions = map[string]Access{
 	edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:  Read,
 	edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: Write,
 	edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: Write,
+	edgev1connect.EdgeAdminServiceRevokeHostProcedure:            Write,
 }
 
 func allowed(p apitoken.Principal, need Access) bool {

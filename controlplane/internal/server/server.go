@@ -33,6 +33,8 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/ratelimit"
+	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
+	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
 	"github.com/aegis-edge/aegis/controlplane/internal/rpc"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
@@ -71,6 +73,9 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// RefreshGrace overrides nodeauth.DefaultRefreshGrace when positive.
 	RefreshGrace time.Duration
+	// HousekeepingInterval is how often expired blacklist rows and nonces are
+	// purged; 0 means every minute.
+	HousekeepingInterval time.Duration
 }
 
 // Server is a running control plane.
@@ -184,6 +189,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		AttestLimiter: ratelimit.New(1, 10),
 		Metrics:       s.metrics,
 	})
+	revoker := revocation.New(revocation.Config{
+		Store:     s.store,
+		Auth:      s.auth,
+		Blacklist: s.black,
+		Sessions:  s.sessions,
+		Now:       s.now,
+	})
 	enrollSvc := enroll.New(enroll.Config{
 		Store:        s.store,
 		Issuer:       issuer,
@@ -201,8 +213,19 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			PerSource: ratelimit.New(50, 200),
 			PerNode:   ratelimit.New(1, 10),
 		}),
-		Enroll:            enrollSvc,
-		Auth:              s.auth,
+		Enroll: enrollSvc,
+		Auth:   s.auth,
+		Rotation: rotation.New(rotation.Config{
+			Store:        s.store,
+			Auth:         s.auth,
+			Issuer:       issuer,
+			Blacklist:    s.black,
+			Now:          s.now,
+			MaxClockSkew: cfg.MaxClockSkew,
+			Overlap:      cfg.RotationOverlap,
+			Metrics:      s.metrics,
+		}),
+		Revocation:        revoker,
 		Sessions:          s.sessions,
 		LastSeen:          s.lastSeen,
 		Store:             s.store,
@@ -221,9 +244,10 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			HeartbeatInterval: cfg.HeartbeatInterval,
 			Latest:            s.lastSeen.Latest,
 		}),
-		Store:  s.store,
-		Now:    s.now,
-		Logger: s.log,
+		Revocation: revoker,
+		Store:      s.store,
+		Now:        s.now,
+		Logger:     s.log,
 	})
 
 	metricsI := rpc.MetricsInterceptor{Metrics: s.metrics}
@@ -268,6 +292,18 @@ func (s *Server) Store() store.Store { return s.store }
 // AdminTokenPath is where the bootstrap admin token was written.
 func (s *Server) AdminTokenPath() string {
 	return filepath.Join(s.cfg.DataDir, bootstrap.AdminTokenFile)
+}
+
+// RequestTokenRefresh asks the node's live stream on this replica to re-attest now
+// (RefreshTokenCommand). session.ErrNoStream if the node has no stream here.
+func (s *Server) RequestTokenRefresh(nodeID, reason string) error {
+	return s.sessions.Send(nodeID, session.Command{Kind: session.CommandRefreshToken, Reason: reason})
+}
+
+// RequestKeyRotation asks the node's live stream on this replica to rotate its key
+// (RotateKeyCommand); keepOld 0 leaves the archive retention to the host.
+func (s *Server) RequestKeyRotation(nodeID, fleetRunID string, keepOld time.Duration) error {
+	return s.sessions.Send(nodeID, session.Command{Kind: session.CommandRotateKey, FleetRunID: fleetRunID, KeepOld: keepOld})
 }
 
 // Run serves until ctx ends, then shuts down gracefully. It returns nil after a clean
@@ -355,7 +391,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // housekeeping purges what has expired anyway: blacklist rows and nonces in the
 // store, and the in-memory caches.
 func (s *Server) housekeeping(ctx context.Context) {
-	t := time.NewTicker(housekeepingEvery)
+	every := s.opts.HousekeepingInterval
+	if every <= 0 {
+		every = housekeepingEvery
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
