@@ -133,7 +133,9 @@ func (a *app) status(c *ucli.Context) error {
 	fmt.Fprintf(w, "status: %s\n", rep.Status)
 	fmt.Fprintf(w, "key_fingerprint: %s\n", rep.KeyFingerprint)
 	fmt.Fprintf(w, "token_expires: %s\n", derefDash(rep.TokenExpires))
-	if !rep.DaemonRunning {
+	if !rep.DaemonRunning && rep.Status == "Revoked" {
+		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
+	} else if !rep.DaemonRunning {
 		fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
 	} else if rep.Status != "Connected" && rep.LastError != "" {
 		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
@@ -193,7 +195,7 @@ func (a *app) statusFromFiles(dir *keystore.Dir) (hostStatusReport, error) {
 	}
 	if r, ok, err := dir.ReadRevoked(); err == nil && ok {
 		rep.Status = "Revoked"
-		rep.LastError = "revoked: " + r.Reason
+		rep.LastError = "revoked (" + r.Reason + "): get a new enrollment token, run `" + a.name + " edge logout`, then `" + a.name + " edge enroll --token T`"
 	}
 	return rep, nil
 }

@@ -33,7 +33,10 @@ It refuses to start when node.key or node.token can be read by group or others, 
 the state dir is open to them (fix with the chmod command it prints), and when another
 edged already serves the same state dir.
 
-While running, it serves 'aegis edge status' on <state-dir>/edged.sock (mode 0600).
+While running, it serves 'aegis edge status', 'aegis edge keys rotate', 'aegis edge token
+refresh' and 'aegis edge logout' on <state-dir>/edged.sock (mode 0600): it rotates its
+own key without dropping its stream, finishes or undoes a rotation a crash interrupted
+(on every start), and deletes archived keys once their --keep-old has passed.
 
 Config file (YAML; every key optional; flags win):
 
