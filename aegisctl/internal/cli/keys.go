@@ -18,12 +18,14 @@ import (
 func (a *app) keysCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:      "keys",
-		Usage:     "rotate this host's node key",
+		Usage:     "rotate this host's node key, or revoke a host's from the control plane",
 		UsageText: a.name + " edge keys COMMAND [flags]",
 		Description: "Example:\n  " + a.name + " edge keys rotate\n  " +
-			a.name + " edge keys rotate --keep-old 72h -o json",
+			a.name + " edge keys rotate --keep-old 72h -o json\n  " +
+			a.name + " edge keys revoke-remote n-7a3b2f0c91d4",
 		Subcommands: []*ucli.Command{
 			a.keysRotateCommand(),
+			a.keysRevokeRemoteCommand(),
 		},
 	}
 }
