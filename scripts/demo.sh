@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole system on one machine, on the embedded SQLite default: a control plane,
-# three enrolled daemons, each with its own state dir, and the views an operator uses.
+# three enrolled daemons, each with its own state dir, a key rotation on one of them
+# (its live stream kept), and the views an operator uses.
 # Stays up until Ctrl-C, then stops everything it started. `--once` stops after the
 # checks instead (the test suite runs it that way to keep this script true).
 set -euo pipefail
@@ -73,6 +74,24 @@ say "aegis edge hosts list (the operator's view)"
 aegis edge hosts list
 connected=$(aegis edge hosts list | grep -c Connected || true)
 [ "$connected" -eq 3 ] || fail "hosts list shows $connected Connected hosts, want 3"
+
+h1="$demo/hosts/web-east-1"
+fp() { aegis edge status --state-dir "$h1" | sed -n 's/^key_fingerprint: //p'; }
+before=$(fp)
+say "aegis edge keys rotate (on web-east-1): a new key and token, the live stream kept"
+aegis edge keys rotate --state-dir "$h1"
+after=$(fp)
+[ -n "$after" ] && [ "$after" != "$before" ] || fail "the fingerprint did not change ($before -> $after)"
+aegis edge status --state-dir "$h1" | grep -q '^status: Connected' || fail "web-east-1 is not Connected after the rotation"
+streams=$(grep -c "connected to the control plane" "$demo/web-east-1.log" || true)
+[ "$streams" -eq 1 ] || fail "web-east-1 opened $streams streams, want 1: the rotation must not reconnect"
+say "ls $h1/archive (the old key, kept for --keep-old)"
+ls "$h1/archive"
+say "aegis edge status (on web-east-1, after the rotation)"
+aegis edge status --state-dir "$h1"
+say "aegis edge hosts list (key_rotated_at is set for web-east-1)"
+aegis edge hosts list
+aegis edge hosts list | grep web-east-1 | grep -q "$after" || fail "hosts list does not show web-east-1's new key"
 
 if $once; then
   say "demo checks passed"
