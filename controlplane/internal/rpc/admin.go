@@ -226,3 +226,13 @@ func (a *Admin) RevokeHost(ctx context.Context, req *connect.Request[edgev1.Revo
 		StreamDropped:     res.StreamDropped,
 	}), nil
 }
+
+// SetHostSecurityContext is not served yet.
+func (a *Admin) SetHostSecurityContext(context.Context, *connect.Request[edgev1.SetHostSecurityContextRequest]) (*connect.Response[edgev1.SetHostSecurityContextResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("setting a host's security context is not available on this control plane yet"))
+}
+
+// Exec is not served yet.
+func (a *Admin) Exec(context.Context, *connect.Request[edgev1.ExecRequest], *connect.ServerStream[edgev1.ExecResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("exec is not available on this control plane yet"))
+}

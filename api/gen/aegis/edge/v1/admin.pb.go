@@ -995,6 +995,358 @@ func (x *RevokeHostResponse) GetStreamDropped() bool {
 	return false
 }
 
+type SetHostSecurityContextRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// A context name defined in the host's local policy (letters, digits, '.', '_', '-').
+	SecurityContext string `protobuf:"bytes,2,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
+	// Ask the host's live daemon to refresh its token now (RefreshToken command).
+	RefreshNow    bool `protobuf:"varint,3,opt,name=refresh_now,json=refreshNow,proto3" json:"refresh_now,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostSecurityContextRequest) Reset() {
+	*x = SetHostSecurityContextRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostSecurityContextRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostSecurityContextRequest) ProtoMessage() {}
+
+func (x *SetHostSecurityContextRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostSecurityContextRequest.ProtoReflect.Descriptor instead.
+func (*SetHostSecurityContextRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SetHostSecurityContextRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SetHostSecurityContextRequest) GetSecurityContext() string {
+	if x != nil {
+		return x.SecurityContext
+	}
+	return ""
+}
+
+func (x *SetHostSecurityContextRequest) GetRefreshNow() bool {
+	if x != nil {
+		return x.RefreshNow
+	}
+	return false
+}
+
+type SetHostSecurityContextResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Host  *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Whether a live stream was told to refresh its token.
+	RefreshSent   bool `protobuf:"varint,2,opt,name=refresh_sent,json=refreshSent,proto3" json:"refresh_sent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostSecurityContextResponse) Reset() {
+	*x = SetHostSecurityContextResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostSecurityContextResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostSecurityContextResponse) ProtoMessage() {}
+
+func (x *SetHostSecurityContextResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostSecurityContextResponse.ProtoReflect.Descriptor instead.
+func (*SetHostSecurityContextResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetHostSecurityContextResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *SetHostSecurityContextResponse) GetRefreshSent() bool {
+	if x != nil {
+		return x.RefreshSent
+	}
+	return false
+}
+
+type ExecRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	NodeId  string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Command string                 `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	Args    []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	// Default 60s.
+	Deadline      *durationpb.Duration `protobuf:"bytes,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Cwd           string               `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecRequest) Reset() {
+	*x = ExecRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecRequest) ProtoMessage() {}
+
+func (x *ExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
+func (*ExecRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ExecRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ExecRequest) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *ExecRequest) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+// ExecResponse is one event of an Exec: first started, then output chunks in order,
+// then exactly one result.
+type ExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*ExecResponse_Started
+	//	*ExecResponse_Output
+	//	*ExecResponse_Result
+	Event         isExecResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecResponse) Reset() {
+	*x = ExecResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecResponse) ProtoMessage() {}
+
+func (x *ExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
+func (*ExecResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ExecResponse) GetEvent() isExecResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStarted() *ExecStarted {
+	if x != nil {
+		if x, ok := x.Event.(*ExecResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetOutput() *CommandProgress {
+	if x != nil {
+		if x, ok := x.Event.(*ExecResponse_Output); ok {
+			return x.Output
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetResult() *CommandResult {
+	if x != nil {
+		if x, ok := x.Event.(*ExecResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isExecResponse_Event interface {
+	isExecResponse_Event()
+}
+
+type ExecResponse_Started struct {
+	Started *ExecStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type ExecResponse_Output struct {
+	Output *CommandProgress `protobuf:"bytes,2,opt,name=output,proto3,oneof"`
+}
+
+type ExecResponse_Result struct {
+	Result *CommandResult `protobuf:"bytes,3,opt,name=result,proto3,oneof"`
+}
+
+func (*ExecResponse_Started) isExecResponse_Event() {}
+
+func (*ExecResponse_Output) isExecResponse_Event() {}
+
+func (*ExecResponse_Result) isExecResponse_Event() {}
+
+type ExecStarted struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CommandId       string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	NodeId          string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SecurityContext string                 `protobuf:"bytes,3,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ExecStarted) Reset() {
+	*x = ExecStarted{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStarted) ProtoMessage() {}
+
+func (x *ExecStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
+func (*ExecStarted) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExecStarted) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *ExecStarted) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ExecStarted) GetSecurityContext() string {
+	if x != nil {
+		return x.SecurityContext
+	}
+	return ""
+}
+
 var File_aegis_edge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_admin_proto_rawDesc = "" +
@@ -1065,13 +1417,37 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x12RevokeHostResponse\x12'\n" +
 	"\x04host\x18\x01 \x01(\v2\x13.aegis.edge.v1.HostR\x04host\x12-\n" +
 	"\x12blacklisted_tokens\x18\x02 \x01(\x05R\x11blacklistedTokens\x12%\n" +
-	"\x0estream_dropped\x18\x03 \x01(\bR\rstreamDropped*{\n" +
+	"\x0estream_dropped\x18\x03 \x01(\bR\rstreamDropped\"\x84\x01\n" +
+	"\x1dSetHostSecurityContextRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12)\n" +
+	"\x10security_context\x18\x02 \x01(\tR\x0fsecurityContext\x12\x1f\n" +
+	"\vrefresh_now\x18\x03 \x01(\bR\n" +
+	"refreshNow\"l\n" +
+	"\x1eSetHostSecurityContextResponse\x12'\n" +
+	"\x04host\x18\x01 \x01(\v2\x13.aegis.edge.v1.HostR\x04host\x12!\n" +
+	"\frefresh_sent\x18\x02 \x01(\bR\vrefreshSent\"\x9d\x01\n" +
+	"\vExecRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x03 \x03(\tR\x04args\x125\n" +
+	"\bdeadline\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x12\x10\n" +
+	"\x03cwd\x18\x05 \x01(\tR\x03cwd\"\xc1\x01\n" +
+	"\fExecResponse\x126\n" +
+	"\astarted\x18\x01 \x01(\v2\x1a.aegis.edge.v1.ExecStartedH\x00R\astarted\x128\n" +
+	"\x06output\x18\x02 \x01(\v2\x1e.aegis.edge.v1.CommandProgressH\x00R\x06output\x126\n" +
+	"\x06result\x18\x03 \x01(\v2\x1c.aegis.edge.v1.CommandResultH\x00R\x06resultB\a\n" +
+	"\x05event\"p\n" +
+	"\vExecStarted\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12)\n" +
+	"\x10security_context\x18\x03 \x01(\tR\x0fsecurityContext*{\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x17\n" +
-	"\x13HOST_STATUS_REVOKED\x10\x032\x9f\x05\n" +
+	"\x13HOST_STATUS_REVOKED\x10\x032\xd9\x06\n" +
 	"\x10EdgeAdminService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.aegis.edge.v1.WhoAmIRequest\x1a\x1d.aegis.edge.v1.WhoAmIResponse\x12r\n" +
 	"\x15CreateEnrollmentToken\x12+.aegis.edge.v1.CreateEnrollmentTokenRequest\x1a,.aegis.edge.v1.CreateEnrollmentTokenResponse\x12o\n" +
@@ -1080,7 +1456,9 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\tListHosts\x12\x1f.aegis.edge.v1.ListHostsRequest\x1a .aegis.edge.v1.ListHostsResponse\x12H\n" +
 	"\aGetHost\x12\x1d.aegis.edge.v1.GetHostRequest\x1a\x1e.aegis.edge.v1.GetHostResponse\x12Q\n" +
 	"\n" +
-	"RevokeHost\x12 .aegis.edge.v1.RevokeHostRequest\x1a!.aegis.edge.v1.RevokeHostResponseB\xaf\x01\n" +
+	"RevokeHost\x12 .aegis.edge.v1.RevokeHostRequest\x1a!.aegis.edge.v1.RevokeHostResponse\x12u\n" +
+	"\x16SetHostSecurityContext\x12,.aegis.edge.v1.SetHostSecurityContextRequest\x1a-.aegis.edge.v1.SetHostSecurityContextResponse\x12A\n" +
+	"\x04Exec\x12\x1a.aegis.edge.v1.ExecRequest\x1a\x1b.aegis.edge.v1.ExecResponse0\x01B\xaf\x01\n" +
 	"\x11com.aegis.edge.v1B\n" +
 	"AdminProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
@@ -1097,66 +1475,82 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
-	(HostStatus)(0),                       // 0: aegis.edge.v1.HostStatus
-	(*WhoAmIRequest)(nil),                 // 1: aegis.edge.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),                // 2: aegis.edge.v1.WhoAmIResponse
-	(*CreateEnrollmentTokenRequest)(nil),  // 3: aegis.edge.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil), // 4: aegis.edge.v1.CreateEnrollmentTokenResponse
-	(*EnrollmentToken)(nil),               // 5: aegis.edge.v1.EnrollmentToken
-	(*ListEnrollmentTokensRequest)(nil),   // 6: aegis.edge.v1.ListEnrollmentTokensRequest
-	(*ListEnrollmentTokensResponse)(nil),  // 7: aegis.edge.v1.ListEnrollmentTokensResponse
-	(*RevokeEnrollmentTokenRequest)(nil),  // 8: aegis.edge.v1.RevokeEnrollmentTokenRequest
-	(*RevokeEnrollmentTokenResponse)(nil), // 9: aegis.edge.v1.RevokeEnrollmentTokenResponse
-	(*Host)(nil),                          // 10: aegis.edge.v1.Host
-	(*ListHostsRequest)(nil),              // 11: aegis.edge.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),             // 12: aegis.edge.v1.ListHostsResponse
-	(*GetHostRequest)(nil),                // 13: aegis.edge.v1.GetHostRequest
-	(*GetHostResponse)(nil),               // 14: aegis.edge.v1.GetHostResponse
-	(*RevokeHostRequest)(nil),             // 15: aegis.edge.v1.RevokeHostRequest
-	(*RevokeHostResponse)(nil),            // 16: aegis.edge.v1.RevokeHostResponse
-	(*Tenant)(nil),                        // 17: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),         // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 19: google.protobuf.Duration
+	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
+	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),                 // 2: aegis.edge.v1.WhoAmIResponse
+	(*CreateEnrollmentTokenRequest)(nil),   // 3: aegis.edge.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil),  // 4: aegis.edge.v1.CreateEnrollmentTokenResponse
+	(*EnrollmentToken)(nil),                // 5: aegis.edge.v1.EnrollmentToken
+	(*ListEnrollmentTokensRequest)(nil),    // 6: aegis.edge.v1.ListEnrollmentTokensRequest
+	(*ListEnrollmentTokensResponse)(nil),   // 7: aegis.edge.v1.ListEnrollmentTokensResponse
+	(*RevokeEnrollmentTokenRequest)(nil),   // 8: aegis.edge.v1.RevokeEnrollmentTokenRequest
+	(*RevokeEnrollmentTokenResponse)(nil),  // 9: aegis.edge.v1.RevokeEnrollmentTokenResponse
+	(*Host)(nil),                           // 10: aegis.edge.v1.Host
+	(*ListHostsRequest)(nil),               // 11: aegis.edge.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),              // 12: aegis.edge.v1.ListHostsResponse
+	(*GetHostRequest)(nil),                 // 13: aegis.edge.v1.GetHostRequest
+	(*GetHostResponse)(nil),                // 14: aegis.edge.v1.GetHostResponse
+	(*RevokeHostRequest)(nil),              // 15: aegis.edge.v1.RevokeHostRequest
+	(*RevokeHostResponse)(nil),             // 16: aegis.edge.v1.RevokeHostResponse
+	(*SetHostSecurityContextRequest)(nil),  // 17: aegis.edge.v1.SetHostSecurityContextRequest
+	(*SetHostSecurityContextResponse)(nil), // 18: aegis.edge.v1.SetHostSecurityContextResponse
+	(*ExecRequest)(nil),                    // 19: aegis.edge.v1.ExecRequest
+	(*ExecResponse)(nil),                   // 20: aegis.edge.v1.ExecResponse
+	(*ExecStarted)(nil),                    // 21: aegis.edge.v1.ExecStarted
+	(*Tenant)(nil),                         // 22: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 24: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 25: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 26: aegis.edge.v1.CommandResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	17, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	18, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	19, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	23, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	24, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	18, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	18, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	18, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	23, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	23, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	23, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	17, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	22, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	18, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	18, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	18, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	23, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	23, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	23, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
 	10, // 14: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
 	10, // 15: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 16: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
-	1,  // 17: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 18: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 19: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 20: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 21: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	13, // 22: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	15, // 23: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	2,  // 24: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 25: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 26: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 27: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 28: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	14, // 29: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	16, // 30: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	10, // 17: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
+	24, // 18: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	21, // 19: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
+	25, // 20: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	26, // 21: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	1,  // 22: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 23: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 24: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 25: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 26: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	13, // 27: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	15, // 28: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	17, // 29: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	19, // 30: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	2,  // 31: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 32: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 33: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 34: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 35: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	14, // 36: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	16, // 37: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	18, // 38: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	20, // 39: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	31, // [31:40] is the sub-list for method output_type
+	22, // [22:31] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -1165,13 +1559,18 @@ func file_aegis_edge_v1_admin_proto_init() {
 		return
 	}
 	file_aegis_edge_v1_cluster_proto_init()
+	file_aegis_edge_v1_admin_proto_msgTypes[19].OneofWrappers = []any{
+		(*ExecResponse_Started)(nil),
+		(*ExecResponse_Output)(nil),
+		(*ExecResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

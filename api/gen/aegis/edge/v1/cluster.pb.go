@@ -72,6 +72,118 @@ func (ChallengePurpose) EnumDescriptor() ([]byte, []int) {
 	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{0}
 }
 
+// OutputStream names where a chunk of output came from.
+type OutputStream int32
+
+const (
+	OutputStream_OUTPUT_STREAM_UNSPECIFIED OutputStream = 0
+	OutputStream_OUTPUT_STREAM_STDOUT      OutputStream = 1
+	OutputStream_OUTPUT_STREAM_STDERR      OutputStream = 2
+)
+
+// Enum value maps for OutputStream.
+var (
+	OutputStream_name = map[int32]string{
+		0: "OUTPUT_STREAM_UNSPECIFIED",
+		1: "OUTPUT_STREAM_STDOUT",
+		2: "OUTPUT_STREAM_STDERR",
+	}
+	OutputStream_value = map[string]int32{
+		"OUTPUT_STREAM_UNSPECIFIED": 0,
+		"OUTPUT_STREAM_STDOUT":      1,
+		"OUTPUT_STREAM_STDERR":      2,
+	}
+)
+
+func (x OutputStream) Enum() *OutputStream {
+	p := new(OutputStream)
+	*p = x
+	return p
+}
+
+func (x OutputStream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OutputStream) Descriptor() protoreflect.EnumDescriptor {
+	return file_aegis_edge_v1_cluster_proto_enumTypes[1].Descriptor()
+}
+
+func (OutputStream) Type() protoreflect.EnumType {
+	return &file_aegis_edge_v1_cluster_proto_enumTypes[1]
+}
+
+func (x OutputStream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OutputStream.Descriptor instead.
+func (OutputStream) EnumDescriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+// ToolErrorKind says why a call did not run to completion.
+type ToolErrorKind int32
+
+const (
+	ToolErrorKind_TOOL_ERROR_KIND_UNSPECIFIED       ToolErrorKind = 0
+	ToolErrorKind_TOOL_ERROR_KIND_TIMEOUT           ToolErrorKind = 1
+	ToolErrorKind_TOOL_ERROR_KIND_CANCELLED         ToolErrorKind = 2
+	ToolErrorKind_TOOL_ERROR_KIND_DENIED            ToolErrorKind = 3
+	ToolErrorKind_TOOL_ERROR_KIND_TOOL_NOT_FOUND    ToolErrorKind = 4
+	ToolErrorKind_TOOL_ERROR_KIND_INTERNAL          ToolErrorKind = 5
+	ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED ToolErrorKind = 6
+)
+
+// Enum value maps for ToolErrorKind.
+var (
+	ToolErrorKind_name = map[int32]string{
+		0: "TOOL_ERROR_KIND_UNSPECIFIED",
+		1: "TOOL_ERROR_KIND_TIMEOUT",
+		2: "TOOL_ERROR_KIND_CANCELLED",
+		3: "TOOL_ERROR_KIND_DENIED",
+		4: "TOOL_ERROR_KIND_TOOL_NOT_FOUND",
+		5: "TOOL_ERROR_KIND_INTERNAL",
+		6: "TOOL_ERROR_KIND_EDGE_DISCONNECTED",
+	}
+	ToolErrorKind_value = map[string]int32{
+		"TOOL_ERROR_KIND_UNSPECIFIED":       0,
+		"TOOL_ERROR_KIND_TIMEOUT":           1,
+		"TOOL_ERROR_KIND_CANCELLED":         2,
+		"TOOL_ERROR_KIND_DENIED":            3,
+		"TOOL_ERROR_KIND_TOOL_NOT_FOUND":    4,
+		"TOOL_ERROR_KIND_INTERNAL":          5,
+		"TOOL_ERROR_KIND_EDGE_DISCONNECTED": 6,
+	}
+)
+
+func (x ToolErrorKind) Enum() *ToolErrorKind {
+	p := new(ToolErrorKind)
+	*p = x
+	return p
+}
+
+func (x ToolErrorKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolErrorKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_aegis_edge_v1_cluster_proto_enumTypes[2].Descriptor()
+}
+
+func (ToolErrorKind) Type() protoreflect.EnumType {
+	return &file_aegis_edge_v1_cluster_proto_enumTypes[2]
+}
+
+func (x ToolErrorKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolErrorKind.Descriptor instead.
+func (ToolErrorKind) EnumDescriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
 type DisconnectReason int32
 
 const (
@@ -115,11 +227,11 @@ func (x DisconnectReason) String() string {
 }
 
 func (DisconnectReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_aegis_edge_v1_cluster_proto_enumTypes[1].Descriptor()
+	return file_aegis_edge_v1_cluster_proto_enumTypes[3].Descriptor()
 }
 
 func (DisconnectReason) Type() protoreflect.EnumType {
-	return &file_aegis_edge_v1_cluster_proto_enumTypes[1]
+	return &file_aegis_edge_v1_cluster_proto_enumTypes[3]
 }
 
 func (x DisconnectReason) Number() protoreflect.EnumNumber {
@@ -128,7 +240,7 @@ func (x DisconnectReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DisconnectReason.Descriptor instead.
 func (DisconnectReason) EnumDescriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 type ChallengeRequest struct {
@@ -894,6 +1006,8 @@ type EdgeEvent struct {
 	//
 	//	*EdgeEvent_Hello
 	//	*EdgeEvent_Heartbeat
+	//	*EdgeEvent_CommandProgress
+	//	*EdgeEvent_CommandResult
 	Event         isEdgeEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -954,6 +1068,24 @@ func (x *EdgeEvent) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *EdgeEvent) GetCommandProgress() *CommandProgress {
+	if x != nil {
+		if x, ok := x.Event.(*EdgeEvent_CommandProgress); ok {
+			return x.CommandProgress
+		}
+	}
+	return nil
+}
+
+func (x *EdgeEvent) GetCommandResult() *CommandResult {
+	if x != nil {
+		if x, ok := x.Event.(*EdgeEvent_CommandResult); ok {
+			return x.CommandResult
+		}
+	}
+	return nil
+}
+
 type isEdgeEvent_Event interface {
 	isEdgeEvent_Event()
 }
@@ -966,9 +1098,21 @@ type EdgeEvent_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,2,opt,name=heartbeat,proto3,oneof"`
 }
 
+type EdgeEvent_CommandProgress struct {
+	CommandProgress *CommandProgress `protobuf:"bytes,3,opt,name=command_progress,json=commandProgress,proto3,oneof"`
+}
+
+type EdgeEvent_CommandResult struct {
+	CommandResult *CommandResult `protobuf:"bytes,4,opt,name=command_result,json=commandResult,proto3,oneof"`
+}
+
 func (*EdgeEvent_Hello) isEdgeEvent_Event() {}
 
 func (*EdgeEvent_Heartbeat) isEdgeEvent_Event() {}
+
+func (*EdgeEvent_CommandProgress) isEdgeEvent_Event() {}
+
+func (*EdgeEvent_CommandResult) isEdgeEvent_Event() {}
 
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1085,6 +1229,9 @@ type EdgeCommand struct {
 	//	*EdgeCommand_Disconnect
 	//	*EdgeCommand_RefreshToken
 	//	*EdgeCommand_RotateKey
+	//	*EdgeCommand_InvokeTool
+	//	*EdgeCommand_CancelTool
+	//	*EdgeCommand_CommandResultAck
 	Command       isEdgeCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1172,6 +1319,33 @@ func (x *EdgeCommand) GetRotateKey() *RotateKeyCommand {
 	return nil
 }
 
+func (x *EdgeCommand) GetInvokeTool() *InvokeTool {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_InvokeTool); ok {
+			return x.InvokeTool
+		}
+	}
+	return nil
+}
+
+func (x *EdgeCommand) GetCancelTool() *CancelTool {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_CancelTool); ok {
+			return x.CancelTool
+		}
+	}
+	return nil
+}
+
+func (x *EdgeCommand) GetCommandResultAck() *CommandResultAck {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_CommandResultAck); ok {
+			return x.CommandResultAck
+		}
+	}
+	return nil
+}
+
 type isEdgeCommand_Command interface {
 	isEdgeCommand_Command()
 }
@@ -1196,6 +1370,18 @@ type EdgeCommand_RotateKey struct {
 	RotateKey *RotateKeyCommand `protobuf:"bytes,5,opt,name=rotate_key,json=rotateKey,proto3,oneof"`
 }
 
+type EdgeCommand_InvokeTool struct {
+	InvokeTool *InvokeTool `protobuf:"bytes,6,opt,name=invoke_tool,json=invokeTool,proto3,oneof"`
+}
+
+type EdgeCommand_CancelTool struct {
+	CancelTool *CancelTool `protobuf:"bytes,7,opt,name=cancel_tool,json=cancelTool,proto3,oneof"`
+}
+
+type EdgeCommand_CommandResultAck struct {
+	CommandResultAck *CommandResultAck `protobuf:"bytes,8,opt,name=command_result_ack,json=commandResultAck,proto3,oneof"`
+}
+
 func (*EdgeCommand_Welcome) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_HeartbeatAck) isEdgeCommand_Command() {}
@@ -1205,6 +1391,434 @@ func (*EdgeCommand_Disconnect) isEdgeCommand_Command() {}
 func (*EdgeCommand_RefreshToken) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_RotateKey) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_InvokeTool) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_CancelTool) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_CommandResultAck) isEdgeCommand_Command() {}
+
+// InvokeTool asks the daemon to run one tool call. The daemon evaluates it against
+// its local security policy, in the context its current NodeSecurityToken names:
+// the server chooses which context a host uses, never what a context allows.
+type InvokeTool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Made by the server; unique per call; every progress and result names it.
+	CommandId string `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	// The tool: "cmd.run".
+	Tool string `protobuf:"bytes,2,opt,name=tool,proto3" json:"tool,omitempty"`
+	// The arguments of cmd.run.
+	CmdRun *CmdRunArgs `protobuf:"bytes,3,opt,name=cmd_run,json=cmdRun,proto3" json:"cmd_run,omitempty"`
+	// When the daemon must have killed the call (server clock).
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// The security context the server believes the host is in; a mismatch with the
+	// host's token is denied.
+	SecurityContext string `protobuf:"bytes,5,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *InvokeTool) Reset() {
+	*x = InvokeTool{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InvokeTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InvokeTool) ProtoMessage() {}
+
+func (x *InvokeTool) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InvokeTool.ProtoReflect.Descriptor instead.
+func (*InvokeTool) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *InvokeTool) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *InvokeTool) GetTool() string {
+	if x != nil {
+		return x.Tool
+	}
+	return ""
+}
+
+func (x *InvokeTool) GetCmdRun() *CmdRunArgs {
+	if x != nil {
+		return x.CmdRun
+	}
+	return nil
+}
+
+func (x *InvokeTool) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *InvokeTool) GetSecurityContext() string {
+	if x != nil {
+		return x.SecurityContext
+	}
+	return ""
+}
+
+// CmdRunArgs: a command and its arguments, run without a shell unless the policy
+// allows the shell as the command.
+type CmdRunArgs struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Command string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Args    []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// Working directory; empty means the policy's default.
+	Cwd string `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	// Extra environment, filtered by the policy.
+	Env           map[string]string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CmdRunArgs) Reset() {
+	*x = CmdRunArgs{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CmdRunArgs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CmdRunArgs) ProtoMessage() {}
+
+func (x *CmdRunArgs) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CmdRunArgs.ProtoReflect.Descriptor instead.
+func (*CmdRunArgs) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CmdRunArgs) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *CmdRunArgs) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *CmdRunArgs) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *CmdRunArgs) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+// CancelTool asks the daemon to stop a running call (its process group is killed).
+type CancelTool struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CommandId     string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelTool) Reset() {
+	*x = CancelTool{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelTool) ProtoMessage() {}
+
+func (x *CancelTool) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelTool.ProtoReflect.Descriptor instead.
+func (*CancelTool) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CancelTool) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+// CommandResultAck tells the daemon the server has recorded a result, so the daemon
+// may drop it from the buffer it keeps across reconnects.
+type CommandResultAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CommandId     string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandResultAck) Reset() {
+	*x = CommandResultAck{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandResultAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandResultAck) ProtoMessage() {}
+
+func (x *CommandResultAck) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandResultAck.ProtoReflect.Descriptor instead.
+func (*CommandResultAck) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CommandResultAck) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+// CommandProgress is a chunk of a running call's output, in order by sequence
+// (per command_id, starting at 1, stdout and stderr interleaved as produced).
+type CommandProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CommandId     string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	Sequence      uint64                 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Stream        OutputStream           `protobuf:"varint,3,opt,name=stream,proto3,enum=aegis.edge.v1.OutputStream" json:"stream,omitempty"`
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandProgress) Reset() {
+	*x = CommandProgress{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandProgress) ProtoMessage() {}
+
+func (x *CommandProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
+func (*CommandProgress) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CommandProgress) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *CommandProgress) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *CommandProgress) GetStream() OutputStream {
+	if x != nil {
+		return x.Stream
+	}
+	return OutputStream_OUTPUT_STREAM_UNSPECIFIED
+}
+
+func (x *CommandProgress) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// CommandResult ends a call. ok is true only when the process ran and exited 0.
+type CommandResult struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	CommandId    string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	ExitCode     int32                  `protobuf:"varint,2,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Ok           bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	ErrorKind    ToolErrorKind          `protobuf:"varint,4,opt,name=error_kind,json=errorKind,proto3,enum=aegis.edge.v1.ToolErrorKind" json:"error_kind,omitempty"`
+	ErrorMessage string                 `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// The output went past the daemon's cap; what was sent is the beginning.
+	OutputTruncated bool                 `protobuf:"varint,6,opt,name=output_truncated,json=outputTruncated,proto3" json:"output_truncated,omitempty"`
+	Duration        *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
+	// The last progress sequence sent for this call, so the server can tell it has
+	// every chunk.
+	LastSequence  uint64 `protobuf:"varint,8,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandResult) Reset() {
+	*x = CommandResult{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandResult) ProtoMessage() {}
+
+func (x *CommandResult) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
+func (*CommandResult) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CommandResult) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *CommandResult) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *CommandResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CommandResult) GetErrorKind() ToolErrorKind {
+	if x != nil {
+		return x.ErrorKind
+	}
+	return ToolErrorKind_TOOL_ERROR_KIND_UNSPECIFIED
+}
+
+func (x *CommandResult) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *CommandResult) GetOutputTruncated() bool {
+	if x != nil {
+		return x.OutputTruncated
+	}
+	return false
+}
+
+func (x *CommandResult) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *CommandResult) GetLastSequence() uint64 {
+	if x != nil {
+		return x.LastSequence
+	}
+	return 0
+}
 
 // RefreshTokenCommand asks the daemon to re-attest now and swap the new token in
 // (after a server-side scope or security-context change).
@@ -1217,7 +1831,7 @@ type RefreshTokenCommand struct {
 
 func (x *RefreshTokenCommand) Reset() {
 	*x = RefreshTokenCommand{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[15]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1843,7 @@ func (x *RefreshTokenCommand) String() string {
 func (*RefreshTokenCommand) ProtoMessage() {}
 
 func (x *RefreshTokenCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[15]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1856,7 @@ func (x *RefreshTokenCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshTokenCommand.ProtoReflect.Descriptor instead.
 func (*RefreshTokenCommand) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RefreshTokenCommand) GetReason() string {
@@ -1266,7 +1880,7 @@ type RotateKeyCommand struct {
 
 func (x *RotateKeyCommand) Reset() {
 	*x = RotateKeyCommand{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[16]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1892,7 @@ func (x *RotateKeyCommand) String() string {
 func (*RotateKeyCommand) ProtoMessage() {}
 
 func (x *RotateKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[16]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1905,7 @@ func (x *RotateKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyCommand.ProtoReflect.Descriptor instead.
 func (*RotateKeyCommand) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RotateKeyCommand) GetFleetRunId() string {
@@ -1321,7 +1935,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[17]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1947,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[17]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1960,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -1381,7 +1995,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +2007,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +2020,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HeartbeatAck) GetSequence() uint64 {
@@ -1435,7 +2049,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +2061,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +2074,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Disconnect) GetReason() DisconnectReason {
@@ -1552,17 +2166,19 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"rotated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\"(\n" +
 	"\rLogoutRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x10\n" +
-	"\x0eLogoutResponse\"|\n" +
+	"\x0eLogoutResponse\"\x90\x02\n" +
 	"\tEdgeEvent\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.aegis.edge.v1.HelloH\x00R\x05hello\x128\n" +
-	"\theartbeat\x18\x02 \x01(\v2\x18.aegis.edge.v1.HeartbeatH\x00R\theartbeatB\a\n" +
+	"\theartbeat\x18\x02 \x01(\v2\x18.aegis.edge.v1.HeartbeatH\x00R\theartbeat\x12K\n" +
+	"\x10command_progress\x18\x03 \x01(\v2\x1e.aegis.edge.v1.CommandProgressH\x00R\x0fcommandProgress\x12E\n" +
+	"\x0ecommand_result\x18\x04 \x01(\v2\x1c.aegis.edge.v1.CommandResultH\x00R\rcommandResultB\a\n" +
 	"\x05event\"X\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x03 \x01(\tR\x02os\">\n" +
 	"\tHeartbeat\x121\n" +
-	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xda\x02\n" +
+	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xa7\x04\n" +
 	"\vEdgeCommand\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.aegis.edge.v1.WelcomeH\x00R\awelcome\x12B\n" +
 	"\rheartbeat_ack\x18\x02 \x01(\v2\x1b.aegis.edge.v1.HeartbeatAckH\x00R\fheartbeatAck\x12;\n" +
@@ -1571,8 +2187,54 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"disconnect\x12I\n" +
 	"\rrefresh_token\x18\x04 \x01(\v2\".aegis.edge.v1.RefreshTokenCommandH\x00R\frefreshToken\x12@\n" +
 	"\n" +
-	"rotate_key\x18\x05 \x01(\v2\x1f.aegis.edge.v1.RotateKeyCommandH\x00R\trotateKeyB\t\n" +
-	"\acommand\"-\n" +
+	"rotate_key\x18\x05 \x01(\v2\x1f.aegis.edge.v1.RotateKeyCommandH\x00R\trotateKey\x12<\n" +
+	"\vinvoke_tool\x18\x06 \x01(\v2\x19.aegis.edge.v1.InvokeToolH\x00R\n" +
+	"invokeTool\x12<\n" +
+	"\vcancel_tool\x18\a \x01(\v2\x19.aegis.edge.v1.CancelToolH\x00R\n" +
+	"cancelTool\x12O\n" +
+	"\x12command_result_ack\x18\b \x01(\v2\x1f.aegis.edge.v1.CommandResultAckH\x00R\x10commandResultAckB\t\n" +
+	"\acommand\"\xd6\x01\n" +
+	"\n" +
+	"InvokeTool\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x12\n" +
+	"\x04tool\x18\x02 \x01(\tR\x04tool\x122\n" +
+	"\acmd_run\x18\x03 \x01(\v2\x19.aegis.edge.v1.CmdRunArgsR\x06cmdRun\x126\n" +
+	"\bdeadline\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12)\n" +
+	"\x10security_context\x18\x05 \x01(\tR\x0fsecurityContext\"\xba\x01\n" +
+	"\n" +
+	"CmdRunArgs\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x12\x10\n" +
+	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x124\n" +
+	"\x03env\x18\x04 \x03(\v2\".aegis.edge.v1.CmdRunArgs.EnvEntryR\x03env\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
+	"\n" +
+	"CancelTool\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\"1\n" +
+	"\x10CommandResultAck\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\"\x95\x01\n" +
+	"\x0fCommandProgress\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1a\n" +
+	"\bsequence\x18\x02 \x01(\x04R\bsequence\x123\n" +
+	"\x06stream\x18\x03 \x01(\x0e2\x1b.aegis.edge.v1.OutputStreamR\x06stream\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"\xc4\x02\n" +
+	"\rCommandResult\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1b\n" +
+	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x12;\n" +
+	"\n" +
+	"error_kind\x18\x04 \x01(\x0e2\x1c.aegis.edge.v1.ToolErrorKindR\terrorKind\x12#\n" +
+	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\x12)\n" +
+	"\x10output_truncated\x18\x06 \x01(\bR\x0foutputTruncated\x125\n" +
+	"\bduration\x18\a \x01(\v2\x19.google.protobuf.DurationR\bduration\x12#\n" +
+	"\rlast_sequence\x18\b \x01(\x04R\flastSequence\"-\n" +
 	"\x13RefreshTokenCommand\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"j\n" +
 	"\x10RotateKeyCommand\x12 \n" +
@@ -1597,7 +2259,19 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x10ChallengePurpose\x12!\n" +
 	"\x1dCHALLENGE_PURPOSE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CHALLENGE_PURPOSE_ENROLL\x10\x01\x12\x1c\n" +
-	"\x18CHALLENGE_PURPOSE_ATTEST\x10\x02*\xb4\x01\n" +
+	"\x18CHALLENGE_PURPOSE_ATTEST\x10\x02*a\n" +
+	"\fOutputStream\x12\x1d\n" +
+	"\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n" +
+	"\x14OUTPUT_STREAM_STDERR\x10\x02*\xf1\x01\n" +
+	"\rToolErrorKind\x12\x1f\n" +
+	"\x1bTOOL_ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17TOOL_ERROR_KIND_TIMEOUT\x10\x01\x12\x1d\n" +
+	"\x19TOOL_ERROR_KIND_CANCELLED\x10\x02\x12\x1a\n" +
+	"\x16TOOL_ERROR_KIND_DENIED\x10\x03\x12\"\n" +
+	"\x1eTOOL_ERROR_KIND_TOOL_NOT_FOUND\x10\x04\x12\x1c\n" +
+	"\x18TOOL_ERROR_KIND_INTERNAL\x10\x05\x12%\n" +
+	"!TOOL_ERROR_KIND_EDGE_DISCONNECTED\x10\x06*\xb4\x01\n" +
 	"\x10DisconnectReason\x12!\n" +
 	"\x1dDISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aDISCONNECT_REASON_SHUTDOWN\x10\x01\x12\x1e\n" +
@@ -1625,80 +2299,100 @@ func file_aegis_edge_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_aegis_edge_v1_cluster_proto_rawDescData
 }
 
-var file_aegis_edge_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_aegis_edge_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(ChallengePurpose)(0),         // 0: aegis.edge.v1.ChallengePurpose
-	(DisconnectReason)(0),         // 1: aegis.edge.v1.DisconnectReason
-	(*ChallengeRequest)(nil),      // 2: aegis.edge.v1.ChallengeRequest
-	(*ChallengeResponse)(nil),     // 3: aegis.edge.v1.ChallengeResponse
-	(*EnrollRequest)(nil),         // 4: aegis.edge.v1.EnrollRequest
-	(*EnrollResponse)(nil),        // 5: aegis.edge.v1.EnrollResponse
-	(*Tenant)(nil),                // 6: aegis.edge.v1.Tenant
-	(*AttestRequest)(nil),         // 7: aegis.edge.v1.AttestRequest
-	(*AttestResponse)(nil),        // 8: aegis.edge.v1.AttestResponse
-	(*RotateEdgeKeyRequest)(nil),  // 9: aegis.edge.v1.RotateEdgeKeyRequest
-	(*RotateEdgeKeyResponse)(nil), // 10: aegis.edge.v1.RotateEdgeKeyResponse
-	(*LogoutRequest)(nil),         // 11: aegis.edge.v1.LogoutRequest
-	(*LogoutResponse)(nil),        // 12: aegis.edge.v1.LogoutResponse
-	(*EdgeEvent)(nil),             // 13: aegis.edge.v1.EdgeEvent
-	(*Hello)(nil),                 // 14: aegis.edge.v1.Hello
-	(*Heartbeat)(nil),             // 15: aegis.edge.v1.Heartbeat
-	(*EdgeCommand)(nil),           // 16: aegis.edge.v1.EdgeCommand
-	(*RefreshTokenCommand)(nil),   // 17: aegis.edge.v1.RefreshTokenCommand
-	(*RotateKeyCommand)(nil),      // 18: aegis.edge.v1.RotateKeyCommand
-	(*Welcome)(nil),               // 19: aegis.edge.v1.Welcome
-	(*HeartbeatAck)(nil),          // 20: aegis.edge.v1.HeartbeatAck
-	(*Disconnect)(nil),            // 21: aegis.edge.v1.Disconnect
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
-	(*SealNodeEnvelope)(nil),      // 24: aegis.edge.v1.SealNodeEnvelope
+	(OutputStream)(0),             // 1: aegis.edge.v1.OutputStream
+	(ToolErrorKind)(0),            // 2: aegis.edge.v1.ToolErrorKind
+	(DisconnectReason)(0),         // 3: aegis.edge.v1.DisconnectReason
+	(*ChallengeRequest)(nil),      // 4: aegis.edge.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),     // 5: aegis.edge.v1.ChallengeResponse
+	(*EnrollRequest)(nil),         // 6: aegis.edge.v1.EnrollRequest
+	(*EnrollResponse)(nil),        // 7: aegis.edge.v1.EnrollResponse
+	(*Tenant)(nil),                // 8: aegis.edge.v1.Tenant
+	(*AttestRequest)(nil),         // 9: aegis.edge.v1.AttestRequest
+	(*AttestResponse)(nil),        // 10: aegis.edge.v1.AttestResponse
+	(*RotateEdgeKeyRequest)(nil),  // 11: aegis.edge.v1.RotateEdgeKeyRequest
+	(*RotateEdgeKeyResponse)(nil), // 12: aegis.edge.v1.RotateEdgeKeyResponse
+	(*LogoutRequest)(nil),         // 13: aegis.edge.v1.LogoutRequest
+	(*LogoutResponse)(nil),        // 14: aegis.edge.v1.LogoutResponse
+	(*EdgeEvent)(nil),             // 15: aegis.edge.v1.EdgeEvent
+	(*Hello)(nil),                 // 16: aegis.edge.v1.Hello
+	(*Heartbeat)(nil),             // 17: aegis.edge.v1.Heartbeat
+	(*EdgeCommand)(nil),           // 18: aegis.edge.v1.EdgeCommand
+	(*InvokeTool)(nil),            // 19: aegis.edge.v1.InvokeTool
+	(*CmdRunArgs)(nil),            // 20: aegis.edge.v1.CmdRunArgs
+	(*CancelTool)(nil),            // 21: aegis.edge.v1.CancelTool
+	(*CommandResultAck)(nil),      // 22: aegis.edge.v1.CommandResultAck
+	(*CommandProgress)(nil),       // 23: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),         // 24: aegis.edge.v1.CommandResult
+	(*RefreshTokenCommand)(nil),   // 25: aegis.edge.v1.RefreshTokenCommand
+	(*RotateKeyCommand)(nil),      // 26: aegis.edge.v1.RotateKeyCommand
+	(*Welcome)(nil),               // 27: aegis.edge.v1.Welcome
+	(*HeartbeatAck)(nil),          // 28: aegis.edge.v1.HeartbeatAck
+	(*Disconnect)(nil),            // 29: aegis.edge.v1.Disconnect
+	nil,                           // 30: aegis.edge.v1.CmdRunArgs.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*SealNodeEnvelope)(nil),      // 33: aegis.edge.v1.SealNodeEnvelope
 }
 var file_aegis_edge_v1_cluster_proto_depIdxs = []int32{
 	0,  // 0: aegis.edge.v1.ChallengeRequest.purpose:type_name -> aegis.edge.v1.ChallengePurpose
-	22, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
-	22, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 3: aegis.edge.v1.EnrollResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	22, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	22, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
-	22, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	22, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
-	6,  // 8: aegis.edge.v1.AttestResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	22, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	22, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
-	22, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
-	22, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
-	14, // 13: aegis.edge.v1.EdgeEvent.hello:type_name -> aegis.edge.v1.Hello
-	15, // 14: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
-	23, // 15: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	19, // 16: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
-	20, // 17: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
-	21, // 18: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
-	17, // 19: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
-	18, // 20: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
-	23, // 21: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
-	22, // 22: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	23, // 23: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	22, // 24: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	1,  // 25: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
-	23, // 26: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
-	2,  // 27: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
-	4,  // 28: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
-	7,  // 29: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
-	24, // 30: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
-	24, // 31: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
-	24, // 32: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
-	3,  // 33: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
-	5,  // 34: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
-	8,  // 35: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
-	16, // 36: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
-	10, // 37: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
-	12, // 38: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
-	33, // [33:39] is the sub-list for method output_type
-	27, // [27:33] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	31, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
+	31, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	8,  // 3: aegis.edge.v1.EnrollResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	31, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	31, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
+	31, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	31, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
+	8,  // 8: aegis.edge.v1.AttestResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	31, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	31, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
+	31, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
+	31, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
+	16, // 13: aegis.edge.v1.EdgeEvent.hello:type_name -> aegis.edge.v1.Hello
+	17, // 14: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
+	23, // 15: aegis.edge.v1.EdgeEvent.command_progress:type_name -> aegis.edge.v1.CommandProgress
+	24, // 16: aegis.edge.v1.EdgeEvent.command_result:type_name -> aegis.edge.v1.CommandResult
+	32, // 17: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	27, // 18: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
+	28, // 19: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
+	29, // 20: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
+	25, // 21: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
+	26, // 22: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
+	19, // 23: aegis.edge.v1.EdgeCommand.invoke_tool:type_name -> aegis.edge.v1.InvokeTool
+	21, // 24: aegis.edge.v1.EdgeCommand.cancel_tool:type_name -> aegis.edge.v1.CancelTool
+	22, // 25: aegis.edge.v1.EdgeCommand.command_result_ack:type_name -> aegis.edge.v1.CommandResultAck
+	20, // 26: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
+	31, // 27: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
+	30, // 28: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
+	1,  // 29: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
+	2,  // 30: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
+	32, // 31: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
+	32, // 32: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
+	31, // 33: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	32, // 34: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	31, // 35: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	3,  // 36: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
+	32, // 37: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
+	4,  // 38: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
+	6,  // 39: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
+	9,  // 40: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
+	33, // 41: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
+	33, // 42: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
+	33, // 43: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
+	5,  // 44: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
+	7,  // 45: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
+	10, // 46: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
+	18, // 47: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
+	12, // 48: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
+	14, // 49: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
+	44, // [44:50] is the sub-list for method output_type
+	38, // [38:44] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_cluster_proto_init() }
@@ -1710,6 +2404,8 @@ func file_aegis_edge_v1_cluster_proto_init() {
 	file_aegis_edge_v1_cluster_proto_msgTypes[11].OneofWrappers = []any{
 		(*EdgeEvent_Hello)(nil),
 		(*EdgeEvent_Heartbeat)(nil),
+		(*EdgeEvent_CommandProgress)(nil),
+		(*EdgeEvent_CommandResult)(nil),
 	}
 	file_aegis_edge_v1_cluster_proto_msgTypes[14].OneofWrappers = []any{
 		(*EdgeCommand_Welcome)(nil),
@@ -1717,14 +2413,17 @@ func file_aegis_edge_v1_cluster_proto_init() {
 		(*EdgeCommand_Disconnect)(nil),
 		(*EdgeCommand_RefreshToken)(nil),
 		(*EdgeCommand_RotateKey)(nil),
+		(*EdgeCommand_InvokeTool)(nil),
+		(*EdgeCommand_CancelTool)(nil),
+		(*EdgeCommand_CommandResultAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_cluster_proto_rawDesc), len(file_aegis_edge_v1_cluster_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   20,
+			NumEnums:      4,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

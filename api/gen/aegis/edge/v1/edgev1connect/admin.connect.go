@@ -53,6 +53,11 @@ const (
 	// EdgeAdminServiceRevokeHostProcedure is the fully-qualified name of the EdgeAdminService's
 	// RevokeHost RPC.
 	EdgeAdminServiceRevokeHostProcedure = "/aegis.edge.v1.EdgeAdminService/RevokeHost"
+	// EdgeAdminServiceSetHostSecurityContextProcedure is the fully-qualified name of the
+	// EdgeAdminService's SetHostSecurityContext RPC.
+	EdgeAdminServiceSetHostSecurityContextProcedure = "/aegis.edge.v1.EdgeAdminService/SetHostSecurityContext"
+	// EdgeAdminServiceExecProcedure is the fully-qualified name of the EdgeAdminService's Exec RPC.
+	EdgeAdminServiceExecProcedure = "/aegis.edge.v1.EdgeAdminService/Exec"
 )
 
 // EdgeAdminServiceClient is a client for the aegis.edge.v1.EdgeAdminService service.
@@ -67,6 +72,12 @@ type EdgeAdminServiceClient interface {
 	// RevokeHost (revoke-remote): status Revoked, active tokens blacklisted, the live
 	// stream dropped. The host must enroll again.
 	RevokeHost(context.Context, *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error)
+	// SetHostSecurityContext records which local security context a host evaluates
+	// tool calls against; the host's next token carries it.
+	SetHostSecurityContext(context.Context, *connect.Request[v1.SetHostSecurityContextRequest]) (*connect.Response[v1.SetHostSecurityContextResponse], error)
+	// Exec runs cmd.run on one host and streams its output, then its result. Cancelling
+	// the call cancels the remote command.
+	Exec(context.Context, *connect.Request[v1.ExecRequest]) (*connect.ServerStreamForClient[v1.ExecResponse], error)
 }
 
 // NewEdgeAdminServiceClient constructs a client for the aegis.edge.v1.EdgeAdminService service. By
@@ -122,18 +133,32 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeAdminServiceMethods.ByName("RevokeHost")),
 			connect.WithClientOptions(opts...),
 		),
+		setHostSecurityContext: connect.NewClient[v1.SetHostSecurityContextRequest, v1.SetHostSecurityContextResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceSetHostSecurityContextProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("SetHostSecurityContext")),
+			connect.WithClientOptions(opts...),
+		),
+		exec: connect.NewClient[v1.ExecRequest, v1.ExecResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceExecProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("Exec")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // edgeAdminServiceClient implements EdgeAdminServiceClient.
 type edgeAdminServiceClient struct {
-	whoAmI                *connect.Client[v1.WhoAmIRequest, v1.WhoAmIResponse]
-	createEnrollmentToken *connect.Client[v1.CreateEnrollmentTokenRequest, v1.CreateEnrollmentTokenResponse]
-	listEnrollmentTokens  *connect.Client[v1.ListEnrollmentTokensRequest, v1.ListEnrollmentTokensResponse]
-	revokeEnrollmentToken *connect.Client[v1.RevokeEnrollmentTokenRequest, v1.RevokeEnrollmentTokenResponse]
-	listHosts             *connect.Client[v1.ListHostsRequest, v1.ListHostsResponse]
-	getHost               *connect.Client[v1.GetHostRequest, v1.GetHostResponse]
-	revokeHost            *connect.Client[v1.RevokeHostRequest, v1.RevokeHostResponse]
+	whoAmI                 *connect.Client[v1.WhoAmIRequest, v1.WhoAmIResponse]
+	createEnrollmentToken  *connect.Client[v1.CreateEnrollmentTokenRequest, v1.CreateEnrollmentTokenResponse]
+	listEnrollmentTokens   *connect.Client[v1.ListEnrollmentTokensRequest, v1.ListEnrollmentTokensResponse]
+	revokeEnrollmentToken  *connect.Client[v1.RevokeEnrollmentTokenRequest, v1.RevokeEnrollmentTokenResponse]
+	listHosts              *connect.Client[v1.ListHostsRequest, v1.ListHostsResponse]
+	getHost                *connect.Client[v1.GetHostRequest, v1.GetHostResponse]
+	revokeHost             *connect.Client[v1.RevokeHostRequest, v1.RevokeHostResponse]
+	setHostSecurityContext *connect.Client[v1.SetHostSecurityContextRequest, v1.SetHostSecurityContextResponse]
+	exec                   *connect.Client[v1.ExecRequest, v1.ExecResponse]
 }
 
 // WhoAmI calls aegis.edge.v1.EdgeAdminService.WhoAmI.
@@ -171,6 +196,16 @@ func (c *edgeAdminServiceClient) RevokeHost(ctx context.Context, req *connect.Re
 	return c.revokeHost.CallUnary(ctx, req)
 }
 
+// SetHostSecurityContext calls aegis.edge.v1.EdgeAdminService.SetHostSecurityContext.
+func (c *edgeAdminServiceClient) SetHostSecurityContext(ctx context.Context, req *connect.Request[v1.SetHostSecurityContextRequest]) (*connect.Response[v1.SetHostSecurityContextResponse], error) {
+	return c.setHostSecurityContext.CallUnary(ctx, req)
+}
+
+// Exec calls aegis.edge.v1.EdgeAdminService.Exec.
+func (c *edgeAdminServiceClient) Exec(ctx context.Context, req *connect.Request[v1.ExecRequest]) (*connect.ServerStreamForClient[v1.ExecResponse], error) {
+	return c.exec.CallServerStream(ctx, req)
+}
+
 // EdgeAdminServiceHandler is an implementation of the aegis.edge.v1.EdgeAdminService service.
 type EdgeAdminServiceHandler interface {
 	// WhoAmI describes the caller's API token (used by `aegisctl login`).
@@ -183,6 +218,12 @@ type EdgeAdminServiceHandler interface {
 	// RevokeHost (revoke-remote): status Revoked, active tokens blacklisted, the live
 	// stream dropped. The host must enroll again.
 	RevokeHost(context.Context, *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error)
+	// SetHostSecurityContext records which local security context a host evaluates
+	// tool calls against; the host's next token carries it.
+	SetHostSecurityContext(context.Context, *connect.Request[v1.SetHostSecurityContextRequest]) (*connect.Response[v1.SetHostSecurityContextResponse], error)
+	// Exec runs cmd.run on one host and streams its output, then its result. Cancelling
+	// the call cancels the remote command.
+	Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error
 }
 
 // NewEdgeAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -234,6 +275,18 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeAdminServiceMethods.ByName("RevokeHost")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeAdminServiceSetHostSecurityContextHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceSetHostSecurityContextProcedure,
+		svc.SetHostSecurityContext,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("SetHostSecurityContext")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceExecHandler := connect.NewServerStreamHandler(
+		EdgeAdminServiceExecProcedure,
+		svc.Exec,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("Exec")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeAdminServiceWhoAmIProcedure:
@@ -250,6 +303,10 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceGetHostHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceRevokeHostProcedure:
 			edgeAdminServiceRevokeHostHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceSetHostSecurityContextProcedure:
+			edgeAdminServiceSetHostSecurityContextHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceExecProcedure:
+			edgeAdminServiceExecHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -285,4 +342,12 @@ func (UnimplementedEdgeAdminServiceHandler) GetHost(context.Context, *connect.Re
 
 func (UnimplementedEdgeAdminServiceHandler) RevokeHost(context.Context, *connect.Request[v1.RevokeHostRequest]) (*connect.Response[v1.RevokeHostResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.RevokeHost is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) SetHostSecurityContext(context.Context, *connect.Request[v1.SetHostSecurityContextRequest]) (*connect.Response[v1.SetHostSecurityContextResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.SetHostSecurityContext is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.Exec is not implemented"))
 }
