@@ -104,10 +104,13 @@ type Daemon struct {
 	OverlapUntil      time.Time // zero when no overlap
 	Status            string    // DaemonActive or DaemonRevoked
 	SecurityContext   string
-	EnrolledAt        time.Time
-	KeyRotatedAt      time.Time // zero until the first rotation
-	LastSeenAt        time.Time // zero until first heartbeat
-	RevokedAt         time.Time
+	// SecurityContextVersion starts at 0 and is bumped by every
+	// SetDaemonSecurityContext; tokens carry it (claim sctxv). InsertDaemon ignores it.
+	SecurityContextVersion int64
+	EnrolledAt             time.Time
+	KeyRotatedAt           time.Time // zero until the first rotation
+	LastSeenAt             time.Time // zero until first heartbeat
+	RevokedAt              time.Time
 	// Session: the live stream, if any. SessionID is empty when no stream is open.
 	SessionID      string
 	SessionReplica string
@@ -220,6 +223,8 @@ type Tx interface {
 	RevokeDaemon(ctx context.Context, nodeID string, at time.Time) error
 	DeleteDaemon(ctx context.Context, nodeID string) error
 	UpdateDaemonTags(ctx context.Context, nodeID string, tags []string) error
+	// SetDaemonSecurityContext assigns the context and bumps its version by one, even
+	// when the name is unchanged. ErrNotFound if no such node.
 	SetDaemonSecurityContext(ctx context.Context, nodeID, name string) error
 	// OpenSession records a live stream (replacing any previous one).
 	OpenSession(ctx context.Context, nodeID, sessionID, replica string, at time.Time) error

@@ -67,11 +67,12 @@ type Issued struct {
 func (is *Issuer) Issue(d store.Daemon, pub []byte, now time.Time) (Issued, error) {
 	kfp := fingerprint.Of(pub)
 	text, claims, err := is.signer.Issue(nodetoken.Claims{
-		RegisteredClaims: jwt.RegisteredClaims{Subject: d.NodeID},
-		TenantID:         d.TenantID,
-		Scope:            "tenant:" + d.TenantID,
-		SecurityContext:  d.SecurityContext,
-		Cnf:              nodetoken.Confirmation{KeyFingerprint: kfp},
+		RegisteredClaims:       jwt.RegisteredClaims{Subject: d.NodeID},
+		TenantID:               d.TenantID,
+		Scope:                  "tenant:" + d.TenantID,
+		SecurityContext:        d.SecurityContext,
+		SecurityContextVersion: d.SecurityContextVersion,
+		Cnf:                    nodetoken.Confirmation{KeyFingerprint: kfp},
 	}, now, is.ttl)
 	if err != nil {
 		return Issued{}, err

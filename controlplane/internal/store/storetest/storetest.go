@@ -558,8 +558,13 @@ func testDaemonTags(t *testing.T, s store.Store) {
 	}
 	wantErr(t, s.UpdateDaemonTags(ctx, "nope", []string{"x"}), store.ErrNotFound)
 
+	before := getDaemon(t, s, "n1").SecurityContextVersion
 	noErr(t, s.SetDaemonSecurityContext(ctx, "n1", "locked-down"))
 	equal(t, "security context", getDaemon(t, s, "n1").SecurityContext, "locked-down")
+	equal(t, "security context version", getDaemon(t, s, "n1").SecurityContextVersion, before+1)
+	// Every assignment is a new version, so a token can tell it missed one.
+	noErr(t, s.SetDaemonSecurityContext(ctx, "n1", "locked-down"))
+	equal(t, "security context version after the same name", getDaemon(t, s, "n1").SecurityContextVersion, before+2)
 	wantErr(t, s.SetDaemonSecurityContext(ctx, "nope", "x"), store.ErrNotFound)
 }
 
