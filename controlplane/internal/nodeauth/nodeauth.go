@@ -153,7 +153,11 @@ func (s *Service) attest(ctx context.Context, req AttestRequest) (AttestResult, 
 			return fmt.Errorf("record node token: %w", err)
 		}
 		for _, t := range active {
-			if t.JTI == issued.Record.JTI {
+			// Only tokens of the key just proven are superseded. A token bound to
+			// another key is either useless already (keyFor refuses it) or a
+			// rotation's fresh one committed after this transaction read the node
+			// (READ COMMITTED): blacklisting it would strand the rotated daemon.
+			if t.JTI == issued.Record.JTI || t.KeyFingerprint != issued.Record.KeyFingerprint {
 				continue
 			}
 			e := store.BlacklistEntry{JTI: t.JTI, NodeID: d.NodeID, Reason: BlacklistReasonRefreshed, ExpiresAt: t.ExpiresAt, AddedAt: now}
