@@ -20,7 +20,7 @@ func (a *app) enrollCommand() *ucli.Command {
 			"Example:\n  " + a.name + " edge enroll --token \"$T\" --name web-east-1\n  " +
 			a.name + " edge enroll --token \"$T\" --server https://cp.example:7443 --state-dir /var/lib/aegis/edge",
 		Flags: []ucli.Flag{
-			&ucli.StringFlag{Name: "token", Usage: "the enrollment token from `edge enrollment-tokens create` (env AEGIS_ENROLLMENT_TOKEN)"},
+			&ucli.StringFlag{Name: "token", Usage: "the enrollment token made by edge enrollment-tokens create (env AEGIS_ENROLLMENT_TOKEN)"},
 			&ucli.StringFlag{Name: "server", Usage: "control plane URL (default: the one carried in the token)"},
 			&ucli.StringFlag{Name: "name", Usage: "the host's display name (default: the hostname)"},
 			stateDirFlag,
