@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aegis-edge/aegis/edged/internal/policy"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -20,6 +21,17 @@ type File struct {
 	TokenRefreshMarginSecs *int           `yaml:"token_refresh_margin_secs"`
 	ReconnectMaxBackoff    *time.Duration `yaml:"reconnect_max_backoff"`
 	LogLevel               *string        `yaml:"log_level"`
+	// Tools is the tools: section.
+	Tools Tools `yaml:"tools"`
+	// SecurityContexts is the local security policy; nil when the file has none
+	// (then every tool call is denied).
+	SecurityContexts map[string]policy.Context `yaml:"security_contexts"`
+}
+
+// Tools are the settings of tool calls.
+type Tools struct {
+	MaxOutputBytes  *int64         `yaml:"max_output_bytes"`
+	DefaultDeadline *time.Duration `yaml:"default_deadline"`
 }
 
 // Flags are the values given on the command line; nil means "not given".
@@ -33,6 +45,13 @@ type Config struct {
 	TokenRefreshMargin  time.Duration
 	ReconnectMaxBackoff time.Duration
 	LogLevel            slog.Level
+	// MaxOutputBytes caps the output one tool call sends; the rest is dropped and the
+	// result says it was truncated.
+	MaxOutputBytes int64
+	// DefaultDeadline applies to a call that came without a deadline.
+	DefaultDeadline time.Duration
+	// Policy is the local security policy; nil denies every tool call.
+	Policy *policy.Policy
 }
 
 // Defaults as documented in DESIGN.md.
@@ -40,6 +59,8 @@ const (
 	DefaultHeartbeatInterval      = 10 * time.Second
 	DefaultTokenRefreshMarginSecs = 300
 	DefaultReconnectMaxBackoff    = 30 * time.Second
+	DefaultMaxOutputBytes         = 1 << 20
+	DefaultToolDeadline           = 60 * time.Second
 )
 
 // ReadFile parses path. Unknown keys are errors, so a typo is not silently ignored;
@@ -49,6 +70,10 @@ func ReadFile(path string) (File, error) {
 	if err != nil {
 		return File{}, fmt.Errorf("read config: %w", err)
 	}
+	return parse(path, raw)
+}
+
+func parse(path string, raw []byte) (File, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
 		return File{}, fmt.Errorf("config %s: %s", path, oneLine(err))
@@ -82,11 +107,21 @@ func ReadFile(path string) (File, error) {
 			if err = v.Decode(&l); err == nil {
 				f.LogLevel = &l
 			}
+		case "tools":
+			err = decodeTools(v, &f.Tools)
+		case "security_contexts":
+			f.SecurityContexts, err = decodeContexts(v)
 		default:
-			err = errors.New("unknown setting (known: heartbeat_interval, token_refresh_margin_secs, reconnect_max_backoff, log_level)")
+			err = errors.New("unknown setting (known: heartbeat_interval, token_refresh_margin_secs, reconnect_max_backoff, log_level, tools, security_contexts)")
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("line %d: %s: %s", k.Line, k.Value, oneLine(err)))
+			var le *lineError
+			if errors.As(err, &le) {
+				// Already names the nested key and its line.
+				errs = append(errs, err)
+			} else {
+				errs = append(errs, fmt.Errorf("line %d: %s: %s", k.Line, k.Value, oneLine(err)))
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -115,8 +150,11 @@ func Build(stateDir string, file, flags File) (Config, error) {
 		TokenRefreshMargin:  DefaultTokenRefreshMarginSecs * time.Second,
 		ReconnectMaxBackoff: DefaultReconnectMaxBackoff,
 		LogLevel:            slog.LevelInfo,
+		MaxOutputBytes:      DefaultMaxOutputBytes,
+		DefaultDeadline:     DefaultToolDeadline,
 	}
 	level := ""
+	var contexts map[string]policy.Context
 	for _, src := range []File{file, flags} {
 		if src.HeartbeatInterval != nil {
 			c.HeartbeatInterval = *src.HeartbeatInterval
@@ -129,6 +167,15 @@ func Build(stateDir string, file, flags File) (Config, error) {
 		}
 		if src.LogLevel != nil {
 			level = *src.LogLevel
+		}
+		if src.Tools.MaxOutputBytes != nil {
+			c.MaxOutputBytes = *src.Tools.MaxOutputBytes
+		}
+		if src.Tools.DefaultDeadline != nil {
+			c.DefaultDeadline = *src.Tools.DefaultDeadline
+		}
+		if src.SecurityContexts != nil {
+			contexts = src.SecurityContexts
 		}
 	}
 	var errs []error
@@ -145,6 +192,19 @@ func Build(stateDir string, file, flags File) (Config, error) {
 		if err := c.LogLevel.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
 			errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", level))
 		}
+	}
+	if c.MaxOutputBytes < 1 || c.MaxOutputBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("tools.max_output_bytes %d: want between 1 and 1073741824", c.MaxOutputBytes))
+	}
+	if c.DefaultDeadline < time.Second || c.DefaultDeadline > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("tools.default_deadline %s: want between 1s and 24h", c.DefaultDeadline))
+	}
+	if contexts != nil {
+		p, err := policy.New(contexts)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.Policy = p
 	}
 	if c.StateDir == "" {
 		errs = append(errs, errors.New("state dir is empty"))
