@@ -1,16 +1,23 @@
 // Package hosts owns the operator's view of enrolled hosts: tenant-scoped listing and
-// lookup, and the derived status (Revoked if revoked; Connected if a stream is open
-// and the host was seen within three heartbeat intervals; else Disconnected).
+// lookup, the derived status (Revoked if revoked; Connected if a stream is open and
+// the host was seen within three heartbeat intervals; else Disconnected), and the
+// server's one say in a host's tool policy: which named security context it
+// evaluates calls against (what the context allows is the host's local policy).
 package hosts
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/selector"
+	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
@@ -36,12 +43,16 @@ type Host struct {
 
 // Config wires a Service.
 type Config struct {
-	Store             store.Tx
+	Store             store.Store
 	Now               func() time.Time
 	HeartbeatInterval time.Duration
 	// Latest, if set, gives this replica's newest in-memory last-seen time of a node,
 	// fresher than the batched column.
 	Latest func(nodeID string) time.Time
+	// Sessions reaches the host's live stream to ask for a token refresh; nil means
+	// never.
+	Sessions *session.Registry
+	Logger   *slog.Logger
 }
 
 // Service answers host queries.
@@ -50,10 +61,15 @@ type Service struct{ cfg Config }
 // New returns a Service.
 func New(cfg Config) *Service { return &Service{cfg: cfg} }
 
-// List returns the hosts visible to p matching target ("" or "all").
+// List returns the hosts visible to p matching target (a selector; "" means all).
+// The store query is tenant-scoped; the selector only narrows what p may see.
 func (s *Service) List(ctx context.Context, p apitoken.Principal, target string) ([]Host, error) {
-	if t := strings.TrimSpace(target); t != "" && t != "all" {
-		return nil, fmt.Errorf("%w: target selectors other than all arrive with fleet runs", ErrInvalid)
+	sel := selector.Selector{}
+	if t := strings.TrimSpace(target); t != "" {
+		var err error
+		if sel, err = selector.Parse(t); err != nil {
+			return nil, fmt.Errorf("%w: target %v", ErrInvalid, err)
+		}
 	}
 	ds, err := s.cfg.Store.ListDaemons(ctx, store.DaemonFilter{TenantID: p.Scope()})
 	if err != nil {
@@ -66,6 +82,9 @@ func (s *Service) List(ctx context.Context, p apitoken.Principal, target string)
 	now := s.cfg.Now()
 	out := make([]Host, 0, len(ds))
 	for _, d := range ds {
+		if !sel.Matches(selector.Host{NodeID: d.NodeID, Name: d.DisplayName, Tags: d.Tags, OS: d.OS}) {
+			continue
+		}
 		out = append(out, s.host(d, tenants[d.TenantID], now))
 	}
 	return out, nil
@@ -114,4 +133,61 @@ func (s *Service) host(d store.Daemon, t store.Tenant, now time.Time) Host {
 		h.Status = StatusConnected
 	}
 	return h
+}
+
+// contextName is what a security context may be called: the host's policy file
+// names it, and it travels in every token and InvokeTool.
+var contextName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// SetSecurityContext records which security context nodeID evaluates tool calls
+// against and bumps its version, so the host's next token carries both (claims sctx
+// and sctxv). With refresh, the host's live stream on this replica (if any) is told
+// to re-attest now, so the change takes effect without waiting for the token's
+// natural refresh; refreshSent says whether it was told. A host p cannot see is
+// store.ErrNotFound; a bad name is ErrInvalid and changes nothing.
+func (s *Service) SetSecurityContext(ctx context.Context, p apitoken.Principal, nodeID, name string, refresh bool) (h Host, refreshSent bool, err error) {
+	if !p.CanWrite() {
+		return Host{}, false, fmt.Errorf("%w: role %q cannot change a host's security context", apitoken.ErrPermissionDenied, p.Role)
+	}
+	if !contextName.MatchString(name) {
+		return Host{}, false, fmt.Errorf("%w: security context %q: a name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, name)
+	}
+	now := s.cfg.Now().UTC()
+	var d store.Daemon
+	err = s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
+		old, err := tx.GetDaemon(ctx, nodeID)
+		if err == nil && !p.Sees(old.TenantID) {
+			err = store.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("host %q: %w", nodeID, err)
+		}
+		if err := tx.SetDaemonSecurityContext(ctx, nodeID, name); err != nil {
+			return err
+		}
+		if d, err = tx.GetDaemon(ctx, nodeID); err != nil {
+			return err
+		}
+		_, err = tx.AppendAudit(ctx, store.AuditEntry{
+			At: now, TenantID: d.TenantID, Actor: "op:" + p.TokenID, Action: "set_security_context", NodeID: nodeID, Result: "ok",
+			Details: map[string]string{"from": old.SecurityContext, "to": name, "version": strconv.FormatInt(d.SecurityContextVersion, 10)},
+		})
+		return err
+	})
+	if err != nil {
+		return Host{}, false, err
+	}
+	if refresh && s.cfg.Sessions != nil && d.Status != store.DaemonRevoked {
+		err := s.cfg.Sessions.Send(nodeID, session.Command{Kind: session.CommandRefreshToken, Reason: "security context changed to " + name})
+		refreshSent = err == nil
+		if err != nil && !errors.Is(err, session.ErrNoStream) && s.cfg.Logger != nil {
+			// The change is committed; the host picks it up at its next refresh.
+			s.cfg.Logger.Warn("refresh after a security context change not sent", "node", nodeID, "err", err)
+		}
+	}
+	t, err := s.cfg.Store.GetTenant(ctx, d.TenantID)
+	if err != nil {
+		return Host{}, false, fmt.Errorf("tenant of host: %w", err)
+	}
+	return s.host(d, t, s.cfg.Now()), refreshSent, nil
 }

@@ -22,6 +22,8 @@ type Metrics struct {
 	tokenRefreshes     prometheus.Counter
 	keyRotations       *prometheus.CounterVec
 	keyRotationSecs    prometheus.Histogram
+	toolCalls          *prometheus.CounterVec
+	toolCallSecs       *prometheus.HistogramVec
 }
 
 // New registers the metrics with reg. A nil reg yields working, unregistered metrics.
@@ -69,10 +71,21 @@ func New(reg prometheus.Registerer) *Metrics {
 			// A rotation is one short transaction: 1ms to ~4s.
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 13),
 		}),
+		toolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aegis_edge_tool_calls_total",
+			Help: "Finished tool calls, by tool and result (\"ok\", \"failed\" for a non-zero exit, or the error kind).",
+		}, []string{"tool", "result"}),
+		toolCallSecs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "aegis_edge_tool_call_duration_seconds",
+			Help: "Time from sending a tool call to its result, as the control plane saw it.",
+			// Commands run from milliseconds up to the deadline (60s by default): 10ms to ~1.4h.
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 20),
+		}, []string{"tool"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connectedDaemons, m.rpcRequests, m.envelopeRejections, m.enrollments,
-			m.heartbeats, m.blacklistEntries, m.attestations, m.tokenRefreshes, m.keyRotations, m.keyRotationSecs)
+			m.heartbeats, m.blacklistEntries, m.attestations, m.tokenRefreshes, m.keyRotations, m.keyRotationSecs,
+			m.toolCalls, m.toolCallSecs)
 	}
 	return m
 }
@@ -138,5 +151,13 @@ func (m *Metrics) KeyRotation(result, reason string, took time.Duration) {
 	if m != nil {
 		m.keyRotations.WithLabelValues(result, reason).Inc()
 		m.keyRotationSecs.Observe(took.Seconds())
+	}
+}
+
+// ToolCall counts one finished tool call and how long it took.
+func (m *Metrics) ToolCall(tool, result string, took time.Duration) {
+	if m != nil {
+		m.toolCalls.WithLabelValues(tool, result).Inc()
+		m.toolCallSecs.WithLabelValues(tool).Observe(took.Seconds())
 	}
 }

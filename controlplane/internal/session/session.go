@@ -2,7 +2,7 @@
 // id to its one open stream (a newer stream replaces an older one), the way other
 // parts of the control plane reach a stream (a Kick that makes it send Disconnect and
 // close) or hand it a Command to send down to the daemon (refresh your token, rotate
-// your key), and the batching of last_seen_at so that heartbeats never cost a
+// your key, run or cancel a tool call), and the batching of last_seen_at so that heartbeats never cost a
 // database write each. The registry never sends on a stream itself: the stream's
 // own goroutine does every Send.
 package session
@@ -52,6 +52,10 @@ const (
 	CommandRefreshToken CommandKind = iota + 1
 	// CommandRotateKey: run the whole key rotation on the host.
 	CommandRotateKey
+	// CommandInvokeTool: run Invoke (a tool call) under the host's local policy.
+	CommandInvokeTool
+	// CommandCancelTool: stop the running tool call CommandID.
+	CommandCancelTool
 )
 
 func (k CommandKind) String() string {
@@ -60,6 +64,10 @@ func (k CommandKind) String() string {
 		return "refresh_token"
 	case CommandRotateKey:
 		return "rotate_key"
+	case CommandInvokeTool:
+		return "invoke_tool"
+	case CommandCancelTool:
+		return "cancel_tool"
 	}
 	return "unknown"
 }
@@ -73,6 +81,24 @@ type Command struct {
 	FleetRunID string
 	// KeepOld is how long the host keeps the archived key; 0 means its default.
 	KeepOld time.Duration
+	// CommandID names the tool call (CommandInvokeTool, CommandCancelTool).
+	CommandID string
+	// Invoke is the call to run (CommandInvokeTool).
+	Invoke *Invocation
+}
+
+// Invocation is one tool call as the daemon receives it.
+type Invocation struct {
+	Tool    string
+	Command string
+	Args    []string
+	Cwd     string
+	Env     map[string]string
+	// Deadline is when the daemon must have killed the call (server clock).
+	Deadline time.Time
+	// SecurityContext is the context the server believes the host is in; the daemon
+	// denies the call when its token names another.
+	SecurityContext string
 }
 
 // commandQueue bounds the commands waiting for one stream's goroutine. A daemon
