@@ -47,6 +47,9 @@ type Options struct {
 	// HousekeepingInterval is how often expired blacklist rows and nonces are purged
 	// (default: every minute, as in production).
 	HousekeepingInterval time.Duration
+	// ExecGrace is how long after its deadline an Exec waits for the result of a
+	// daemon that lost its stream (default 30s, as in production).
+	ExecGrace time.Duration
 	// Logger defaults to warnings and errors on the test's output.
 	Logger *slog.Logger
 }
@@ -133,6 +136,7 @@ func (s *Server) start(t testing.TB) {
 		Listener:             ln,
 		ShutdownTimeout:      5 * time.Second,
 		HousekeepingInterval: s.opts.HousekeepingInterval,
+		ExecGrace:            s.opts.ExecGrace,
 	})
 	if err != nil {
 		cancel()

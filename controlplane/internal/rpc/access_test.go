@@ -118,6 +118,32 @@ func TestAdminRolesAndTenants(t *testing.T) {
 				_, err := c.RevokeHost(ctx, connect.NewRequest(&edgev1.RevokeHostRequest{NodeId: hostA.id}))
 				return err
 			},
+			edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				_, err := c.SetHostSecurityContext(ctx, connect.NewRequest(&edgev1.SetHostSecurityContextRequest{NodeId: hostA.id, SecurityContext: "ops", RefreshNow: true}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceExecProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				// Host A has no stream: an allowed caller gets a result
+				// (EDGE_DISCONNECTED), not an error.
+				s, err := c.Exec(ctx, connect.NewRequest(&edgev1.ExecRequest{NodeId: hostA.id, Command: "/bin/true"}))
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				var result *edgev1.CommandResult
+				for s.Receive() {
+					if r := s.Msg().GetResult(); r != nil {
+						result = r
+					}
+				}
+				if err := s.Err(); err != nil {
+					return err
+				}
+				if result.GetErrorKind() != edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED {
+					return connect.NewError(connect.CodeInternal, errors.New("no EDGE_DISCONNECTED result"))
+				}
+				return nil
+			},
 		}
 		for proc := range rpc.AdminPermissions {
 			if calls[proc] == nil {
@@ -129,13 +155,15 @@ func TestAdminRolesAndTenants(t *testing.T) {
 		// caller's own tenant, so tenant B sees them succeed.
 		ok, denied, notFound := connect.Code(0), connect.CodePermissionDenied, connect.CodeNotFound
 		want := map[string]map[string]connect.Code{
-			edgev1connect.EdgeAdminServiceWhoAmIProcedure:                {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": ok, "viewer B": ok},
-			edgev1connect.EdgeAdminServiceListHostsProcedure:             {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
-			edgev1connect.EdgeAdminServiceGetHostProcedure:               {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
-			edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
-			edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": ok, "viewer B": denied},
-			edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
-			edgev1connect.EdgeAdminServiceRevokeHostProcedure:            {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceWhoAmIProcedure:                 {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": ok, "viewer B": ok},
+			edgev1connect.EdgeAdminServiceListHostsProcedure:              {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceGetHostProcedure:                {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:   {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure:  {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": ok, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure:  {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceRevokeHostProcedure:             {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceExecProcedure:                   {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 		}
 		for proc, byClient := range want {
 			for name, wantCode := range byClient {

@@ -14,6 +14,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -22,6 +23,7 @@ type AdminConfig struct {
 	Enroll     *enroll.Service
 	Hosts      *hosts.Service
 	Revocation *revocation.Service
+	ToolCalls  *toolcall.Service
 	Store      store.Tx
 	Now        func() time.Time
 	Logger     *slog.Logger
@@ -227,12 +229,67 @@ func (a *Admin) RevokeHost(ctx context.Context, req *connect.Request[edgev1.Revo
 	}), nil
 }
 
-// SetHostSecurityContext is not served yet.
-func (a *Admin) SetHostSecurityContext(context.Context, *connect.Request[edgev1.SetHostSecurityContextRequest]) (*connect.Response[edgev1.SetHostSecurityContextResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("setting a host's security context is not available on this control plane yet"))
+// SetHostSecurityContext implements EdgeAdminService.SetHostSecurityContext.
+func (a *Admin) SetHostSecurityContext(ctx context.Context, req *connect.Request[edgev1.SetHostSecurityContextRequest]) (*connect.Response[edgev1.SetHostSecurityContextResponse], error) {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := req.Msg
+	h, sent, err := a.cfg.Hosts.SetSecurityContext(ctx, p, m.GetNodeId(), m.GetSecurityContext(), m.GetRefreshNow())
+	if err != nil {
+		return nil, a.fail(ctx, "SetHostSecurityContext", err)
+	}
+	a.cfg.Logger.InfoContext(ctx, "security context set", "operator", p.TokenID, "node", h.Daemon.NodeID,
+		"security_context", h.Daemon.SecurityContext, "version", h.Daemon.SecurityContextVersion, "refresh_sent", sent)
+	return connect.NewResponse(&edgev1.SetHostSecurityContextResponse{Host: hostPB(h), RefreshSent: sent}), nil
 }
 
-// Exec is not served yet.
-func (a *Admin) Exec(context.Context, *connect.Request[edgev1.ExecRequest], *connect.ServerStream[edgev1.ExecResponse]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("exec is not available on this control plane yet"))
+// Exec implements EdgeAdminService.Exec: started, the output in order, one result.
+// A host that cannot be reached answers with a result of kind EDGE_DISCONNECTED, not
+// an RPC error, so the CLI reports every outcome of the command the same way. When
+// the caller goes away the daemon is told to cancel; its result is still recorded.
+func (a *Admin) Exec(ctx context.Context, req *connect.Request[edgev1.ExecRequest], stream *connect.ServerStream[edgev1.ExecResponse]) error {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return err
+	}
+	m := req.Msg
+	var deadline time.Duration
+	if m.GetDeadline() != nil {
+		if err := m.GetDeadline().CheckValid(); err != nil {
+			return connect.NewError(connect.CodeInvalidArgument, errors.New("deadline is not a valid duration"))
+		}
+		if deadline = m.GetDeadline().AsDuration(); deadline <= 0 {
+			return connect.NewError(connect.CodeInvalidArgument, errors.New("deadline must be positive"))
+		}
+	}
+	call, err := a.cfg.ToolCalls.Start(ctx, p, toolcall.Request{
+		NodeID: m.GetNodeId(), Command: m.GetCommand(), Args: m.GetArgs(), Cwd: m.GetCwd(), Deadline: deadline,
+	})
+	if err != nil {
+		return a.fail(ctx, "Exec", err)
+	}
+	a.cfg.Logger.InfoContext(ctx, "exec", "operator", p.TokenID, "node", call.NodeID, "command_id", call.ID, "command", call.Command)
+	if err := stream.Send(&edgev1.ExecResponse{Event: &edgev1.ExecResponse_Started{Started: &edgev1.ExecStarted{
+		CommandId: call.ID, NodeId: call.NodeID, SecurityContext: call.SecurityContext,
+	}}}); err != nil {
+		call.Cancel()
+		return nil
+	}
+	for {
+		ev, err := call.Next(ctx)
+		if err != nil {
+			// The caller left (Ctrl-C, a dropped connection): stop the command too.
+			call.Cancel()
+			return a.fail(ctx, "Exec", err)
+		}
+		if ev.Result != nil {
+			return stream.Send(&edgev1.ExecResponse{Event: &edgev1.ExecResponse_Result{Result: resultPB(call.ID, *ev.Result)}})
+		}
+		if err := stream.Send(&edgev1.ExecResponse{Event: &edgev1.ExecResponse_Output{Output: progressPB(call.ID, *ev.Progress)}}); err != nil {
+			call.Cancel()
+			return nil
+		}
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,6 +35,7 @@ type ClusterConfig struct {
 	Rotation          *rotation.Service
 	Revocation        *revocation.Service
 	Sessions          *session.Registry
+	ToolCalls         *toolcall.Service
 	LastSeen          *session.LastSeen
 	Store             store.Store
 	Metrics           *metrics.Metrics
@@ -221,7 +223,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
 			return bs.Send(disconnect(k))
 		case cmd := <-h.Commands():
-			log.InfoContext(ctx, "command sent", "kind", cmd.Kind)
+			log.InfoContext(ctx, "command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
 			if err := bs.Send(command(cmd)); err != nil {
 				return nil
 			}
@@ -239,7 +241,22 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			}
 			now := c.cfg.Now()
 			c.cfg.LastSeen.Touch(nodeID, now)
-			switch ev.GetEvent().(type) {
+			switch e := ev.GetEvent().(type) {
+			case *edgev1.EdgeEvent_CommandProgress:
+				p := e.CommandProgress
+				c.cfg.ToolCalls.Progress(nodeID, p.GetCommandId(), progressFromPB(p))
+			case *edgev1.EdgeEvent_CommandResult:
+				res := e.CommandResult
+				if !c.cfg.ToolCalls.Result(nodeID, res.GetCommandId(), resultFromPB(res)) {
+					log.InfoContext(ctx, "tool result for no pending call acked and ignored", "command_id", res.GetCommandId())
+				}
+				// Acked on this goroutine, as the answer to what it just received:
+				// a duplicate is acked too, so the daemon's buffer drains either way.
+				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CommandResultAck{CommandResultAck: &edgev1.CommandResultAck{
+					CommandId: res.GetCommandId(),
+				}}}); err != nil {
+					return nil
+				}
 			case *edgev1.EdgeEvent_Heartbeat:
 				c.cfg.Metrics.Heartbeat()
 				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
@@ -283,6 +300,10 @@ func disconnect(k session.Kick) *edgev1.EdgeCommand {
 
 func command(c session.Command) *edgev1.EdgeCommand {
 	switch c.Kind {
+	case session.CommandInvokeTool:
+		return invokeToolPB(c)
+	case session.CommandCancelTool:
+		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CancelTool{CancelTool: &edgev1.CancelTool{CommandId: c.CommandID}}}
 	case session.CommandRotateKey:
 		rk := &edgev1.RotateKeyCommand{FleetRunId: c.FleetRunID}
 		if c.KeepOld > 0 {

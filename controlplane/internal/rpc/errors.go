@@ -17,6 +17,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
 )
 
 // toConnect maps a domain error to the error a client sees, logging it once. Internal
@@ -41,8 +42,10 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 		code = connect.CodePermissionDenied
 	case errors.Is(err, store.ErrNotFound):
 		code = connect.CodeNotFound
-	case errors.Is(err, enroll.ErrInvalid), errors.Is(err, hosts.ErrInvalid):
+	case errors.Is(err, enroll.ErrInvalid), errors.Is(err, hosts.ErrInvalid), errors.Is(err, toolcall.ErrInvalid):
 		code = connect.CodeInvalidArgument
+	case errors.Is(err, toolcall.ErrBusy):
+		code = connect.CodeUnavailable
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):

@@ -46,13 +46,15 @@ const (
 // Tenant scoping is the domain's job (an object of another tenant is NotFound);
 // this table decides the role.
 var AdminPermissions = map[string]Access{
-	edgev1connect.EdgeAdminServiceWhoAmIProcedure:                Read,
-	edgev1connect.EdgeAdminServiceListHostsProcedure:             Read,
-	edgev1connect.EdgeAdminServiceGetHostProcedure:               Read,
-	edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:  Read,
-	edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure: Write,
-	edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure: Write,
-	edgev1connect.EdgeAdminServiceRevokeHostProcedure:            Write,
+	edgev1connect.EdgeAdminServiceWhoAmIProcedure:                 Read,
+	edgev1connect.EdgeAdminServiceListHostsProcedure:              Read,
+	edgev1connect.EdgeAdminServiceGetHostProcedure:                Read,
+	edgev1connect.EdgeAdminServiceListEnrollmentTokensProcedure:   Read,
+	edgev1connect.EdgeAdminServiceCreateEnrollmentTokenProcedure:  Write,
+	edgev1connect.EdgeAdminServiceRevokeEnrollmentTokenProcedure:  Write,
+	edgev1connect.EdgeAdminServiceRevokeHostProcedure:             Write,
+	edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: Write,
+	edgev1connect.EdgeAdminServiceExecProcedure:                   Write,
 }
 
 func allowed(p apitoken.Principal, need Access) bool {

@@ -40,6 +40,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"github.com/aegis-edge/aegis/controlplane/internal/tlsca"
 	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
+	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -76,6 +77,9 @@ type Options struct {
 	// HousekeepingInterval is how often expired blacklist rows and nonces are
 	// purged; 0 means every minute.
 	HousekeepingInterval time.Duration
+	// ExecGrace is how long after its deadline a tool call waits for a result from a
+	// reconnecting daemon; 0 means toolcall.DefaultGrace (30s).
+	ExecGrace time.Duration
 }
 
 // Server is a running control plane.
@@ -196,6 +200,15 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Sessions:  s.sessions,
 		Now:       s.now,
 	})
+	toolCalls := toolcall.New(toolcall.Config{
+		Store:    s.store,
+		Sessions: s.sessions,
+		Metrics:  s.metrics,
+		Now:      s.now,
+		Rand:     rnd,
+		Logger:   s.log,
+		Grace:    opts.ExecGrace,
+	})
 	enrollSvc := enroll.New(enroll.Config{
 		Store:        s.store,
 		Issuer:       issuer,
@@ -227,6 +240,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		}),
 		Revocation:        revoker,
 		Sessions:          s.sessions,
+		ToolCalls:         toolCalls,
 		LastSeen:          s.lastSeen,
 		Store:             s.store,
 		Metrics:           s.metrics,
@@ -243,8 +257,11 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			Now:               s.now,
 			HeartbeatInterval: cfg.HeartbeatInterval,
 			Latest:            s.lastSeen.Latest,
+			Sessions:          s.sessions,
+			Logger:            s.log,
 		}),
 		Revocation: revoker,
+		ToolCalls:  toolCalls,
 		Store:      s.store,
 		Now:        s.now,
 		Logger:     s.log,
