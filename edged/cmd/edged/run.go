@@ -45,6 +45,26 @@ Config file (YAML; every key optional; flags win):
    reconnect_max_backoff: 30s
    log_level: info                 # debug, info, warn, error
 
+   tools:
+     max_output_bytes: 1048576     # output of one call beyond this is dropped (reported)
+     default_deadline: 60s         # for a call that came without a deadline
+   security_contexts:              # the local policy; absent: every tool call is denied
+     ops:                          # a context; the control plane picks one per host
+       cmd.run:
+         - command: /usr/bin/uptime    # absolute path or glob; any args
+         - command: /bin/echo
+           args: ["*"]                 # per-position globs; "**" last: any remaining
+         - command: /bin/sh            # a shell only when a rule names it
+           args: ["-c", "*"]
+       cwd: /tmp                   # default working directory
+       env_allow: [LANG, TZ]       # environment keys a call may set
+
+A tool call runs only when the context named by this host's current token allows it;
+a bare command name is resolved with PATH=/usr/local/bin:/usr/bin:/bin first, and the
+rule must match that absolute path. Calls run without a shell, in their own process
+group, killed whole at their deadline or when cancelled; a key rotation or token
+refresh never touches a running call.
+
 Several daemons can run on one machine, each with its own --state-dir.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -136,13 +156,21 @@ func runDaemon(ctx context.Context, c *cli.Context, stderr io.Writer) error {
 	defer lock.Release()
 
 	a := agent.New(agent.Config{
-		Dir:               dir,
-		Logger:            logger,
-		HeartbeatInterval: cfg.HeartbeatInterval,
-		RefreshMargin:     cfg.TokenRefreshMargin,
-		MaxBackoff:        cfg.ReconnectMaxBackoff,
-		Version:           version,
+		Dir:                 dir,
+		Logger:              logger,
+		HeartbeatInterval:   cfg.HeartbeatInterval,
+		RefreshMargin:       cfg.TokenRefreshMargin,
+		MaxBackoff:          cfg.ReconnectMaxBackoff,
+		Version:             version,
+		Policy:              cfg.Policy,
+		MaxOutputBytes:      cfg.MaxOutputBytes,
+		DefaultToolDeadline: cfg.DefaultDeadline,
 	})
+	if cfg.Policy == nil {
+		logger.Warn("no security_contexts in the config: every tool call will be denied")
+	} else {
+		logger.Info("local security policy loaded", "security_contexts", cfg.Policy.Contexts())
+	}
 	srv, err := localapi.Listen(dir.File(keystore.SocketFile), a, logger)
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/api/nodetoken"
 	"github.com/aegis-edge/aegis/edged/cpclient"
+	"github.com/aegis-edge/aegis/edged/internal/policy"
 	"github.com/aegis-edge/aegis/edged/keystore"
 	"github.com/aegis-edge/aegis/edged/rotation"
 )
@@ -71,6 +72,16 @@ type Config struct {
 	Rand io.Reader
 	// RotationFault is for tests only: rotation.Config.Fault for every rotation.
 	RotationFault func(rotation.Step) error
+	// Policy is the local security policy tool calls are evaluated against; nil
+	// denies every call.
+	Policy *policy.Policy
+	// MaxOutputBytes caps one tool call's output (default 1 MiB).
+	MaxOutputBytes int64
+	// DefaultToolDeadline applies to a call that came without a deadline (default 60s).
+	DefaultToolDeadline time.Duration
+	// ResultBuffer is how many unacknowledged tool results are kept across
+	// reconnects (default 256); the oldest is dropped when it is full.
+	ResultBuffer int
 }
 
 func (c *Config) defaults() {
@@ -104,6 +115,15 @@ func (c *Config) defaults() {
 	if c.HousekeepInterval == 0 {
 		c.HousekeepInterval = time.Minute
 	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = 1 << 20
+	}
+	if c.DefaultToolDeadline == 0 {
+		c.DefaultToolDeadline = 60 * time.Second
+	}
+	if c.ResultBuffer == 0 {
+		c.ResultBuffer = 256
+	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = func(id *keystore.Identity) *http.Client { return cpclient.NewHTTPClient(id.CA) }
 	}
@@ -131,6 +151,12 @@ type Snapshot struct {
 	Acked uint64
 	// Rotations counts key rotations this daemon completed since start.
 	Rotations uint64
+	// SecurityContext is the context the current token names ("" when none).
+	SecurityContext string
+	// ToolCalls are the tool calls running now; PendingResults the results the
+	// server has not acknowledged yet.
+	ToolCalls      int
+	PendingResults int
 }
 
 // Agent is one running daemon.
@@ -171,6 +197,9 @@ type Agent struct {
 	// during the logout (the server kicks the stream) not leave a marker.
 	loggedOut  chan struct{}
 	loggingOut atomic.Bool
+
+	// calls are the tool calls of the identity being served (set by serve).
+	calls *calls
 }
 
 // New makes an agent; Run starts it.

@@ -47,9 +47,11 @@ func (a *Agent) swap(id rotation.Identity) {
 	a.tokMu.Unlock()
 	fp := fingerprint.Of(id.Key.Public().(ed25519.PublicKey))
 	exp := rotation.TokenExpiry(id.Token)
+	sctx := tokenSecurityContext(id.Token)
 	a.update(func(s *Snapshot) {
 		s.KeyFingerprint = fp
 		s.TokenExpires = exp
+		s.SecurityContext = sctx
 		if keyChanged {
 			s.Rotations++
 		}

@@ -56,14 +56,15 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	_, exp, _ := tokenTimes(id.Token)
 	a.update(func(s *Snapshot) {
 		*s = Snapshot{
-			Enrolled:       true,
-			NodeID:         id.Node.NodeID,
-			Tenant:         id.Node.Tenant,
-			Status:         StatusConnecting,
-			KeyFingerprint: fingerprint.Of(id.Key.Public().(ed25519.PublicKey)),
-			TokenExpires:   exp,
-			ServerURL:      id.Node.ServerURL,
-			Streams:        s.Streams,
+			Enrolled:        true,
+			NodeID:          id.Node.NodeID,
+			Tenant:          id.Node.Tenant,
+			Status:          StatusConnecting,
+			KeyFingerprint:  fingerprint.Of(id.Key.Public().(ed25519.PublicKey)),
+			TokenExpires:    exp,
+			ServerURL:       id.Node.ServerURL,
+			Streams:         s.Streams,
+			SecurityContext: tokenSecurityContext(id.Token),
 		}
 	})
 	log := a.log.With("node_id", id.Node.NodeID)
@@ -71,6 +72,17 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	host := a.newHost(log)
 	a.host.Store(host)
 	defer a.host.Store(nil)
+
+	// Tool calls live as long as the identity is served: reconnects do not touch
+	// them; shutdown, logout and revocation kill them.
+	a.calls = newCalls(a.cfg, log, func(running, pending int) {
+		a.update(func(s *Snapshot) { s.ToolCalls, s.PendingResults = running, pending })
+	})
+	callsCtx, stopCalls := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer func() {
+		stopCalls(errors.New("edged stopped serving this identity"))
+		a.calls.stopAll(errors.New("edged stopped serving this identity"))
+	}()
 
 	rctx, stopRefresher := context.WithCancel(ctx)
 	refresherDone := make(chan struct{})
@@ -104,7 +116,7 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		}
 		if err == nil {
 			a.update(func(s *Snapshot) { s.Status = StatusConnecting })
-			welcomed, err = a.session(ctx, log)
+			welcomed, err = a.session(ctx, callsCtx, log)
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -229,7 +241,7 @@ type received struct {
 
 // session runs one ConnectEdge stream. welcomed says whether it got as far as a
 // Welcome (then the reconnect backoff starts over).
-func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, err error) {
+func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcomed bool, err error) {
 	// The stream outlives ctx by a moment so that on shutdown it is closed cleanly
 	// (end of request stream) rather than reset.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -237,8 +249,12 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 	stream := a.client.ConnectEdge(sctx)
 	streamID := randomID()
 	var seq uint64
+	// sent holds the heartbeats not yet acknowledged (only the stream loop touches it).
 	sent := map[uint64]time.Time{}
-	send := func(ev *edgev1.EdgeEvent) error {
+	// send seals ev with the key and token current now (tool calls send from their
+	// own goroutines; tokMu serializes them with the loop and with key swaps) and
+	// returns its sequence number.
+	send := func(ev *edgev1.EdgeEvent) (uint64, error) {
 		a.tokMu.Lock()
 		defer a.tokMu.Unlock()
 		seq++
@@ -251,15 +267,14 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 			Time:     a.serverNow(),
 		}, ev)
 		if err != nil {
-			return err
+			return 0, err
 		}
-		sent[seq] = a.cfg.Now()
 		if err := stream.Send(env); err != nil {
-			return err
+			return 0, err
 		}
 		n := seq
 		a.update(func(s *Snapshot) { s.Sent = n })
-		return nil
+		return n, nil
 	}
 
 	recv := make(chan received, 1)
@@ -280,6 +295,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 	}()
 	// closeStream ends the request side and waits briefly for the server to finish.
 	closeStream := func() {
+		a.calls.disconnected()
 		_ = stream.CloseRequest()
 		select {
 		case <-recvDone:
@@ -307,7 +323,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 	}
 
 	hostname, _ := os.Hostname()
-	if err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Hello{Hello: &edgev1.Hello{
+	if _, err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Hello{Hello: &edgev1.Hello{
 		AgentVersion: a.cfg.Version, Hostname: hostname, Os: runtime.GOOS,
 	}}}); err != nil {
 		err = streamErr(err)
@@ -358,17 +374,24 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 	})
 	log.Info("connected to the control plane", "session_id", welcome.GetSessionId(), "heartbeat_interval", interval)
 
-	delete(sent, 1) // the Hello, answered by the Welcome
 	heartbeat := func() error {
-		err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Heartbeat{Heartbeat: &edgev1.Heartbeat{
+		n, err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Heartbeat{Heartbeat: &edgev1.Heartbeat{
 			Uptime: durationpb.New(a.cfg.Now().Sub(a.started)),
 		}}})
 		if err != nil {
 			err = streamErr(err)
 			cancel()
+			return err
 		}
-		return err
+		sent[n] = a.cfg.Now()
+		return nil
 	}
+	// Tool calls send on this stream from now on; unacknowledged results go first.
+	defer a.calls.disconnected()
+	a.calls.connected(func(ev *edgev1.EdgeEvent) error {
+		_, err := send(ev)
+		return err
+	})
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	stale := 3*interval + time.Second
@@ -427,6 +450,8 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger) (welcomed bool, e
 				// A second Welcome is harmless; ignore it.
 			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey:
 				a.handleCommand(ctx, log, r.cmd)
+			case *edgev1.EdgeCommand_InvokeTool, *edgev1.EdgeCommand_CancelTool, *edgev1.EdgeCommand_CommandResultAck:
+				a.handleToolCommand(callsCtx, r.cmd)
 			}
 		}
 	}
@@ -462,7 +487,8 @@ func (a *Agent) attest(ctx context.Context, log *slog.Logger, why string) (time.
 	if lerr != nil {
 		log.Error("new node token is in use but could not be saved; a restart will re-attest", "error", lerr)
 	}
-	a.update(func(s *Snapshot) { s.TokenExpires = res.Expires })
+	sctx := tokenSecurityContext(res.Token)
+	a.update(func(s *Snapshot) { s.TokenExpires, s.SecurityContext = res.Expires, sctx })
 	select {
 	case a.tokenChanged <- struct{}{}:
 	default:
