@@ -73,6 +73,14 @@ func RunEnv(ctx context.Context, args []string, env Env) int {
 	if err == nil {
 		return exitOK
 	}
+	var xs exitStatus
+	if errors.As(err, &xs) {
+		// edge exec: the remote command's exit code, or its own status per outcome.
+		if xs.msg != "" {
+			fmt.Fprintf(env.Stderr, "%s: %s\n", name, oneLine(xs.msg))
+		}
+		return xs.code
+	}
 	fmt.Fprintf(env.Stderr, "%s: %s\n", name, oneLine(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) {
@@ -133,6 +141,7 @@ func (a *app) newApp() *ucli.App {
 					a.logoutCommand(),
 					a.enrollmentTokensCommand(),
 					a.hostsCommand(),
+					a.execCommand(),
 				},
 			},
 		},

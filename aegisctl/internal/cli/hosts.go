@@ -17,7 +17,7 @@ func (a *app) hostsCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:        "hosts",
 		Usage:       "list and inspect enrolled hosts (control plane view)",
-		UsageText:   a.name + " edge hosts list|get",
+		UsageText:   a.name + " edge hosts list|get|set",
 		Description: "Example:\n  " + a.name + " edge hosts list --target 'tags=AnyOf(prod)'",
 		Subcommands: []*ucli.Command{
 			{
@@ -40,6 +40,24 @@ func (a *app) hostsCommand() *ucli.Command {
 				Description: "Example:\n  " + a.name + " edge hosts get -o json n-7a3b2f0c91de",
 				Flags:       []ucli.Flag{outputFlag},
 				Action:      a.getHost,
+			},
+			{
+				Name:      "set",
+				Usage:     "change which security context a host evaluates tool calls against (operator)",
+				UsageText: a.name + " edge hosts set --security-context NAME [--no-refresh] [-o json] NODE_ID",
+				Description: "The control plane records NAME for the host; the host's next NodeSecurityToken carries it,\n" +
+					"and the host allows exactly what its local policy (security_contexts.NAME in its edged\n" +
+					"config) allows. By default the host's live daemon is told to refresh its token now, so\n" +
+					"the very next `" + a.name + " edge exec` is evaluated in the new context. With --no-refresh\n" +
+					"it takes effect at the host's next token refresh (or `" + a.name + " edge token refresh` on it).\n" +
+					"NAME is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.\n\n" +
+					"Example:\n  " + a.name + " edge hosts set --security-context readonly n-7a3b2f0c91de",
+				Flags: []ucli.Flag{
+					&ucli.StringFlag{Name: "security-context", Usage: "the context NAME (defined in the host's edged config)", Required: true},
+					&ucli.BoolFlag{Name: "no-refresh", Usage: "do not ask the host to refresh its token now"},
+					outputFlag,
+				},
+				Action: a.setHost,
 			},
 		},
 	}
@@ -182,4 +200,58 @@ func connectMessage(err error) string {
 		return ce.Message()
 	}
 	return ""
+}
+
+type setHostReport struct {
+	NodeID          string `json:"node_id"`
+	Name            string `json:"name"`
+	SecurityContext string `json:"security_context"`
+	RefreshSent     bool   `json:"refresh_sent"`
+}
+
+func (a *app) setHost(c *ucli.Context) error {
+	out, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	id, err := oneArg(c, "NODE_ID")
+	if err != nil {
+		return err
+	}
+	client, p, err := a.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+	defer cancel()
+	resp, err := client.SetHostSecurityContext(ctx, connect.NewRequest(&edgev1.SetHostSecurityContextRequest{
+		NodeId: id, SecurityContext: c.String("security-context"), RefreshNow: !c.Bool("no-refresh"),
+	}))
+	if err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound:
+			return fmt.Errorf("no such host %q in your tenant: see `%s edge hosts list`", id, a.name)
+		case connect.CodeInvalidArgument:
+			return usagef("bad --security-context: %s", orDefault(connectMessage(err), "invalid name"))
+		case connect.CodePermissionDenied:
+			return errors.New("your API token may not change hosts: an operator or admin token is needed")
+		}
+		return a.rpcError(err, p.Server)
+	}
+	h := resp.Msg.GetHost()
+	rep := setHostReport{NodeID: h.GetNodeId(), Name: h.GetName(), SecurityContext: h.GetSecurityContext(), RefreshSent: resp.Msg.GetRefreshSent()}
+	if out == "json" {
+		return writeJSON(a.env.Stdout, rep)
+	}
+	w := a.env.Stdout
+	fmt.Fprintf(w, "%s (%s) now evaluates tool calls in security context %q\n", rep.NodeID, orDash(rep.Name), rep.SecurityContext)
+	switch {
+	case rep.RefreshSent:
+		fmt.Fprintln(w, "token refresh: requested from the host's live daemon; the next call uses the new context")
+	case c.Bool("no-refresh"):
+		fmt.Fprintf(w, "token refresh: not requested; it applies at the host's next refresh (`%s edge token refresh` on the host)\n", a.name)
+	default:
+		fmt.Fprintf(w, "token refresh: the host is not connected; it applies when its daemon next gets a token\n")
+	}
+	return nil
 }
