@@ -523,3 +523,25 @@ func TestSetHostSecurityContext(t *testing.T) {
 		}
 	})
 }
+
+// A control plane shutting down ends the Execs it holds (EDGE_DISCONNECTED) instead
+// of keeping its graceful shutdown open until their deadlines.
+func TestExecEndsOnServerShutdown(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{})
+	n, st := connected(t, srv)
+	r := startExec(t, srv.AdminClient(), &edgev1.ExecRequest{NodeId: n.id, Command: "/bin/sleep", Args: []string{"60"}})
+	r.next(t)
+	st.expectInvoke()
+	begin := time.Now()
+	go srv.Stop()
+	res := r.next(t).GetResult()
+	if res.GetErrorKind() != edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED || !strings.Contains(res.GetErrorMessage(), "shutting down") {
+		t.Fatalf("result = %v", res)
+	}
+	if err := r.end(t); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Errorf("the Exec ended %s after the shutdown began", took)
+	}
+}

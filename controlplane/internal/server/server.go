@@ -97,6 +97,7 @@ type Server struct {
 	lastSeen *session.LastSeen
 	auth     *nodeauth.Service
 	black    *tokens.Blacklist
+	tools    *toolcall.Service
 	replica  string
 	ready    atomic.Bool
 }
@@ -200,7 +201,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Sessions:  s.sessions,
 		Now:       s.now,
 	})
-	toolCalls := toolcall.New(toolcall.Config{
+	s.tools = toolcall.New(toolcall.Config{
 		Store:    s.store,
 		Sessions: s.sessions,
 		Metrics:  s.metrics,
@@ -240,7 +241,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		}),
 		Revocation:        revoker,
 		Sessions:          s.sessions,
-		ToolCalls:         toolCalls,
+		ToolCalls:         s.tools,
 		LastSeen:          s.lastSeen,
 		Store:             s.store,
 		Metrics:           s.metrics,
@@ -261,7 +262,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			Logger:            s.log,
 		}),
 		Revocation: revoker,
-		ToolCalls:  toolCalls,
+		ToolCalls:  s.tools,
 		Store:      s.store,
 		Now:        s.now,
 		Logger:     s.log,
@@ -365,6 +366,8 @@ func (s *Server) shutdown() error {
 	if err := s.sessions.Shutdown(ctx, rpc.ShutdownReconnectAfter); err != nil {
 		s.log.Warn("streams did not all close in time", "err", err)
 	}
+	// With the streams gone no result can arrive here; release the waiting Execs.
+	s.tools.Shutdown()
 	if err := s.http.Shutdown(ctx); err != nil {
 		_ = s.http.Close()
 		return fmt.Errorf("http shutdown: %w", err)

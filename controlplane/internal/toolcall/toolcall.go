@@ -413,6 +413,21 @@ func (c *Call) Next(ctx context.Context) (Event, error) {
 	}
 }
 
+// Shutdown ends every pending call as edge_disconnected: this replica will not see
+// their results, and an operator's Exec must not hold the graceful shutdown open
+// until its deadline.
+func (s *Service) Shutdown() {
+	s.mu.Lock()
+	all := make([]*Call, 0, len(s.pending))
+	for _, c := range s.pending {
+		all = append(all, c)
+	}
+	s.mu.Unlock()
+	for _, c := range all {
+		s.finish(c, Result{Kind: KindEdgeDisconnected, Message: "the control plane is shutting down; the command may still be running on the host"})
+	}
+}
+
 // Pending is how many calls are waiting for a result (for tests and shutdown logs).
 func (s *Service) Pending() int {
 	s.mu.Lock()
