@@ -119,6 +119,12 @@ func run(ctx context.Context, spec Spec, emit func(Chunk)) Result {
 	cmd.WaitDelay = killGrace
 
 	if err := cmd.Start(); err != nil {
+		if ctx.Err() != nil {
+			// Cancelled (or out of time) before the process existed.
+			res := Result{ExitCode: -1}
+			res.Kind, res.Message = stopped(ctx)
+			return res
+		}
 		kind := KindInternal
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, exec.ErrNotFound) {
 			kind = KindToolNotFound
@@ -130,24 +136,29 @@ func run(ctx context.Context, spec Spec, emit func(Chunk)) Result {
 	_ = killGroup(cmd)
 
 	res := Result{ExitCode: exitCode(cmd), Truncated: out.truncated(), LastSeq: out.lastSeq()}
-	switch cause := context.Cause(ctx); {
-	case ctx.Err() == nil:
-		if errors.Is(waitErr, exec.ErrWaitDelay) {
-			res.Message = "a process the command started kept its output open after it exited; it was killed"
-		} else if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+	switch {
+	case ctx.Err() != nil:
+		res.Kind, res.Message = stopped(ctx)
+	case errors.Is(waitErr, exec.ErrWaitDelay):
+		res.Message = "a process the command started kept its output open after it exited; it was killed"
+	default:
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			res.Message = "killed by signal " + ws.Signal().String()
 		}
-	case errors.Is(cause, errDeadline):
-		res.Kind = KindTimeout
-		res.Message = "the deadline passed; the command's process group was killed"
-	case errors.Is(cause, ErrCancelled):
-		res.Kind = KindCancelled
-		res.Message = "cancelled; the command's process group was killed"
-	default:
-		res.Kind = KindCancelled
-		res.Message = fmt.Sprintf("stopped (%v); the command's process group was killed", cause)
 	}
 	return res
+}
+
+// stopped says why ctx ended a call: its deadline, a cancel, or edged stopping.
+func stopped(ctx context.Context) (Kind, string) {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errDeadline):
+		return KindTimeout, "the deadline passed; the command's process group was killed"
+	case errors.Is(cause, ErrCancelled):
+		return KindCancelled, "cancelled; the command's process group was killed"
+	default:
+		return KindCancelled, fmt.Sprintf("stopped (%v); the command's process group was killed", cause)
+	}
 }
 
 func deadlineOr(d time.Time) time.Time {

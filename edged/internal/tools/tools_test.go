@@ -309,3 +309,12 @@ func TestConcurrentCalls(t *testing.T) {
 		t.Fatalf("8 half-second calls took %s: not concurrent", took)
 	}
 }
+
+func TestCancelledBeforeStart(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(tools.ErrCancelled)
+	res, rec := run(t, ctx, spec("/bin/echo", "never"))
+	if res.Kind != tools.KindCancelled || rec.count() != 0 {
+		t.Fatalf("result %+v", res)
+	}
+}
