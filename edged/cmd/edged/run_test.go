@@ -145,3 +145,21 @@ func TestBadConfigRefused(t *testing.T) {
 		t.Fatalf("bad config: %d %s", code, errb.String())
 	}
 }
+
+func TestBadPolicyRefused(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "edged.yaml")
+	os.WriteFile(cfg, []byte("security_contexts:\n  ops:\n    cmd.run:\n      - command: echo\n"), 0o600)
+	var errb bytes.Buffer
+	code := run(context.Background(), []string{"edged", "run", "--state-dir", t.TempDir() + "/s", "--config", cfg}, &bytes.Buffer{}, &errb)
+	if code == 0 || !strings.Contains(errb.String(), "line 4: security_contexts.ops.cmd.run[0].command") {
+		t.Fatalf("bad policy: %d %s", code, errb.String())
+	}
+}
+
+func TestHelpShowsThePolicy(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"edged", "run", "--help"}, &out, &out); code != 0 ||
+		!strings.Contains(out.String(), "security_contexts:") || !strings.Contains(out.String(), "max_output_bytes") {
+		t.Fatalf("help: %d %s", code, out.String())
+	}
+}
