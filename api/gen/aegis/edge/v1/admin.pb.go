@@ -1347,11 +1347,667 @@ func (x *ExecStarted) GetSecurityContext() string {
 	return ""
 }
 
+type UpdateHostTagsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Add           []string               `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateHostTagsRequest) Reset() {
+	*x = UpdateHostTagsRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateHostTagsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateHostTagsRequest) ProtoMessage() {}
+
+func (x *UpdateHostTagsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateHostTagsRequest.ProtoReflect.Descriptor instead.
+func (*UpdateHostTagsRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpdateHostTagsRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *UpdateHostTagsRequest) GetAdd() []string {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *UpdateHostTagsRequest) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type UpdateHostTagsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateHostTagsResponse) Reset() {
+	*x = UpdateHostTagsResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateHostTagsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateHostTagsResponse) ProtoMessage() {}
+
+func (x *UpdateHostTagsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateHostTagsResponse.ProtoReflect.Descriptor instead.
+func (*UpdateHostTagsResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UpdateHostTagsResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+type PlanFleetRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *FleetRunSpec          `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanFleetRunRequest) Reset() {
+	*x = PlanFleetRunRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanFleetRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanFleetRunRequest) ProtoMessage() {}
+
+func (x *PlanFleetRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanFleetRunRequest.ProtoReflect.Descriptor instead.
+func (*PlanFleetRunRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PlanFleetRunRequest) GetSpec() *FleetRunSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type PlanFleetRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Plan          *FleetPlan             `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanFleetRunResponse) Reset() {
+	*x = PlanFleetRunResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanFleetRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanFleetRunResponse) ProtoMessage() {}
+
+func (x *PlanFleetRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanFleetRunResponse.ProtoReflect.Descriptor instead.
+func (*PlanFleetRunResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PlanFleetRunResponse) GetPlan() *FleetPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+type StartFleetRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *FleetRunSpec          `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartFleetRunRequest) Reset() {
+	*x = StartFleetRunRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartFleetRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartFleetRunRequest) ProtoMessage() {}
+
+func (x *StartFleetRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartFleetRunRequest.ProtoReflect.Descriptor instead.
+func (*StartFleetRunRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StartFleetRunRequest) GetSpec() *FleetRunSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type StartFleetRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Run           *FleetRun              `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	Plan          *FleetPlan             `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartFleetRunResponse) Reset() {
+	*x = StartFleetRunResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartFleetRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartFleetRunResponse) ProtoMessage() {}
+
+func (x *StartFleetRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartFleetRunResponse.ProtoReflect.Descriptor instead.
+func (*StartFleetRunResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *StartFleetRunResponse) GetRun() *FleetRun {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+func (x *StartFleetRunResponse) GetPlan() *FleetPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+type WatchFleetRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	AfterSequence uint64                 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchFleetRunRequest) Reset() {
+	*x = WatchFleetRunRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchFleetRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchFleetRunRequest) ProtoMessage() {}
+
+func (x *WatchFleetRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchFleetRunRequest.ProtoReflect.Descriptor instead.
+func (*WatchFleetRunRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WatchFleetRunRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *WatchFleetRunRequest) GetAfterSequence() uint64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return 0
+}
+
+type WatchFleetRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *FleetEvent            `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchFleetRunResponse) Reset() {
+	*x = WatchFleetRunResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchFleetRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchFleetRunResponse) ProtoMessage() {}
+
+func (x *WatchFleetRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchFleetRunResponse.ProtoReflect.Descriptor instead.
+func (*WatchFleetRunResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WatchFleetRunResponse) GetEvent() *FleetEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type CancelFleetRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelFleetRunRequest) Reset() {
+	*x = CancelFleetRunRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelFleetRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelFleetRunRequest) ProtoMessage() {}
+
+func (x *CancelFleetRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelFleetRunRequest.ProtoReflect.Descriptor instead.
+func (*CancelFleetRunRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CancelFleetRunRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+type CancelFleetRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Run           *FleetRun              `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelFleetRunResponse) Reset() {
+	*x = CancelFleetRunResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelFleetRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelFleetRunResponse) ProtoMessage() {}
+
+func (x *CancelFleetRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelFleetRunResponse.ProtoReflect.Descriptor instead.
+func (*CancelFleetRunResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CancelFleetRunResponse) GetRun() *FleetRun {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+type ListFleetRunsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFleetRunsRequest) Reset() {
+	*x = ListFleetRunsRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFleetRunsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFleetRunsRequest) ProtoMessage() {}
+
+func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFleetRunsRequest.ProtoReflect.Descriptor instead.
+func (*ListFleetRunsRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+type ListFleetRunsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Runs          []*FleetRun            `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFleetRunsResponse) Reset() {
+	*x = ListFleetRunsResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFleetRunsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFleetRunsResponse) ProtoMessage() {}
+
+func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFleetRunsResponse.ProtoReflect.Descriptor instead.
+func (*ListFleetRunsResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListFleetRunsResponse) GetRuns() []*FleetRun {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
+type GetFleetRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFleetRunRequest) Reset() {
+	*x = GetFleetRunRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFleetRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFleetRunRequest) ProtoMessage() {}
+
+func (x *GetFleetRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFleetRunRequest.ProtoReflect.Descriptor instead.
+func (*GetFleetRunRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetFleetRunRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+type GetFleetRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Run           *FleetRun              `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	Plan          *FleetPlan             `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
+	Hosts         []*FleetHostResult     `protobuf:"bytes,3,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFleetRunResponse) Reset() {
+	*x = GetFleetRunResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFleetRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFleetRunResponse) ProtoMessage() {}
+
+func (x *GetFleetRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFleetRunResponse.ProtoReflect.Descriptor instead.
+func (*GetFleetRunResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetFleetRunResponse) GetRun() *FleetRun {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+func (x *GetFleetRunResponse) GetPlan() *FleetPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *GetFleetRunResponse) GetHosts() []*FleetHostResult {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
 var File_aegis_edge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19aegis/edge/v1/admin.proto\x12\raegis.edge.v1\x1a\x1baegis/edge/v1/cluster.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\x19aegis/edge/v1/admin.proto\x12\raegis.edge.v1\x1a\x1baegis/edge/v1/cluster.proto\x1a\x19aegis/edge/v1/fleet.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
 	"\rWhoAmIRequest\"\xab\x01\n" +
 	"\x0eWhoAmIResponse\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x12\n" +
@@ -1441,13 +2097,46 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12)\n" +
-	"\x10security_context\x18\x03 \x01(\tR\x0fsecurityContext*{\n" +
+	"\x10security_context\x18\x03 \x01(\tR\x0fsecurityContext\"Z\n" +
+	"\x15UpdateHostTagsRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x10\n" +
+	"\x03add\x18\x02 \x03(\tR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"A\n" +
+	"\x16UpdateHostTagsResponse\x12'\n" +
+	"\x04host\x18\x01 \x01(\v2\x13.aegis.edge.v1.HostR\x04host\"F\n" +
+	"\x13PlanFleetRunRequest\x12/\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1b.aegis.edge.v1.FleetRunSpecR\x04spec\"D\n" +
+	"\x14PlanFleetRunResponse\x12,\n" +
+	"\x04plan\x18\x01 \x01(\v2\x18.aegis.edge.v1.FleetPlanR\x04plan\"G\n" +
+	"\x14StartFleetRunRequest\x12/\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1b.aegis.edge.v1.FleetRunSpecR\x04spec\"p\n" +
+	"\x15StartFleetRunResponse\x12)\n" +
+	"\x03run\x18\x01 \x01(\v2\x17.aegis.edge.v1.FleetRunR\x03run\x12,\n" +
+	"\x04plan\x18\x02 \x01(\v2\x18.aegis.edge.v1.FleetPlanR\x04plan\"T\n" +
+	"\x14WatchFleetRunRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12%\n" +
+	"\x0eafter_sequence\x18\x02 \x01(\x04R\rafterSequence\"H\n" +
+	"\x15WatchFleetRunResponse\x12/\n" +
+	"\x05event\x18\x01 \x01(\v2\x19.aegis.edge.v1.FleetEventR\x05event\".\n" +
+	"\x15CancelFleetRunRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\"C\n" +
+	"\x16CancelFleetRunResponse\x12)\n" +
+	"\x03run\x18\x01 \x01(\v2\x17.aegis.edge.v1.FleetRunR\x03run\"\x16\n" +
+	"\x14ListFleetRunsRequest\"D\n" +
+	"\x15ListFleetRunsResponse\x12+\n" +
+	"\x04runs\x18\x01 \x03(\v2\x17.aegis.edge.v1.FleetRunR\x04runs\"+\n" +
+	"\x12GetFleetRunRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\"\xa4\x01\n" +
+	"\x13GetFleetRunResponse\x12)\n" +
+	"\x03run\x18\x01 \x01(\v2\x17.aegis.edge.v1.FleetRunR\x03run\x12,\n" +
+	"\x04plan\x18\x02 \x01(\v2\x18.aegis.edge.v1.FleetPlanR\x04plan\x124\n" +
+	"\x05hosts\x18\x03 \x03(\v2\x1e.aegis.edge.v1.FleetHostResultR\x05hosts*{\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x17\n" +
-	"\x13HOST_STATUS_REVOKED\x10\x032\xd9\x06\n" +
+	"\x13HOST_STATUS_REVOKED\x10\x032\xdc\v\n" +
 	"\x10EdgeAdminService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.aegis.edge.v1.WhoAmIRequest\x1a\x1d.aegis.edge.v1.WhoAmIResponse\x12r\n" +
 	"\x15CreateEnrollmentToken\x12+.aegis.edge.v1.CreateEnrollmentTokenRequest\x1a,.aegis.edge.v1.CreateEnrollmentTokenResponse\x12o\n" +
@@ -1458,7 +2147,14 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"RevokeHost\x12 .aegis.edge.v1.RevokeHostRequest\x1a!.aegis.edge.v1.RevokeHostResponse\x12u\n" +
 	"\x16SetHostSecurityContext\x12,.aegis.edge.v1.SetHostSecurityContextRequest\x1a-.aegis.edge.v1.SetHostSecurityContextResponse\x12A\n" +
-	"\x04Exec\x12\x1a.aegis.edge.v1.ExecRequest\x1a\x1b.aegis.edge.v1.ExecResponse0\x01B\xaf\x01\n" +
+	"\x04Exec\x12\x1a.aegis.edge.v1.ExecRequest\x1a\x1b.aegis.edge.v1.ExecResponse0\x01\x12]\n" +
+	"\x0eUpdateHostTags\x12$.aegis.edge.v1.UpdateHostTagsRequest\x1a%.aegis.edge.v1.UpdateHostTagsResponse\x12W\n" +
+	"\fPlanFleetRun\x12\".aegis.edge.v1.PlanFleetRunRequest\x1a#.aegis.edge.v1.PlanFleetRunResponse\x12Z\n" +
+	"\rStartFleetRun\x12#.aegis.edge.v1.StartFleetRunRequest\x1a$.aegis.edge.v1.StartFleetRunResponse\x12\\\n" +
+	"\rWatchFleetRun\x12#.aegis.edge.v1.WatchFleetRunRequest\x1a$.aegis.edge.v1.WatchFleetRunResponse0\x01\x12]\n" +
+	"\x0eCancelFleetRun\x12$.aegis.edge.v1.CancelFleetRunRequest\x1a%.aegis.edge.v1.CancelFleetRunResponse\x12Z\n" +
+	"\rListFleetRuns\x12#.aegis.edge.v1.ListFleetRunsRequest\x1a$.aegis.edge.v1.ListFleetRunsResponse\x12T\n" +
+	"\vGetFleetRun\x12!.aegis.edge.v1.GetFleetRunRequest\x1a\".aegis.edge.v1.GetFleetRunResponseB\xaf\x01\n" +
 	"\x11com.aegis.edge.v1B\n" +
 	"AdminProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
@@ -1475,7 +2171,7 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
 	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
@@ -1499,58 +2195,103 @@ var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(*ExecRequest)(nil),                    // 19: aegis.edge.v1.ExecRequest
 	(*ExecResponse)(nil),                   // 20: aegis.edge.v1.ExecResponse
 	(*ExecStarted)(nil),                    // 21: aegis.edge.v1.ExecStarted
-	(*Tenant)(nil),                         // 22: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 24: google.protobuf.Duration
-	(*CommandProgress)(nil),                // 25: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),                  // 26: aegis.edge.v1.CommandResult
+	(*UpdateHostTagsRequest)(nil),          // 22: aegis.edge.v1.UpdateHostTagsRequest
+	(*UpdateHostTagsResponse)(nil),         // 23: aegis.edge.v1.UpdateHostTagsResponse
+	(*PlanFleetRunRequest)(nil),            // 24: aegis.edge.v1.PlanFleetRunRequest
+	(*PlanFleetRunResponse)(nil),           // 25: aegis.edge.v1.PlanFleetRunResponse
+	(*StartFleetRunRequest)(nil),           // 26: aegis.edge.v1.StartFleetRunRequest
+	(*StartFleetRunResponse)(nil),          // 27: aegis.edge.v1.StartFleetRunResponse
+	(*WatchFleetRunRequest)(nil),           // 28: aegis.edge.v1.WatchFleetRunRequest
+	(*WatchFleetRunResponse)(nil),          // 29: aegis.edge.v1.WatchFleetRunResponse
+	(*CancelFleetRunRequest)(nil),          // 30: aegis.edge.v1.CancelFleetRunRequest
+	(*CancelFleetRunResponse)(nil),         // 31: aegis.edge.v1.CancelFleetRunResponse
+	(*ListFleetRunsRequest)(nil),           // 32: aegis.edge.v1.ListFleetRunsRequest
+	(*ListFleetRunsResponse)(nil),          // 33: aegis.edge.v1.ListFleetRunsResponse
+	(*GetFleetRunRequest)(nil),             // 34: aegis.edge.v1.GetFleetRunRequest
+	(*GetFleetRunResponse)(nil),            // 35: aegis.edge.v1.GetFleetRunResponse
+	(*Tenant)(nil),                         // 36: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 38: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 39: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 40: aegis.edge.v1.CommandResult
+	(*FleetRunSpec)(nil),                   // 41: aegis.edge.v1.FleetRunSpec
+	(*FleetPlan)(nil),                      // 42: aegis.edge.v1.FleetPlan
+	(*FleetRun)(nil),                       // 43: aegis.edge.v1.FleetRun
+	(*FleetEvent)(nil),                     // 44: aegis.edge.v1.FleetEvent
+	(*FleetHostResult)(nil),                // 45: aegis.edge.v1.FleetHostResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	22, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	23, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	24, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	36, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	37, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	38, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	23, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	23, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	23, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	37, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	37, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	37, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	22, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	36, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	23, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	23, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	23, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	37, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	37, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	37, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
 	10, // 14: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
 	10, // 15: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 16: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 17: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
-	24, // 18: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	38, // 18: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
 	21, // 19: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
-	25, // 20: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
-	26, // 21: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
-	1,  // 22: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 23: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 24: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 25: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 26: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	13, // 27: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	15, // 28: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	17, // 29: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
-	19, // 30: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
-	2,  // 31: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 32: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 33: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 34: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 35: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	14, // 36: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	16, // 37: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	18, // 38: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
-	20, // 39: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
-	31, // [31:40] is the sub-list for method output_type
-	22, // [22:31] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	39, // 20: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	40, // 21: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	10, // 22: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
+	41, // 23: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	42, // 24: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	41, // 25: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	43, // 26: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	42, // 27: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	44, // 28: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
+	43, // 29: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	43, // 30: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
+	43, // 31: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	42, // 32: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	45, // 33: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
+	1,  // 34: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 35: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 36: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 37: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 38: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	13, // 39: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	15, // 40: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	17, // 41: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	19, // 42: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	22, // 43: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
+	24, // 44: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
+	26, // 45: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
+	28, // 46: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
+	30, // 47: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
+	32, // 48: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
+	34, // 49: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
+	2,  // 50: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 51: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 52: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 53: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 54: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	14, // 55: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	16, // 56: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	18, // 57: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	20, // 58: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	23, // 59: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
+	25, // 60: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
+	27, // 61: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
+	29, // 62: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
+	31, // 63: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
+	33, // 64: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
+	35, // 65: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
+	50, // [50:66] is the sub-list for method output_type
+	34, // [34:50] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -1559,6 +2300,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 		return
 	}
 	file_aegis_edge_v1_cluster_proto_init()
+	file_aegis_edge_v1_fleet_proto_init()
 	file_aegis_edge_v1_admin_proto_msgTypes[19].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Output)(nil),
@@ -1570,7 +2312,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

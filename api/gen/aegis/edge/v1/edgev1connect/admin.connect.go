@@ -58,6 +58,27 @@ const (
 	EdgeAdminServiceSetHostSecurityContextProcedure = "/aegis.edge.v1.EdgeAdminService/SetHostSecurityContext"
 	// EdgeAdminServiceExecProcedure is the fully-qualified name of the EdgeAdminService's Exec RPC.
 	EdgeAdminServiceExecProcedure = "/aegis.edge.v1.EdgeAdminService/Exec"
+	// EdgeAdminServiceUpdateHostTagsProcedure is the fully-qualified name of the EdgeAdminService's
+	// UpdateHostTags RPC.
+	EdgeAdminServiceUpdateHostTagsProcedure = "/aegis.edge.v1.EdgeAdminService/UpdateHostTags"
+	// EdgeAdminServicePlanFleetRunProcedure is the fully-qualified name of the EdgeAdminService's
+	// PlanFleetRun RPC.
+	EdgeAdminServicePlanFleetRunProcedure = "/aegis.edge.v1.EdgeAdminService/PlanFleetRun"
+	// EdgeAdminServiceStartFleetRunProcedure is the fully-qualified name of the EdgeAdminService's
+	// StartFleetRun RPC.
+	EdgeAdminServiceStartFleetRunProcedure = "/aegis.edge.v1.EdgeAdminService/StartFleetRun"
+	// EdgeAdminServiceWatchFleetRunProcedure is the fully-qualified name of the EdgeAdminService's
+	// WatchFleetRun RPC.
+	EdgeAdminServiceWatchFleetRunProcedure = "/aegis.edge.v1.EdgeAdminService/WatchFleetRun"
+	// EdgeAdminServiceCancelFleetRunProcedure is the fully-qualified name of the EdgeAdminService's
+	// CancelFleetRun RPC.
+	EdgeAdminServiceCancelFleetRunProcedure = "/aegis.edge.v1.EdgeAdminService/CancelFleetRun"
+	// EdgeAdminServiceListFleetRunsProcedure is the fully-qualified name of the EdgeAdminService's
+	// ListFleetRuns RPC.
+	EdgeAdminServiceListFleetRunsProcedure = "/aegis.edge.v1.EdgeAdminService/ListFleetRuns"
+	// EdgeAdminServiceGetFleetRunProcedure is the fully-qualified name of the EdgeAdminService's
+	// GetFleetRun RPC.
+	EdgeAdminServiceGetFleetRunProcedure = "/aegis.edge.v1.EdgeAdminService/GetFleetRun"
 )
 
 // EdgeAdminServiceClient is a client for the aegis.edge.v1.EdgeAdminService service.
@@ -78,6 +99,17 @@ type EdgeAdminServiceClient interface {
 	// Exec runs cmd.run on one host and streams its output, then its result. Cancelling
 	// the call cancels the remote command.
 	Exec(context.Context, *connect.Request[v1.ExecRequest]) (*connect.ServerStreamForClient[v1.ExecResponse], error)
+	// UpdateHostTags adds and removes tags (what selectors select on).
+	UpdateHostTags(context.Context, *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error)
+	// Fleet runs (fleet.proto). Plan resolves and changes nothing (--dry-run).
+	PlanFleetRun(context.Context, *connect.Request[v1.PlanFleetRunRequest]) (*connect.Response[v1.PlanFleetRunResponse], error)
+	StartFleetRun(context.Context, *connect.Request[v1.StartFleetRunRequest]) (*connect.Response[v1.StartFleetRunResponse], error)
+	// WatchFleetRun replays the run's events after after_sequence, then follows it
+	// until it finishes.
+	WatchFleetRun(context.Context, *connect.Request[v1.WatchFleetRunRequest]) (*connect.ServerStreamForClient[v1.WatchFleetRunResponse], error)
+	CancelFleetRun(context.Context, *connect.Request[v1.CancelFleetRunRequest]) (*connect.Response[v1.CancelFleetRunResponse], error)
+	ListFleetRuns(context.Context, *connect.Request[v1.ListFleetRunsRequest]) (*connect.Response[v1.ListFleetRunsResponse], error)
+	GetFleetRun(context.Context, *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error)
 }
 
 // NewEdgeAdminServiceClient constructs a client for the aegis.edge.v1.EdgeAdminService service. By
@@ -145,6 +177,48 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeAdminServiceMethods.ByName("Exec")),
 			connect.WithClientOptions(opts...),
 		),
+		updateHostTags: connect.NewClient[v1.UpdateHostTagsRequest, v1.UpdateHostTagsResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceUpdateHostTagsProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("UpdateHostTags")),
+			connect.WithClientOptions(opts...),
+		),
+		planFleetRun: connect.NewClient[v1.PlanFleetRunRequest, v1.PlanFleetRunResponse](
+			httpClient,
+			baseURL+EdgeAdminServicePlanFleetRunProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("PlanFleetRun")),
+			connect.WithClientOptions(opts...),
+		),
+		startFleetRun: connect.NewClient[v1.StartFleetRunRequest, v1.StartFleetRunResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceStartFleetRunProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("StartFleetRun")),
+			connect.WithClientOptions(opts...),
+		),
+		watchFleetRun: connect.NewClient[v1.WatchFleetRunRequest, v1.WatchFleetRunResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceWatchFleetRunProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("WatchFleetRun")),
+			connect.WithClientOptions(opts...),
+		),
+		cancelFleetRun: connect.NewClient[v1.CancelFleetRunRequest, v1.CancelFleetRunResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceCancelFleetRunProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("CancelFleetRun")),
+			connect.WithClientOptions(opts...),
+		),
+		listFleetRuns: connect.NewClient[v1.ListFleetRunsRequest, v1.ListFleetRunsResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceListFleetRunsProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("ListFleetRuns")),
+			connect.WithClientOptions(opts...),
+		),
+		getFleetRun: connect.NewClient[v1.GetFleetRunRequest, v1.GetFleetRunResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceGetFleetRunProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("GetFleetRun")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -159,6 +233,13 @@ type edgeAdminServiceClient struct {
 	revokeHost             *connect.Client[v1.RevokeHostRequest, v1.RevokeHostResponse]
 	setHostSecurityContext *connect.Client[v1.SetHostSecurityContextRequest, v1.SetHostSecurityContextResponse]
 	exec                   *connect.Client[v1.ExecRequest, v1.ExecResponse]
+	updateHostTags         *connect.Client[v1.UpdateHostTagsRequest, v1.UpdateHostTagsResponse]
+	planFleetRun           *connect.Client[v1.PlanFleetRunRequest, v1.PlanFleetRunResponse]
+	startFleetRun          *connect.Client[v1.StartFleetRunRequest, v1.StartFleetRunResponse]
+	watchFleetRun          *connect.Client[v1.WatchFleetRunRequest, v1.WatchFleetRunResponse]
+	cancelFleetRun         *connect.Client[v1.CancelFleetRunRequest, v1.CancelFleetRunResponse]
+	listFleetRuns          *connect.Client[v1.ListFleetRunsRequest, v1.ListFleetRunsResponse]
+	getFleetRun            *connect.Client[v1.GetFleetRunRequest, v1.GetFleetRunResponse]
 }
 
 // WhoAmI calls aegis.edge.v1.EdgeAdminService.WhoAmI.
@@ -206,6 +287,41 @@ func (c *edgeAdminServiceClient) Exec(ctx context.Context, req *connect.Request[
 	return c.exec.CallServerStream(ctx, req)
 }
 
+// UpdateHostTags calls aegis.edge.v1.EdgeAdminService.UpdateHostTags.
+func (c *edgeAdminServiceClient) UpdateHostTags(ctx context.Context, req *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error) {
+	return c.updateHostTags.CallUnary(ctx, req)
+}
+
+// PlanFleetRun calls aegis.edge.v1.EdgeAdminService.PlanFleetRun.
+func (c *edgeAdminServiceClient) PlanFleetRun(ctx context.Context, req *connect.Request[v1.PlanFleetRunRequest]) (*connect.Response[v1.PlanFleetRunResponse], error) {
+	return c.planFleetRun.CallUnary(ctx, req)
+}
+
+// StartFleetRun calls aegis.edge.v1.EdgeAdminService.StartFleetRun.
+func (c *edgeAdminServiceClient) StartFleetRun(ctx context.Context, req *connect.Request[v1.StartFleetRunRequest]) (*connect.Response[v1.StartFleetRunResponse], error) {
+	return c.startFleetRun.CallUnary(ctx, req)
+}
+
+// WatchFleetRun calls aegis.edge.v1.EdgeAdminService.WatchFleetRun.
+func (c *edgeAdminServiceClient) WatchFleetRun(ctx context.Context, req *connect.Request[v1.WatchFleetRunRequest]) (*connect.ServerStreamForClient[v1.WatchFleetRunResponse], error) {
+	return c.watchFleetRun.CallServerStream(ctx, req)
+}
+
+// CancelFleetRun calls aegis.edge.v1.EdgeAdminService.CancelFleetRun.
+func (c *edgeAdminServiceClient) CancelFleetRun(ctx context.Context, req *connect.Request[v1.CancelFleetRunRequest]) (*connect.Response[v1.CancelFleetRunResponse], error) {
+	return c.cancelFleetRun.CallUnary(ctx, req)
+}
+
+// ListFleetRuns calls aegis.edge.v1.EdgeAdminService.ListFleetRuns.
+func (c *edgeAdminServiceClient) ListFleetRuns(ctx context.Context, req *connect.Request[v1.ListFleetRunsRequest]) (*connect.Response[v1.ListFleetRunsResponse], error) {
+	return c.listFleetRuns.CallUnary(ctx, req)
+}
+
+// GetFleetRun calls aegis.edge.v1.EdgeAdminService.GetFleetRun.
+func (c *edgeAdminServiceClient) GetFleetRun(ctx context.Context, req *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error) {
+	return c.getFleetRun.CallUnary(ctx, req)
+}
+
 // EdgeAdminServiceHandler is an implementation of the aegis.edge.v1.EdgeAdminService service.
 type EdgeAdminServiceHandler interface {
 	// WhoAmI describes the caller's API token (used by `aegisctl login`).
@@ -224,6 +340,17 @@ type EdgeAdminServiceHandler interface {
 	// Exec runs cmd.run on one host and streams its output, then its result. Cancelling
 	// the call cancels the remote command.
 	Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error
+	// UpdateHostTags adds and removes tags (what selectors select on).
+	UpdateHostTags(context.Context, *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error)
+	// Fleet runs (fleet.proto). Plan resolves and changes nothing (--dry-run).
+	PlanFleetRun(context.Context, *connect.Request[v1.PlanFleetRunRequest]) (*connect.Response[v1.PlanFleetRunResponse], error)
+	StartFleetRun(context.Context, *connect.Request[v1.StartFleetRunRequest]) (*connect.Response[v1.StartFleetRunResponse], error)
+	// WatchFleetRun replays the run's events after after_sequence, then follows it
+	// until it finishes.
+	WatchFleetRun(context.Context, *connect.Request[v1.WatchFleetRunRequest], *connect.ServerStream[v1.WatchFleetRunResponse]) error
+	CancelFleetRun(context.Context, *connect.Request[v1.CancelFleetRunRequest]) (*connect.Response[v1.CancelFleetRunResponse], error)
+	ListFleetRuns(context.Context, *connect.Request[v1.ListFleetRunsRequest]) (*connect.Response[v1.ListFleetRunsResponse], error)
+	GetFleetRun(context.Context, *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error)
 }
 
 // NewEdgeAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -287,6 +414,48 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeAdminServiceMethods.ByName("Exec")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeAdminServiceUpdateHostTagsHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceUpdateHostTagsProcedure,
+		svc.UpdateHostTags,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("UpdateHostTags")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServicePlanFleetRunHandler := connect.NewUnaryHandler(
+		EdgeAdminServicePlanFleetRunProcedure,
+		svc.PlanFleetRun,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("PlanFleetRun")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceStartFleetRunHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceStartFleetRunProcedure,
+		svc.StartFleetRun,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("StartFleetRun")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceWatchFleetRunHandler := connect.NewServerStreamHandler(
+		EdgeAdminServiceWatchFleetRunProcedure,
+		svc.WatchFleetRun,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("WatchFleetRun")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceCancelFleetRunHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceCancelFleetRunProcedure,
+		svc.CancelFleetRun,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("CancelFleetRun")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceListFleetRunsHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceListFleetRunsProcedure,
+		svc.ListFleetRuns,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("ListFleetRuns")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceGetFleetRunHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceGetFleetRunProcedure,
+		svc.GetFleetRun,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("GetFleetRun")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeAdminServiceWhoAmIProcedure:
@@ -307,6 +476,20 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceSetHostSecurityContextHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceExecProcedure:
 			edgeAdminServiceExecHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceUpdateHostTagsProcedure:
+			edgeAdminServiceUpdateHostTagsHandler.ServeHTTP(w, r)
+		case EdgeAdminServicePlanFleetRunProcedure:
+			edgeAdminServicePlanFleetRunHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceStartFleetRunProcedure:
+			edgeAdminServiceStartFleetRunHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceWatchFleetRunProcedure:
+			edgeAdminServiceWatchFleetRunHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceCancelFleetRunProcedure:
+			edgeAdminServiceCancelFleetRunHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceListFleetRunsProcedure:
+			edgeAdminServiceListFleetRunsHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceGetFleetRunProcedure:
+			edgeAdminServiceGetFleetRunHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -350,4 +533,32 @@ func (UnimplementedEdgeAdminServiceHandler) SetHostSecurityContext(context.Conte
 
 func (UnimplementedEdgeAdminServiceHandler) Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.Exec is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) UpdateHostTags(context.Context, *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.UpdateHostTags is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) PlanFleetRun(context.Context, *connect.Request[v1.PlanFleetRunRequest]) (*connect.Response[v1.PlanFleetRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.PlanFleetRun is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) StartFleetRun(context.Context, *connect.Request[v1.StartFleetRunRequest]) (*connect.Response[v1.StartFleetRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.StartFleetRun is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) WatchFleetRun(context.Context, *connect.Request[v1.WatchFleetRunRequest], *connect.ServerStream[v1.WatchFleetRunResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.WatchFleetRun is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) CancelFleetRun(context.Context, *connect.Request[v1.CancelFleetRunRequest]) (*connect.Response[v1.CancelFleetRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.CancelFleetRun is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) ListFleetRuns(context.Context, *connect.Request[v1.ListFleetRunsRequest]) (*connect.Response[v1.ListFleetRunsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.ListFleetRuns is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) GetFleetRun(context.Context, *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.GetFleetRun is not implemented"))
 }
