@@ -169,6 +169,79 @@ type AuditEntry struct {
 	Hash     string
 }
 
+// Fleet run states as stored.
+const (
+	FleetRunRunning   = "running"
+	FleetRunSucceeded = "succeeded"
+	FleetRunFailed    = "failed"
+	FleetRunCancelled = "cancelled"
+)
+
+// Fleet run host states as stored.
+const (
+	FleetHostPending    = "pending"
+	FleetHostRunning    = "running"
+	FleetHostSucceeded  = "succeeded"
+	FleetHostFailed     = "failed"
+	FleetHostSkipped    = "skipped"
+	FleetHostNotStarted = "not_started"
+)
+
+// FleetRun is one durable fleet run (DESIGN.md §4). The store keeps the spec and the
+// events as the fleet package encodes them and never interprets either.
+type FleetRun struct {
+	ID       string
+	TenantID string
+	Action   string // "keys.rotate", "token.refresh", "cmd.run"
+	// Target is the selector in canonical form.
+	Target       string
+	Spec         string // encoded by the fleet package
+	State        string // FleetRun*
+	HaltedReason string
+	CreatedBy    string // api token id
+	CreatedAt    time.Time
+	FinishedAt   time.Time // zero while running
+	// CancelRequestedAt is set by CancelFleetRun; the driver acts on it.
+	CancelRequestedAt time.Time
+	// The lease: which replica drives the run, until when. Empty/zero when free.
+	LeaseOwner string
+	LeaseUntil time.Time
+}
+
+// FleetRunHost is one host of a run, in plan order (Position from 0).
+type FleetRunHost struct {
+	RunID    string
+	NodeID   string
+	Name     string
+	Wave     int // from 1
+	Position int
+	State    string // FleetHost*
+	Reason   string
+	Message  string
+	ExitCode int32
+	// What the host's stream presented when its action started, so a resumed run
+	// can tell whether the action already took effect.
+	StartKeyFingerprint string
+	StartTokenJTI       string
+	StartedAt           time.Time
+	FinishedAt          time.Time
+}
+
+// FleetRunEvent is one line of a run's history, numbered from 1 per run.
+type FleetRunEvent struct {
+	RunID    string
+	Sequence uint64 // assigned by AppendFleetRunEvent
+	At       time.Time
+	Kind     string // "run_started", "wave_started", "host_result", "run_finished"
+	Data     string // encoded by the fleet package
+}
+
+// FleetRunFilter narrows ListFleetRuns. Empty fields do not filter.
+type FleetRunFilter struct {
+	TenantID string
+	State    string
+}
+
 // DaemonFilter narrows ListDaemons. Empty fields do not filter.
 type DaemonFilter struct {
 	TenantID string
@@ -259,6 +332,41 @@ type Tx interface {
 	// InsertRotation: ErrConflict if rotation_id exists.
 	InsertRotation(ctx context.Context, r Rotation) error
 	GetRotation(ctx context.Context, rotationID string) (Rotation, error)
+	// ListNodeRotations lists a node's rotations, oldest first.
+	ListNodeRotations(ctx context.Context, nodeID string) ([]Rotation, error)
+
+	// InsertFleetRun: ErrConflict if the id exists, ErrNotFound if the tenant does
+	// not. Its hosts and first event are inserted in the same transaction (InTx).
+	InsertFleetRun(ctx context.Context, r FleetRun) error
+	// InsertFleetRunHosts adds hosts to run runID (their RunID is ignored), as given.
+	// ErrNotFound if no such run; ErrConflict if a host is already in the run.
+	InsertFleetRunHosts(ctx context.Context, runID string, hosts []FleetRunHost) error
+	GetFleetRun(ctx context.Context, id string) (FleetRun, error)
+	// ListFleetRuns lists runs, newest first.
+	ListFleetRuns(ctx context.Context, f FleetRunFilter) ([]FleetRun, error)
+	// ListFleetRunHosts lists a run's hosts in plan order (empty for no such run).
+	ListFleetRunHosts(ctx context.Context, runID string) ([]FleetRunHost, error)
+	// UpdateFleetRunHost writes every mutable field of h (state, reason, message,
+	// exit code, start fingerprint and jti, times) only if the host is still in
+	// state from; else ErrConflict (ErrNotFound if no such host).
+	UpdateFleetRunHost(ctx context.Context, h FleetRunHost, from string) error
+	// FinishFleetRun sets a running run's final state, halted reason and finish
+	// time and frees its lease. ErrConflict if it is not running.
+	FinishFleetRun(ctx context.Context, id, state, haltedReason string, at time.Time) error
+	// RequestFleetRunCancel records a cancel (the first one's time wins) on a
+	// running run. ErrConflict if it is not running, ErrNotFound if no such run.
+	RequestFleetRunCancel(ctx context.Context, id string, at time.Time) error
+	// AcquireFleetRunLease takes or renews the lease of a running run for owner
+	// until `until`, only if the lease is free, expired at now, or already owner's.
+	// ErrConflict otherwise (also for a finished run); ErrNotFound if no such run.
+	AcquireFleetRunLease(ctx context.Context, id, owner string, now, until time.Time) error
+	// ReleaseFleetRunLease frees the lease if owner holds it (idempotent).
+	ReleaseFleetRunLease(ctx context.Context, id, owner string) error
+	// AppendFleetRunEvent numbers e after the run's last event and stores it.
+	// ErrNotFound if no such run.
+	AppendFleetRunEvent(ctx context.Context, e FleetRunEvent) (FleetRunEvent, error)
+	// ListFleetRunEvents lists the run's events with sequence > after, in order.
+	ListFleetRunEvents(ctx context.Context, runID string, after uint64) ([]FleetRunEvent, error)
 
 	// AppendAudit assigns ID (and At if zero) and returns the stored entry.
 	AppendAudit(ctx context.Context, e AuditEntry) (AuditEntry, error)

@@ -58,6 +58,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentSwapDaemonKey", testConcurrentSwap},
 		{"ConcurrentConsumeEnrollmentToken", testConcurrentConsume},
 		{"ConcurrentIndependentRotations", testConcurrentIndependentRotations},
+		{"NodeRotations", testNodeRotations},
+		{"FleetRunRoundTrip", testFleetRunRoundTrip},
+		{"FleetRunHosts", testFleetRunHosts},
+		{"FleetRunFinishAndCancel", testFleetRunFinishAndCancel},
+		{"FleetRunLease", testFleetRunLease},
+		{"FleetRunEvents", testFleetRunEvents},
+		{"FleetRunStartInOneTx", testFleetRunStartInOneTx},
+		{"ConcurrentFleetRunEvents", testConcurrentFleetRunEvents},
 		{"Ping", testPing},
 	}
 	for _, tc := range tests {
