@@ -2003,6 +2003,883 @@ func (x *GetFleetRunResponse) GetHosts() []*FleetHostResult {
 	return nil
 }
 
+type APIToken struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	TenantId string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// "admin", "operator" or "viewer".
+	Role          string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	Name          string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *APIToken) Reset() {
+	*x = APIToken{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *APIToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*APIToken) ProtoMessage() {}
+
+func (x *APIToken) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use APIToken.ProtoReflect.Descriptor instead.
+func (*APIToken) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *APIToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *APIToken) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *APIToken) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *APIToken) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *APIToken) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *APIToken) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+type CreateAPITokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty means the caller's own tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// "admin", "operator" or "viewer".
+	Role          string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAPITokenRequest) Reset() {
+	*x = CreateAPITokenRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAPITokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAPITokenRequest) ProtoMessage() {}
+
+func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAPITokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateAPITokenRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CreateAPITokenRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *CreateAPITokenRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateAPITokenRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type CreateAPITokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The whole token, <id>.<secret>, shown once.
+	Token         string    `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ApiToken      *APIToken `protobuf:"bytes,2,opt,name=api_token,json=apiToken,proto3" json:"api_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAPITokenResponse) Reset() {
+	*x = CreateAPITokenResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAPITokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAPITokenResponse) ProtoMessage() {}
+
+func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAPITokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateAPITokenResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *CreateAPITokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateAPITokenResponse) GetApiToken() *APIToken {
+	if x != nil {
+		return x.ApiToken
+	}
+	return nil
+}
+
+type ListAPITokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAPITokensRequest) Reset() {
+	*x = ListAPITokensRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAPITokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAPITokensRequest) ProtoMessage() {}
+
+func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAPITokensRequest.ProtoReflect.Descriptor instead.
+func (*ListAPITokensRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+type ListAPITokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ApiTokens     []*APIToken            `protobuf:"bytes,1,rep,name=api_tokens,json=apiTokens,proto3" json:"api_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAPITokensResponse) Reset() {
+	*x = ListAPITokensResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAPITokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAPITokensResponse) ProtoMessage() {}
+
+func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAPITokensResponse.ProtoReflect.Descriptor instead.
+func (*ListAPITokensResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListAPITokensResponse) GetApiTokens() []*APIToken {
+	if x != nil {
+		return x.ApiTokens
+	}
+	return nil
+}
+
+type RevokeAPITokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAPITokenRequest) Reset() {
+	*x = RevokeAPITokenRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAPITokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAPITokenRequest) ProtoMessage() {}
+
+func (x *RevokeAPITokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAPITokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAPITokenRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RevokeAPITokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeAPITokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ApiToken      *APIToken              `protobuf:"bytes,1,opt,name=api_token,json=apiToken,proto3" json:"api_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAPITokenResponse) Reset() {
+	*x = RevokeAPITokenResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAPITokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAPITokenResponse) ProtoMessage() {}
+
+func (x *RevokeAPITokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAPITokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAPITokenResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RevokeAPITokenResponse) GetApiToken() *APIToken {
+	if x != nil {
+		return x.ApiToken
+	}
+	return nil
+}
+
+type CreateTenantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "personal" or "team".
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTenantRequest) Reset() {
+	*x = CreateTenantRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTenantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTenantRequest) ProtoMessage() {}
+
+func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTenantRequest.ProtoReflect.Descriptor instead.
+func (*CreateTenantRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *CreateTenantRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateTenantRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type CreateTenantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        *Tenant                `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTenantResponse) Reset() {
+	*x = CreateTenantResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTenantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTenantResponse) ProtoMessage() {}
+
+func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTenantResponse.ProtoReflect.Descriptor instead.
+func (*CreateTenantResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *CreateTenantResponse) GetTenant() *Tenant {
+	if x != nil {
+		return x.Tenant
+	}
+	return nil
+}
+
+type ListTenantsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTenantsRequest) Reset() {
+	*x = ListTenantsRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTenantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTenantsRequest) ProtoMessage() {}
+
+func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
+func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+type ListTenantsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenants       []*Tenant              `protobuf:"bytes,1,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTenantsResponse) Reset() {
+	*x = ListTenantsResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTenantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTenantsResponse) ProtoMessage() {}
+
+func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
+func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListTenantsResponse) GetTenants() []*Tenant {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
+type AuditEntry struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	At       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	TenantId string                 `protobuf:"bytes,3,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// "op:<api token id>", "node:<node id>" or "system".
+	Actor  string `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	NodeId string `protobuf:"bytes,6,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// "ok" or why it failed.
+	Result  string            `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
+	Details map[string]string `protobuf:"bytes,8,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Hex SHA-256 of the previous entry ("" for the first), and of this one.
+	PrevHash      string `protobuf:"bytes,9,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash          string `protobuf:"bytes,10,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEntry) Reset() {
+	*x = AuditEntry{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEntry) ProtoMessage() {}
+
+func (x *AuditEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
+func (*AuditEntry) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *AuditEntry) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AuditEntry) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+func (x *AuditEntry) GetPrevHash() string {
+	if x != nil {
+		return x.PrevHash
+	}
+	return ""
+}
+
+func (x *AuditEntry) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries with id > after_id.
+	AfterId int64 `protobuf:"varint,1,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
+	// Default 100, at most 1000.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Only this host's entries, when set.
+	NodeId        string `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListAuditRequest) GetAfterId() int64 {
+	if x != nil {
+		return x.AfterId
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*AuditEntry          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListAuditResponse) GetEntries() []*AuditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+type VerifyAuditResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Ok             bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	EntriesChecked int64                  `protobuf:"varint,2,opt,name=entries_checked,json=entriesChecked,proto3" json:"entries_checked,omitempty"`
+	// The first entry that breaks the chain (0 when ok).
+	FirstBadId int64 `protobuf:"varint,3,opt,name=first_bad_id,json=firstBadId,proto3" json:"first_bad_id,omitempty"`
+	// What is wrong with it, for an operator.
+	Problem       string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *VerifyAuditResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetEntriesChecked() int64 {
+	if x != nil {
+		return x.EntriesChecked
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetFirstBadId() int64 {
+	if x != nil {
+		return x.FirstBadId
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
 var File_aegis_edge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_admin_proto_rawDesc = "" +
@@ -2130,13 +3007,74 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x13GetFleetRunResponse\x12)\n" +
 	"\x03run\x18\x01 \x01(\v2\x17.aegis.edge.v1.FleetRunR\x03run\x12,\n" +
 	"\x04plan\x18\x02 \x01(\v2\x18.aegis.edge.v1.FleetPlanR\x04plan\x124\n" +
-	"\x05hosts\x18\x03 \x03(\v2\x1e.aegis.edge.v1.FleetHostResultR\x05hosts*{\n" +
+	"\x05hosts\x18\x03 \x03(\v2\x1e.aegis.edge.v1.FleetHostResultR\x05hosts\"\xd5\x01\n" +
+	"\bAPIToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"revoked_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"\\\n" +
+	"\x15CreateAPITokenRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"d\n" +
+	"\x16CreateAPITokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x124\n" +
+	"\tapi_token\x18\x02 \x01(\v2\x17.aegis.edge.v1.APITokenR\bapiToken\"\x16\n" +
+	"\x14ListAPITokensRequest\"O\n" +
+	"\x15ListAPITokensResponse\x126\n" +
+	"\n" +
+	"api_tokens\x18\x01 \x03(\v2\x17.aegis.edge.v1.APITokenR\tapiTokens\"'\n" +
+	"\x15RevokeAPITokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"N\n" +
+	"\x16RevokeAPITokenResponse\x124\n" +
+	"\tapi_token\x18\x01 \x01(\v2\x17.aegis.edge.v1.APITokenR\bapiToken\"=\n" +
+	"\x13CreateTenantRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"E\n" +
+	"\x14CreateTenantResponse\x12-\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x15.aegis.edge.v1.TenantR\x06tenant\"\x14\n" +
+	"\x12ListTenantsRequest\"F\n" +
+	"\x13ListTenantsResponse\x12/\n" +
+	"\atenants\x18\x01 \x03(\v2\x15.aegis.edge.v1.TenantR\atenants\"\xf3\x02\n" +
+	"\n" +
+	"AuditEntry\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1b\n" +
+	"\ttenant_id\x18\x03 \x01(\tR\btenantId\x12\x14\n" +
+	"\x05actor\x18\x04 \x01(\tR\x05actor\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12\x17\n" +
+	"\anode_id\x18\x06 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06result\x18\a \x01(\tR\x06result\x12@\n" +
+	"\adetails\x18\b \x03(\v2&.aegis.edge.v1.AuditEntry.DetailsEntryR\adetails\x12\x1b\n" +
+	"\tprev_hash\x18\t \x01(\tR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\n" +
+	" \x01(\tR\x04hash\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
+	"\x10ListAuditRequest\x12\x19\n" +
+	"\bafter_id\x18\x01 \x01(\x03R\aafterId\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\"H\n" +
+	"\x11ListAuditResponse\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.aegis.edge.v1.AuditEntryR\aentries\"\x14\n" +
+	"\x12VerifyAuditRequest\"\x8a\x01\n" +
+	"\x13VerifyAuditResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12'\n" +
+	"\x0fentries_checked\x18\x02 \x01(\x03R\x0eentriesChecked\x12 \n" +
+	"\ffirst_bad_id\x18\x03 \x01(\x03R\n" +
+	"firstBadId\x12\x18\n" +
+	"\aproblem\x18\x04 \x01(\tR\aproblem*{\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x17\n" +
-	"\x13HOST_STATUS_REVOKED\x10\x032\xdc\v\n" +
+	"\x13HOST_STATUS_REVOKED\x10\x032\xcb\x10\n" +
 	"\x10EdgeAdminService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.aegis.edge.v1.WhoAmIRequest\x1a\x1d.aegis.edge.v1.WhoAmIResponse\x12r\n" +
 	"\x15CreateEnrollmentToken\x12+.aegis.edge.v1.CreateEnrollmentTokenRequest\x1a,.aegis.edge.v1.CreateEnrollmentTokenResponse\x12o\n" +
@@ -2154,7 +3092,14 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\rWatchFleetRun\x12#.aegis.edge.v1.WatchFleetRunRequest\x1a$.aegis.edge.v1.WatchFleetRunResponse0\x01\x12]\n" +
 	"\x0eCancelFleetRun\x12$.aegis.edge.v1.CancelFleetRunRequest\x1a%.aegis.edge.v1.CancelFleetRunResponse\x12Z\n" +
 	"\rListFleetRuns\x12#.aegis.edge.v1.ListFleetRunsRequest\x1a$.aegis.edge.v1.ListFleetRunsResponse\x12T\n" +
-	"\vGetFleetRun\x12!.aegis.edge.v1.GetFleetRunRequest\x1a\".aegis.edge.v1.GetFleetRunResponseB\xaf\x01\n" +
+	"\vGetFleetRun\x12!.aegis.edge.v1.GetFleetRunRequest\x1a\".aegis.edge.v1.GetFleetRunResponse\x12]\n" +
+	"\x0eCreateAPIToken\x12$.aegis.edge.v1.CreateAPITokenRequest\x1a%.aegis.edge.v1.CreateAPITokenResponse\x12Z\n" +
+	"\rListAPITokens\x12#.aegis.edge.v1.ListAPITokensRequest\x1a$.aegis.edge.v1.ListAPITokensResponse\x12]\n" +
+	"\x0eRevokeAPIToken\x12$.aegis.edge.v1.RevokeAPITokenRequest\x1a%.aegis.edge.v1.RevokeAPITokenResponse\x12W\n" +
+	"\fCreateTenant\x12\".aegis.edge.v1.CreateTenantRequest\x1a#.aegis.edge.v1.CreateTenantResponse\x12T\n" +
+	"\vListTenants\x12!.aegis.edge.v1.ListTenantsRequest\x1a\".aegis.edge.v1.ListTenantsResponse\x12N\n" +
+	"\tListAudit\x12\x1f.aegis.edge.v1.ListAuditRequest\x1a .aegis.edge.v1.ListAuditResponse\x12T\n" +
+	"\vVerifyAudit\x12!.aegis.edge.v1.VerifyAuditRequest\x1a\".aegis.edge.v1.VerifyAuditResponseB\xaf\x01\n" +
 	"\x11com.aegis.edge.v1B\n" +
 	"AdminProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
@@ -2171,7 +3116,7 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
 	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
@@ -2209,89 +3154,130 @@ var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(*ListFleetRunsResponse)(nil),          // 33: aegis.edge.v1.ListFleetRunsResponse
 	(*GetFleetRunRequest)(nil),             // 34: aegis.edge.v1.GetFleetRunRequest
 	(*GetFleetRunResponse)(nil),            // 35: aegis.edge.v1.GetFleetRunResponse
-	(*Tenant)(nil),                         // 36: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 38: google.protobuf.Duration
-	(*CommandProgress)(nil),                // 39: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),                  // 40: aegis.edge.v1.CommandResult
-	(*FleetRunSpec)(nil),                   // 41: aegis.edge.v1.FleetRunSpec
-	(*FleetPlan)(nil),                      // 42: aegis.edge.v1.FleetPlan
-	(*FleetRun)(nil),                       // 43: aegis.edge.v1.FleetRun
-	(*FleetEvent)(nil),                     // 44: aegis.edge.v1.FleetEvent
-	(*FleetHostResult)(nil),                // 45: aegis.edge.v1.FleetHostResult
+	(*APIToken)(nil),                       // 36: aegis.edge.v1.APIToken
+	(*CreateAPITokenRequest)(nil),          // 37: aegis.edge.v1.CreateAPITokenRequest
+	(*CreateAPITokenResponse)(nil),         // 38: aegis.edge.v1.CreateAPITokenResponse
+	(*ListAPITokensRequest)(nil),           // 39: aegis.edge.v1.ListAPITokensRequest
+	(*ListAPITokensResponse)(nil),          // 40: aegis.edge.v1.ListAPITokensResponse
+	(*RevokeAPITokenRequest)(nil),          // 41: aegis.edge.v1.RevokeAPITokenRequest
+	(*RevokeAPITokenResponse)(nil),         // 42: aegis.edge.v1.RevokeAPITokenResponse
+	(*CreateTenantRequest)(nil),            // 43: aegis.edge.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),           // 44: aegis.edge.v1.CreateTenantResponse
+	(*ListTenantsRequest)(nil),             // 45: aegis.edge.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),            // 46: aegis.edge.v1.ListTenantsResponse
+	(*AuditEntry)(nil),                     // 47: aegis.edge.v1.AuditEntry
+	(*ListAuditRequest)(nil),               // 48: aegis.edge.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),              // 49: aegis.edge.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),             // 50: aegis.edge.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 51: aegis.edge.v1.VerifyAuditResponse
+	nil,                                    // 52: aegis.edge.v1.AuditEntry.DetailsEntry
+	(*Tenant)(nil),                         // 53: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 54: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 55: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 56: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 57: aegis.edge.v1.CommandResult
+	(*FleetRunSpec)(nil),                   // 58: aegis.edge.v1.FleetRunSpec
+	(*FleetPlan)(nil),                      // 59: aegis.edge.v1.FleetPlan
+	(*FleetRun)(nil),                       // 60: aegis.edge.v1.FleetRun
+	(*FleetEvent)(nil),                     // 61: aegis.edge.v1.FleetEvent
+	(*FleetHostResult)(nil),                // 62: aegis.edge.v1.FleetHostResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	36, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	37, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	38, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	53, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	54, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	55, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	37, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	37, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	37, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	37, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	54, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	54, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	54, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	54, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	36, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	53, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	37, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	37, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	37, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	54, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	54, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	54, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
 	10, // 14: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
 	10, // 15: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 16: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 17: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
-	38, // 18: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	55, // 18: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
 	21, // 19: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
-	39, // 20: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
-	40, // 21: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	56, // 20: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	57, // 21: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
 	10, // 22: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
-	41, // 23: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	42, // 24: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	41, // 25: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	43, // 26: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	42, // 27: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	44, // 28: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
-	43, // 29: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	43, // 30: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
-	43, // 31: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	42, // 32: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	45, // 33: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
-	1,  // 34: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 35: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 36: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 37: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 38: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	13, // 39: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	15, // 40: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	17, // 41: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
-	19, // 42: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
-	22, // 43: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
-	24, // 44: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
-	26, // 45: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
-	28, // 46: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
-	30, // 47: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
-	32, // 48: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
-	34, // 49: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
-	2,  // 50: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 51: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 52: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 53: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 54: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	14, // 55: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	16, // 56: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	18, // 57: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
-	20, // 58: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
-	23, // 59: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
-	25, // 60: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
-	27, // 61: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
-	29, // 62: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
-	31, // 63: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
-	33, // 64: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
-	35, // 65: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
-	50, // [50:66] is the sub-list for method output_type
-	34, // [34:50] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	58, // 23: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	59, // 24: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	58, // 25: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	60, // 26: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	59, // 27: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	61, // 28: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
+	60, // 29: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	60, // 30: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
+	60, // 31: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	59, // 32: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	62, // 33: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
+	54, // 34: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	54, // 35: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
+	36, // 36: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	36, // 37: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
+	36, // 38: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	53, // 39: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	53, // 40: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
+	54, // 41: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	52, // 42: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
+	47, // 43: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
+	1,  // 44: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 45: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 46: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 47: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 48: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	13, // 49: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	15, // 50: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	17, // 51: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	19, // 52: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	22, // 53: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
+	24, // 54: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
+	26, // 55: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
+	28, // 56: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
+	30, // 57: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
+	32, // 58: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
+	34, // 59: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
+	37, // 60: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
+	39, // 61: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
+	41, // 62: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
+	43, // 63: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
+	45, // 64: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
+	48, // 65: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
+	50, // 66: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
+	2,  // 67: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 68: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 69: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 70: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 71: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	14, // 72: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	16, // 73: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	18, // 74: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	20, // 75: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	23, // 76: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
+	25, // 77: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
+	27, // 78: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
+	29, // 79: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
+	31, // 80: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
+	33, // 81: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
+	35, // 82: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
+	38, // 83: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
+	40, // 84: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
+	42, // 85: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
+	44, // 86: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
+	46, // 87: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
+	49, // 88: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
+	51, // 89: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
+	67, // [67:90] is the sub-list for method output_type
+	44, // [44:67] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -2312,7 +3298,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

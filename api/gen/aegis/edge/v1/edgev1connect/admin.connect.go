@@ -79,6 +79,27 @@ const (
 	// EdgeAdminServiceGetFleetRunProcedure is the fully-qualified name of the EdgeAdminService's
 	// GetFleetRun RPC.
 	EdgeAdminServiceGetFleetRunProcedure = "/aegis.edge.v1.EdgeAdminService/GetFleetRun"
+	// EdgeAdminServiceCreateAPITokenProcedure is the fully-qualified name of the EdgeAdminService's
+	// CreateAPIToken RPC.
+	EdgeAdminServiceCreateAPITokenProcedure = "/aegis.edge.v1.EdgeAdminService/CreateAPIToken"
+	// EdgeAdminServiceListAPITokensProcedure is the fully-qualified name of the EdgeAdminService's
+	// ListAPITokens RPC.
+	EdgeAdminServiceListAPITokensProcedure = "/aegis.edge.v1.EdgeAdminService/ListAPITokens"
+	// EdgeAdminServiceRevokeAPITokenProcedure is the fully-qualified name of the EdgeAdminService's
+	// RevokeAPIToken RPC.
+	EdgeAdminServiceRevokeAPITokenProcedure = "/aegis.edge.v1.EdgeAdminService/RevokeAPIToken"
+	// EdgeAdminServiceCreateTenantProcedure is the fully-qualified name of the EdgeAdminService's
+	// CreateTenant RPC.
+	EdgeAdminServiceCreateTenantProcedure = "/aegis.edge.v1.EdgeAdminService/CreateTenant"
+	// EdgeAdminServiceListTenantsProcedure is the fully-qualified name of the EdgeAdminService's
+	// ListTenants RPC.
+	EdgeAdminServiceListTenantsProcedure = "/aegis.edge.v1.EdgeAdminService/ListTenants"
+	// EdgeAdminServiceListAuditProcedure is the fully-qualified name of the EdgeAdminService's
+	// ListAudit RPC.
+	EdgeAdminServiceListAuditProcedure = "/aegis.edge.v1.EdgeAdminService/ListAudit"
+	// EdgeAdminServiceVerifyAuditProcedure is the fully-qualified name of the EdgeAdminService's
+	// VerifyAudit RPC.
+	EdgeAdminServiceVerifyAuditProcedure = "/aegis.edge.v1.EdgeAdminService/VerifyAudit"
 )
 
 // EdgeAdminServiceClient is a client for the aegis.edge.v1.EdgeAdminService service.
@@ -110,6 +131,20 @@ type EdgeAdminServiceClient interface {
 	CancelFleetRun(context.Context, *connect.Request[v1.CancelFleetRunRequest]) (*connect.Response[v1.CancelFleetRunResponse], error)
 	ListFleetRuns(context.Context, *connect.Request[v1.ListFleetRunsRequest]) (*connect.Response[v1.ListFleetRunsResponse], error)
 	GetFleetRun(context.Context, *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error)
+	// Operators' API tokens. The token's text is returned once, by Create, and never
+	// again: the control plane keeps only a hash of its secret.
+	CreateAPIToken(context.Context, *connect.Request[v1.CreateAPITokenRequest]) (*connect.Response[v1.CreateAPITokenResponse], error)
+	// ListAPITokens lists the caller's tenant's tokens (every tenant's for an admin).
+	ListAPITokens(context.Context, *connect.Request[v1.ListAPITokensRequest]) (*connect.Response[v1.ListAPITokensResponse], error)
+	// RevokeAPIToken: the token stops working at once (idempotent).
+	RevokeAPIToken(context.Context, *connect.Request[v1.RevokeAPITokenRequest]) (*connect.Response[v1.RevokeAPITokenResponse], error)
+	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
+	ListTenants(context.Context, *connect.Request[v1.ListTenantsRequest]) (*connect.Response[v1.ListTenantsResponse], error)
+	// ListAudit pages through the audit trail, oldest first: the caller's tenant's
+	// entries (every tenant's for an admin).
+	ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error)
+	// VerifyAudit checks the whole hash chain and names the first entry that breaks it.
+	VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error)
 }
 
 // NewEdgeAdminServiceClient constructs a client for the aegis.edge.v1.EdgeAdminService service. By
@@ -219,6 +254,48 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeAdminServiceMethods.ByName("GetFleetRun")),
 			connect.WithClientOptions(opts...),
 		),
+		createAPIToken: connect.NewClient[v1.CreateAPITokenRequest, v1.CreateAPITokenResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceCreateAPITokenProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("CreateAPIToken")),
+			connect.WithClientOptions(opts...),
+		),
+		listAPITokens: connect.NewClient[v1.ListAPITokensRequest, v1.ListAPITokensResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceListAPITokensProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("ListAPITokens")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeAPIToken: connect.NewClient[v1.RevokeAPITokenRequest, v1.RevokeAPITokenResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceRevokeAPITokenProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("RevokeAPIToken")),
+			connect.WithClientOptions(opts...),
+		),
+		createTenant: connect.NewClient[v1.CreateTenantRequest, v1.CreateTenantResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceCreateTenantProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("CreateTenant")),
+			connect.WithClientOptions(opts...),
+		),
+		listTenants: connect.NewClient[v1.ListTenantsRequest, v1.ListTenantsResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceListTenantsProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("ListTenants")),
+			connect.WithClientOptions(opts...),
+		),
+		listAudit: connect.NewClient[v1.ListAuditRequest, v1.ListAuditResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceListAuditProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("ListAudit")),
+			connect.WithClientOptions(opts...),
+		),
+		verifyAudit: connect.NewClient[v1.VerifyAuditRequest, v1.VerifyAuditResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceVerifyAuditProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("VerifyAudit")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -240,6 +317,13 @@ type edgeAdminServiceClient struct {
 	cancelFleetRun         *connect.Client[v1.CancelFleetRunRequest, v1.CancelFleetRunResponse]
 	listFleetRuns          *connect.Client[v1.ListFleetRunsRequest, v1.ListFleetRunsResponse]
 	getFleetRun            *connect.Client[v1.GetFleetRunRequest, v1.GetFleetRunResponse]
+	createAPIToken         *connect.Client[v1.CreateAPITokenRequest, v1.CreateAPITokenResponse]
+	listAPITokens          *connect.Client[v1.ListAPITokensRequest, v1.ListAPITokensResponse]
+	revokeAPIToken         *connect.Client[v1.RevokeAPITokenRequest, v1.RevokeAPITokenResponse]
+	createTenant           *connect.Client[v1.CreateTenantRequest, v1.CreateTenantResponse]
+	listTenants            *connect.Client[v1.ListTenantsRequest, v1.ListTenantsResponse]
+	listAudit              *connect.Client[v1.ListAuditRequest, v1.ListAuditResponse]
+	verifyAudit            *connect.Client[v1.VerifyAuditRequest, v1.VerifyAuditResponse]
 }
 
 // WhoAmI calls aegis.edge.v1.EdgeAdminService.WhoAmI.
@@ -322,6 +406,41 @@ func (c *edgeAdminServiceClient) GetFleetRun(ctx context.Context, req *connect.R
 	return c.getFleetRun.CallUnary(ctx, req)
 }
 
+// CreateAPIToken calls aegis.edge.v1.EdgeAdminService.CreateAPIToken.
+func (c *edgeAdminServiceClient) CreateAPIToken(ctx context.Context, req *connect.Request[v1.CreateAPITokenRequest]) (*connect.Response[v1.CreateAPITokenResponse], error) {
+	return c.createAPIToken.CallUnary(ctx, req)
+}
+
+// ListAPITokens calls aegis.edge.v1.EdgeAdminService.ListAPITokens.
+func (c *edgeAdminServiceClient) ListAPITokens(ctx context.Context, req *connect.Request[v1.ListAPITokensRequest]) (*connect.Response[v1.ListAPITokensResponse], error) {
+	return c.listAPITokens.CallUnary(ctx, req)
+}
+
+// RevokeAPIToken calls aegis.edge.v1.EdgeAdminService.RevokeAPIToken.
+func (c *edgeAdminServiceClient) RevokeAPIToken(ctx context.Context, req *connect.Request[v1.RevokeAPITokenRequest]) (*connect.Response[v1.RevokeAPITokenResponse], error) {
+	return c.revokeAPIToken.CallUnary(ctx, req)
+}
+
+// CreateTenant calls aegis.edge.v1.EdgeAdminService.CreateTenant.
+func (c *edgeAdminServiceClient) CreateTenant(ctx context.Context, req *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error) {
+	return c.createTenant.CallUnary(ctx, req)
+}
+
+// ListTenants calls aegis.edge.v1.EdgeAdminService.ListTenants.
+func (c *edgeAdminServiceClient) ListTenants(ctx context.Context, req *connect.Request[v1.ListTenantsRequest]) (*connect.Response[v1.ListTenantsResponse], error) {
+	return c.listTenants.CallUnary(ctx, req)
+}
+
+// ListAudit calls aegis.edge.v1.EdgeAdminService.ListAudit.
+func (c *edgeAdminServiceClient) ListAudit(ctx context.Context, req *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error) {
+	return c.listAudit.CallUnary(ctx, req)
+}
+
+// VerifyAudit calls aegis.edge.v1.EdgeAdminService.VerifyAudit.
+func (c *edgeAdminServiceClient) VerifyAudit(ctx context.Context, req *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error) {
+	return c.verifyAudit.CallUnary(ctx, req)
+}
+
 // EdgeAdminServiceHandler is an implementation of the aegis.edge.v1.EdgeAdminService service.
 type EdgeAdminServiceHandler interface {
 	// WhoAmI describes the caller's API token (used by `aegisctl login`).
@@ -351,6 +470,20 @@ type EdgeAdminServiceHandler interface {
 	CancelFleetRun(context.Context, *connect.Request[v1.CancelFleetRunRequest]) (*connect.Response[v1.CancelFleetRunResponse], error)
 	ListFleetRuns(context.Context, *connect.Request[v1.ListFleetRunsRequest]) (*connect.Response[v1.ListFleetRunsResponse], error)
 	GetFleetRun(context.Context, *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error)
+	// Operators' API tokens. The token's text is returned once, by Create, and never
+	// again: the control plane keeps only a hash of its secret.
+	CreateAPIToken(context.Context, *connect.Request[v1.CreateAPITokenRequest]) (*connect.Response[v1.CreateAPITokenResponse], error)
+	// ListAPITokens lists the caller's tenant's tokens (every tenant's for an admin).
+	ListAPITokens(context.Context, *connect.Request[v1.ListAPITokensRequest]) (*connect.Response[v1.ListAPITokensResponse], error)
+	// RevokeAPIToken: the token stops working at once (idempotent).
+	RevokeAPIToken(context.Context, *connect.Request[v1.RevokeAPITokenRequest]) (*connect.Response[v1.RevokeAPITokenResponse], error)
+	CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error)
+	ListTenants(context.Context, *connect.Request[v1.ListTenantsRequest]) (*connect.Response[v1.ListTenantsResponse], error)
+	// ListAudit pages through the audit trail, oldest first: the caller's tenant's
+	// entries (every tenant's for an admin).
+	ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error)
+	// VerifyAudit checks the whole hash chain and names the first entry that breaks it.
+	VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error)
 }
 
 // NewEdgeAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -456,6 +589,48 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeAdminServiceMethods.ByName("GetFleetRun")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeAdminServiceCreateAPITokenHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceCreateAPITokenProcedure,
+		svc.CreateAPIToken,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("CreateAPIToken")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceListAPITokensHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceListAPITokensProcedure,
+		svc.ListAPITokens,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("ListAPITokens")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceRevokeAPITokenHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceRevokeAPITokenProcedure,
+		svc.RevokeAPIToken,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("RevokeAPIToken")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceCreateTenantHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceCreateTenantProcedure,
+		svc.CreateTenant,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("CreateTenant")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceListTenantsHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceListTenantsProcedure,
+		svc.ListTenants,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("ListTenants")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceListAuditHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceListAuditProcedure,
+		svc.ListAudit,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("ListAudit")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceVerifyAuditHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceVerifyAuditProcedure,
+		svc.VerifyAudit,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("VerifyAudit")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeAdminServiceWhoAmIProcedure:
@@ -490,6 +665,20 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceListFleetRunsHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceGetFleetRunProcedure:
 			edgeAdminServiceGetFleetRunHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceCreateAPITokenProcedure:
+			edgeAdminServiceCreateAPITokenHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceListAPITokensProcedure:
+			edgeAdminServiceListAPITokensHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceRevokeAPITokenProcedure:
+			edgeAdminServiceRevokeAPITokenHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceCreateTenantProcedure:
+			edgeAdminServiceCreateTenantHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceListTenantsProcedure:
+			edgeAdminServiceListTenantsHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceListAuditProcedure:
+			edgeAdminServiceListAuditHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceVerifyAuditProcedure:
+			edgeAdminServiceVerifyAuditHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -561,4 +750,32 @@ func (UnimplementedEdgeAdminServiceHandler) ListFleetRuns(context.Context, *conn
 
 func (UnimplementedEdgeAdminServiceHandler) GetFleetRun(context.Context, *connect.Request[v1.GetFleetRunRequest]) (*connect.Response[v1.GetFleetRunResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.GetFleetRun is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) CreateAPIToken(context.Context, *connect.Request[v1.CreateAPITokenRequest]) (*connect.Response[v1.CreateAPITokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.CreateAPIToken is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) ListAPITokens(context.Context, *connect.Request[v1.ListAPITokensRequest]) (*connect.Response[v1.ListAPITokensResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.ListAPITokens is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) RevokeAPIToken(context.Context, *connect.Request[v1.RevokeAPITokenRequest]) (*connect.Response[v1.RevokeAPITokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.RevokeAPIToken is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) CreateTenant(context.Context, *connect.Request[v1.CreateTenantRequest]) (*connect.Response[v1.CreateTenantResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.CreateTenant is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) ListTenants(context.Context, *connect.Request[v1.ListTenantsRequest]) (*connect.Response[v1.ListTenantsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.ListTenants is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.ListAudit is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.VerifyAudit is not implemented"))
 }
