@@ -78,16 +78,20 @@ type fixture struct {
 	url    string
 	caFile string
 	home   string
-	admin  *fakeAdmin
 	mu     sync.Mutex
 	protos []string
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	admin := &fakeAdmin{}
+	return newFixtureWith(t, &fakeAdmin{})
+}
+
+// newFixtureWith serves admin, a fakeAdmin with more of the service filled in.
+func newFixtureWith(t *testing.T, admin edgev1connect.EdgeAdminServiceHandler) *fixture {
+	t.Helper()
 	mux := http.NewServeMux()
-	f := &fixture{admin: admin}
+	f := &fixture{}
 	path, h := edgev1connect.NewEdgeAdminServiceHandler(admin)
 	mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,7 +18,7 @@ func (a *app) hostsCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:        "hosts",
 		Usage:       "list and inspect enrolled hosts (control plane view)",
-		UsageText:   a.name + " edge hosts list|get|set",
+		UsageText:   a.name + " edge hosts list|get|set|tag",
 		Description: "Example:\n  " + a.name + " edge hosts list --target 'tags=AnyOf(prod)'",
 		Subcommands: []*ucli.Command{
 			{
@@ -58,6 +59,23 @@ func (a *app) hostsCommand() *ucli.Command {
 					outputFlag,
 				},
 				Action: a.setHost,
+			},
+			{
+				Name:      "tag",
+				Usage:     "add and remove a host's tags, what --target selectors select on (operator)",
+				UsageText: a.name + " edge hosts tag NODE_ID [--add a,b] [--remove c] [-o json]",
+				Description: "A host starts with the tags of the enrollment token it enrolled with; this changes them.\n" +
+					"Fleet runs and `" + a.name + " edge hosts list --target 'tags=AnyOf(a,b)'` select on them.\n" +
+					"A tag is 1-63 letters, digits, '.', '_', ':', '/' or '-', starting with a letter or digit;\n" +
+					"a host has at most 64. Adding a tag it has, or removing one it lacks, changes nothing.\n" +
+					"The flags may come before or after NODE_ID.\n\n" +
+					"Example:\n  " + a.name + " edge hosts tag n-7a3b2f0c91d4 --add potentially-affected,prod --remove staging",
+				Flags: []ucli.Flag{
+					&ucli.StringFlag{Name: "add", Usage: "comma-separated tags to add"},
+					&ucli.StringFlag{Name: "remove", Usage: "comma-separated tags to remove"},
+					outputFlag,
+				},
+				Action: a.tagHost,
 			},
 		},
 	}
@@ -253,5 +271,49 @@ func (a *app) setHost(c *ucli.Context) error {
 	default:
 		fmt.Fprintf(w, "token refresh: the host is not connected; it applies when its daemon next gets a token\n")
 	}
+	return nil
+}
+
+func (a *app) tagHost(c *ucli.Context) error {
+	id, flags, err := oneArgThenFlags(c, "NODE_ID")
+	if err != nil {
+		return err
+	}
+	out, err := outputFormatValue(flags["output"])
+	if err != nil {
+		return err
+	}
+	add, remove := splitTags(flags["add"]), splitTags(flags["remove"])
+	if len(add) == 0 && len(remove) == 0 {
+		return usagef("nothing to change: give --add a,b and/or --remove c (see `%s --help`)", c.Command.HelpName)
+	}
+	for _, t := range add {
+		if slices.Contains(remove, t) {
+			return usagef("tag %q is in both --add and --remove: give it in one of them", t)
+		}
+	}
+	client, p, err := a.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+	defer cancel()
+	resp, err := client.UpdateHostTags(ctx, connect.NewRequest(&edgev1.UpdateHostTagsRequest{NodeId: id, Add: add, Remove: remove}))
+	if err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound:
+			return fmt.Errorf("no such host %q in your tenant: see `%s edge hosts list`", id, a.name)
+		case connect.CodeInvalidArgument:
+			return usagef("%s: nothing was changed", orDefault(connectMessage(err), "invalid tag"))
+		case connect.CodePermissionDenied:
+			return errors.New("your API token may not change hosts: an operator or admin token is needed")
+		}
+		return a.rpcError(err, p.Server)
+	}
+	j := toHostJSON(resp.Msg.GetHost())
+	if out == "json" {
+		return writeJSON(a.env.Stdout, j)
+	}
+	fmt.Fprintf(a.env.Stdout, "%s (%s) tags: %s\n", j.NodeID, orDash(j.Name), orDash(strings.Join(j.Tags, ",")))
 	return nil
 }
