@@ -21,6 +21,9 @@ type FleetResult struct {
 	Final *edgev1.GetFleetRunResponse
 	// Reattached counts watches that had to be opened again (control plane restarts).
 	Reattached int
+	// OnEvent, when set, is called with each event as it arrives (from the
+	// watching goroutine), before it is appended to Events.
+	OnEvent func(*edgev1.FleetEvent)
 }
 
 // Hosts are the final per-host results by node id.
@@ -43,13 +46,13 @@ func (r *FleetResult) HostResults() []*edgev1.FleetHostResult {
 	return out
 }
 
-// RunFleet starts a fleet run and watches it to its end.
-func (s *Swarm) RunFleet(ctx context.Context, spec *edgev1.FleetRunSpec) (*FleetResult, error) {
-	started, err := s.srv.AdminClient().StartFleetRun(ctx, connect.NewRequest(&edgev1.StartFleetRunRequest{Spec: spec}))
+// RunFleet starts a fleet run and watches it to its end; onEvent may be nil.
+func (s *Swarm) RunFleet(ctx context.Context, spec *edgev1.FleetRunSpec, onEvent func(*edgev1.FleetEvent)) (*FleetResult, error) {
+	started, err := s.Admin().StartFleetRun(ctx, connect.NewRequest(&edgev1.StartFleetRunRequest{Spec: spec}))
 	if err != nil {
 		return nil, fmt.Errorf("swarm: start fleet run: %w", err)
 	}
-	res := &FleetResult{Started: started.Msg}
+	res := &FleetResult{Started: started.Msg, OnEvent: onEvent}
 	if err := s.WatchFleetRun(ctx, started.Msg.GetRun().GetId(), res); err != nil {
 		return res, err
 	}
@@ -82,7 +85,7 @@ func (s *Swarm) WatchFleetRun(ctx context.Context, id string, res *FleetResult) 
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		got, err := s.srv.AdminClient().GetFleetRun(ctx, connect.NewRequest(&edgev1.GetFleetRunRequest{RunId: id}))
+		got, err := s.Admin().GetFleetRun(ctx, connect.NewRequest(&edgev1.GetFleetRunRequest{RunId: id}))
 		if err == nil {
 			res.Final = got.Msg
 			return nil
@@ -98,7 +101,7 @@ func (s *Swarm) WatchFleetRun(ctx context.Context, id string, res *FleetResult) 
 // a restart explains (transport failures) return (false, nil) so the caller
 // re-attaches; answers the server means (NotFound, InvalidArgument, ...) are errors.
 func (s *Swarm) watchOnce(ctx context.Context, id string, last *uint64, res *FleetResult) (finished bool, err error) {
-	stream, err := s.srv.AdminClient().WatchFleetRun(ctx, connect.NewRequest(&edgev1.WatchFleetRunRequest{RunId: id, AfterSequence: *last}))
+	stream, err := s.Admin().WatchFleetRun(ctx, connect.NewRequest(&edgev1.WatchFleetRunRequest{RunId: id, AfterSequence: *last}))
 	if err != nil {
 		return false, transient(ctx, id, err)
 	}
@@ -109,6 +112,9 @@ func (s *Swarm) watchOnce(ctx context.Context, id string, last *uint64, res *Fle
 			return false, fmt.Errorf("swarm: watch fleet run %s: sequence %d after %d", id, ev.GetSequence(), *last)
 		}
 		*last = ev.GetSequence()
+		if res.OnEvent != nil {
+			res.OnEvent(ev)
+		}
 		res.Events = append(res.Events, ev)
 		if ev.GetRunFinished() != nil {
 			return true, nil

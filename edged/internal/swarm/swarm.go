@@ -94,9 +94,11 @@ func (o *Options) defaults() {
 // Swarm is a set of daemons enrolled with one control plane. Its daemons stop when
 // the test ends.
 type Swarm struct {
-	srv  *cptest.Server
-	opts Options
-	base string
+	srv        *cptest.Server
+	url        string
+	adminToken string
+	opts       Options
+	base       string
 
 	shared     *http.Client
 	sharedOnce sync.Once
@@ -110,7 +112,7 @@ type Swarm struct {
 func New(t testing.TB, srv *cptest.Server, opts Options) *Swarm {
 	t.Helper()
 	opts.defaults()
-	s := &Swarm{srv: srv, opts: opts, base: t.TempDir(), byNode: map[string]*Daemon{}}
+	s := &Swarm{srv: srv, url: srv.URL, adminToken: srv.AdminToken, opts: opts, base: t.TempDir(), byNode: map[string]*Daemon{}}
 	t.Cleanup(s.StopAll)
 	return s
 }
@@ -187,7 +189,7 @@ func (s *Swarm) Enroll(ctx context.Context, n int, tags ...string) ([]*Daemon, e
 }
 
 func (s *Swarm) enroll(ctx context.Context, d *Daemon) error {
-	resp, err := s.srv.AdminClient().CreateEnrollmentToken(ctx, connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{
+	resp, err := s.Admin().CreateEnrollmentToken(ctx, connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{
 		Tags: d.Tags, Ttl: durationpb.New(15 * time.Minute), Name: d.Name,
 	}))
 	if err != nil {
