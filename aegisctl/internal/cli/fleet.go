@@ -384,7 +384,9 @@ func fleetCmdArgs(c *ucli.Context) ([]string, error) {
 // fleetSpecError maps what the control plane refuses in a spec to one line; a bad
 // selector or spec is the command line's fault (exit 2), and nothing was stored.
 func (a *app) fleetSpecError(err error, helpName, server string) error {
-	msg := connectMessage(err)
+	// The control plane says "invalid fleet run: target at column 6: ..."; the first
+	// words add nothing to "bad --target:".
+	msg := strings.TrimPrefix(connectMessage(err), "invalid fleet run: ")
 	switch connect.CodeOf(err) {
 	case connect.CodeInvalidArgument:
 		switch {

@@ -368,10 +368,15 @@ type Tx interface {
 	// ListFleetRunEvents lists the run's events with sequence > after, in order.
 	ListFleetRunEvents(ctx context.Context, runID string, after uint64) ([]FleetRunEvent, error)
 
-	// AppendAudit assigns ID (and At if zero) and returns the stored entry.
+	// AppendAudit puts e at the end of the hash chain: it assigns ID (the last entry's
+	// + 1), At if zero, PrevHash (the last entry's Hash) and Hash (audit.Seal), and
+	// returns the stored entry. Appends are serialized from this call to the end of
+	// the caller's transaction, so concurrent transactions chain one after the other.
 	AppendAudit(ctx context.Context, e AuditEntry) (AuditEntry, error)
 	// ListAudit lists a tenant's entries ("" = all), oldest first, after afterID.
 	ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]AuditEntry, error)
+	// ListNodeAudit is ListAudit for one node's entries.
+	ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]AuditEntry, error)
 }
 
 // Store is a Tx that can also open transactions.

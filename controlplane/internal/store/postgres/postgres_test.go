@@ -36,6 +36,24 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestAuditTamper(t *testing.T) {
+	base := pgtest.URL(t)
+	storetest.RunAuditTamper(t, func(t *testing.T) (store.Store, storetest.Tamper) {
+		url := pgtest.Fresh(t, base)
+		return open(t, url), func(t *testing.T, query string) {
+			t.Helper()
+			conn, err := pgx.Connect(t.Context(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			if _, err := conn.Exec(t.Context(), query); err != nil {
+				t.Fatalf("%s: %v", query, err)
+			}
+		}
+	})
+}
+
 // Reopening runs the migrations again; they must find nothing to do and keep the data.
 func TestReopen(t *testing.T) {
 	url := pgtest.Fresh(t, pgtest.URL(t))

@@ -1,6 +1,7 @@
 package sqlite_test
 
 import (
+	"database/sql"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,6 +28,25 @@ func open(t *testing.T, path string) *sqlite.Store {
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store {
 		return open(t, filepath.Join(t.TempDir(), "aegis.db"))
+	})
+}
+
+func TestAuditTamper(t *testing.T) {
+	storetest.RunAuditTamper(t, func(t *testing.T) (store.Store, storetest.Tamper) {
+		path := filepath.Join(t.TempDir(), "aegis.db")
+		s := open(t, path)
+		// A connection of its own, as the sqlite3 shell would be.
+		db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = db.Close() })
+		return s, func(t *testing.T, query string) {
+			t.Helper()
+			if _, err := db.ExecContext(t.Context(), query); err != nil {
+				t.Fatalf("%s: %v", query, err)
+			}
+		}
 	})
 }
 

@@ -51,6 +51,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Nonces", testNonces},
 		{"Rotations", testRotations},
 		{"Audit", testAudit},
+		{"AuditChain", testAuditChain},
+		{"ConcurrentAuditChain", testConcurrentAuditChain},
 		{"InTxCommit", testInTxCommit},
 		{"InTxRollback", testInTxRollback},
 		{"InTxPanic", testInTxPanic},
@@ -781,7 +783,7 @@ func testRotations(t *testing.T, s store.Store) {
 func testAudit(t *testing.T, s store.Store) {
 	ctx := t.Context()
 	before := time.Now().UTC().Truncate(time.Microsecond)
-	e1, err := s.AppendAudit(ctx, store.AuditEntry{TenantID: "t1", Actor: "system", Action: "enroll", NodeID: "n1", Result: "ok", PrevHash: "", Hash: "h1"})
+	e1, err := s.AppendAudit(ctx, store.AuditEntry{TenantID: "t1", Actor: "system", Action: "enroll", NodeID: "n1", Result: "ok"})
 	noErr(t, err)
 	after := time.Now().UTC()
 	if e1.ID <= 0 {
@@ -794,11 +796,11 @@ func testAudit(t *testing.T, s store.Store) {
 		t.Fatalf("nil Details returned as %#v, want empty map", e1.Details)
 	}
 
-	e2, err := s.AppendAudit(ctx, store.AuditEntry{At: at(time.Hour), TenantID: "t2", Actor: "op:tok-1", Action: "revoke", NodeID: "n2", Result: "ok", PrevHash: "h1", Hash: "h2"})
+	e2, err := s.AppendAudit(ctx, store.AuditEntry{At: at(time.Hour), TenantID: "t2", Actor: "op:tok-1", Action: "revoke", NodeID: "n2", Result: "ok"})
 	noErr(t, err)
 	equal(t, "explicit At", e2.At, at(time.Hour))
 	e3, err := s.AppendAudit(ctx, store.AuditEntry{At: at(2 * time.Hour), TenantID: "t1", Actor: "node:n1", Action: "rotate", NodeID: "n1", Result: "key_in_use",
-		Details: map[string]string{"rotation_id": "rot-1", "old": "SHA256:a", "quote": `"x"\n`}, PrevHash: "h2", Hash: "h3"})
+		Details: map[string]string{"rotation_id": "rot-1", "old": "SHA256:a", "quote": `"x"\n`}})
 	noErr(t, err)
 	if !(e1.ID < e2.ID && e2.ID < e3.ID) {
 		t.Fatalf("audit IDs not increasing: %d, %d, %d", e1.ID, e2.ID, e3.ID)
