@@ -30,6 +30,10 @@ var (
 	ErrInvalid = errors.New("node token invalid")
 	// ErrExpired: a genuine token whose exp has passed.
 	ErrExpired = errors.New("node token expired")
+	// ErrUnknownKey: the token names a kid the KeySet does not hold. Errors wrapping
+	// it also wrap ErrInvalid; a verifier may reload its keys once and try again, since
+	// the kid may belong to a signing key created after the set was loaded.
+	ErrUnknownKey = errors.New("node token signed by an unknown key")
 )
 
 // Confirmation binds the token to a key (RFC 7800 style).
@@ -117,6 +121,17 @@ func (ks *KeySet) Add(kid string, pub ed25519.PublicKey) {
 	ks.keys[kid] = pub
 }
 
+// KIDs lists the kids held, in no particular order.
+func (ks *KeySet) KIDs() []string {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	out := make([]string, 0, len(ks.keys))
+	for kid := range ks.keys {
+		out = append(out, kid)
+	}
+	return out
+}
+
 // Remove forgets a verification key.
 func (ks *KeySet) Remove(kid string) {
 	ks.mu.Lock()
@@ -130,7 +145,7 @@ func (ks *KeySet) lookup(t *jwt.Token) (any, error) {
 	defer ks.mu.RUnlock()
 	pub, ok := ks.keys[kid]
 	if !ok {
-		return nil, fmt.Errorf("unknown kid %q", kid)
+		return nil, fmt.Errorf("%w: kid %q", ErrUnknownKey, kid)
 	}
 	return pub, nil
 }
@@ -152,6 +167,9 @@ func (ks *KeySet) Verify(token string, now time.Time) (Claims, error) {
 		// means the token is genuine but old.
 		if errors.Is(err, jwt.ErrTokenExpired) && !errors.Is(err, jwt.ErrTokenSignatureInvalid) {
 			return c, fmt.Errorf("%w: %v", ErrExpired, err)
+		}
+		if errors.Is(err, ErrUnknownKey) {
+			return Claims{}, fmt.Errorf("%w: %w", ErrInvalid, ErrUnknownKey)
 		}
 		return Claims{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}

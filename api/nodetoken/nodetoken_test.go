@@ -139,3 +139,31 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// A kid the set does not hold is told apart from a bad signature, so a verifier can
+// reload its keys once for it; either way the token is invalid.
+func TestUnknownKeyIsInvalid(t *testing.T) {
+	s, pub := newSigner(t, "k1")
+	other, _ := newSigner(t, "k2")
+	evil, _ := newSigner(t, "k1")
+	ks := NewKeySet()
+	ks.Add("k1", pub)
+	now := time.Unix(1_800_000_000, 0)
+	unknown, _, _ := other.Issue(base, now, time.Hour)
+	_, err := ks.Verify(unknown, now)
+	if !errors.Is(err, ErrInvalid) || !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("unknown kid: %v, want ErrInvalid and ErrUnknownKey", err)
+	}
+	forged, _, _ := evil.Issue(base, now, time.Hour)
+	if _, err := ks.Verify(forged, now); !errors.Is(err, ErrInvalid) || errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("known kid, wrong key: %v, want ErrInvalid only", err)
+	}
+	if got := ks.KIDs(); len(got) != 1 || got[0] != "k1" {
+		t.Fatalf("KIDs = %v", got)
+	}
+	ks.Remove("k1")
+	good, _, _ := s.Issue(base, now, time.Hour)
+	if _, err := ks.Verify(good, now); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("removed kid: %v, want ErrUnknownKey", err)
+	}
+}

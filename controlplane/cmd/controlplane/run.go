@@ -109,7 +109,7 @@ Examples:
 			Action: func(c *cli.Context) error {
 				return serve(c, layers, stderr)
 			},
-		}},
+		}, keysCommand(stdout)},
 	}
 }
 

@@ -6,7 +6,6 @@ package bootstrap
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
 	"github.com/aegis-edge/aegis/controlplane/internal/securefile"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
 )
 
 // AdminTokenFile is the bootstrap admin token's file name in the data directory.
@@ -74,18 +74,14 @@ func run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("list signing keys: %w", err)
 		}
 		if len(keys) == 0 {
-			pub, priv, err := ed25519.GenerateKey(cfg.Rand)
-			if err != nil {
-				return fmt.Errorf("generate signing key: %w", err)
-			}
-			kid, err := randHex(cfg.Rand, 8)
+			k, err := tokens.NewSigningKey(cfg.Rand, now)
 			if err != nil {
 				return err
 			}
-			if err := tx.InsertSigningKey(ctx, store.SigningKey{KID: kid, PrivateKey: priv, PublicKey: pub, CreatedAt: now}); err != nil {
+			if err := tx.InsertSigningKey(ctx, k); err != nil {
 				return fmt.Errorf("store signing key: %w", err)
 			}
-			cfg.Logger.Info("created token-signing key", "kid", kid)
+			cfg.Logger.Info("created token-signing key", "kid", k.KID)
 		}
 
 		apiTokens, err := tx.ListAPITokens(ctx, "")

@@ -130,7 +130,7 @@ func (st *Stream) check(ctx context.Context, env *edgev1.SealNodeEnvelope) error
 	token := env.GetNodeSecurityToken()
 	claims, seenBefore := st.verified[token]
 	if !seenBefore {
-		c, err := cfg.Issuer.KeySet().Verify(token, now)
+		c, err := cfg.Issuer.Verify(ctx, token, now)
 		switch {
 		case errors.Is(err, nodetoken.ErrExpired):
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_EXPIRED, "node token expired at %s: attest for a new one", c.Expires().UTC().Format(time.RFC3339))

@@ -313,7 +313,7 @@ func (s *Service) replay(ctx context.Context, tx store.Tx, req Request, prev sto
 	}
 	// The old token was blacklisted by the rotation and may have expired since; it
 	// must still be genuine, this node's, and bound to the old key.
-	claims, err := s.cfg.Issuer.KeySet().Verify(env.GetNodeSecurityToken(), now)
+	claims, err := s.cfg.Issuer.Verify(ctx, env.GetNodeSecurityToken(), now)
 	if err != nil && !errors.Is(err, nodetoken.ErrExpired) {
 		return Result{}, rejection.New(edgev1.RejectReason_REJECT_REASON_TOKEN_INVALID, "node token does not verify")
 	}
@@ -333,7 +333,7 @@ func (s *Service) replay(ctx context.Context, tx store.Tx, req Request, prev sto
 	if skew := ts.Sub(now); skew > s.cfg.MaxClockSkew || -skew > s.cfg.MaxClockSkew {
 		return Result{}, rejection.New(edgev1.RejectReason_REJECT_REASON_CLOCK_SKEW, "envelope timestamp is %s away from server time %s: correct the host clock or use server_time", skew.Abs(), now.Format(time.RFC3339Nano))
 	}
-	issued, err := s.cfg.Issuer.KeySet().Verify(prev.NewToken, now)
+	issued, err := s.cfg.Issuer.Verify(ctx, prev.NewToken, now)
 	if err != nil && !errors.Is(err, nodetoken.ErrExpired) {
 		return Result{}, fmt.Errorf("recorded token of rotation %s does not verify: %w", prev.RotationID, err)
 	}

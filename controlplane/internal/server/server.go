@@ -74,8 +74,9 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// RefreshGrace overrides nodeauth.DefaultRefreshGrace when positive.
 	RefreshGrace time.Duration
-	// HousekeepingInterval is how often expired blacklist rows and nonces are
-	// purged; 0 means every minute.
+	// HousekeepingInterval is how often expired blacklist rows, nonces and retired
+	// signing keys are purged; 0 means every minute. The signing keys are reloaded
+	// from the store every tokens.KeyReloadEvery, or this often if it is shorter.
 	HousekeepingInterval time.Duration
 	// ExecGrace is how long after its deadline a tool call waits for a result from a
 	// reconnecting daemon; 0 means toolcall.DefaultGrace (30s).
@@ -97,6 +98,7 @@ type Server struct {
 	lastSeen *session.LastSeen
 	auth     *nodeauth.Service
 	black    *tokens.Blacklist
+	issuer   *tokens.Issuer
 	tools    *toolcall.Service
 	replica  string
 	ready    atomic.Bool
@@ -121,7 +123,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := ensureDataDir(cfg.DataDir, s.log); err != nil {
 		return nil, err
 	}
-	s.store, err = openStore(ctx, cfg)
+	s.store, err = OpenStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +156,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	s.issuer = issuer
 	s.black = tokens.NewBlacklist(s.metrics)
 	if err := s.black.Warm(ctx, s.store, s.now()); err != nil {
 		return nil, err
@@ -408,8 +411,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ok\n")
 }
 
-// housekeeping purges what has expired anyway: blacklist rows and nonces in the
-// store, and the in-memory caches.
+// housekeeping purges what has expired anyway: blacklist rows, nonces and retired
+// signing keys in the store, and the in-memory caches. More often, it reloads the
+// signing keys, so a `controlplane keys rotate` run beside this server takes effect
+// without a restart.
 func (s *Server) housekeeping(ctx context.Context) {
 	every := s.opts.HousekeepingInterval
 	if every <= 0 {
@@ -417,13 +422,24 @@ func (s *Server) housekeeping(ctx context.Context) {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	keys := time.NewTicker(min(every, tokens.KeyReloadEvery))
+	defer keys.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-keys.C:
+			s.reloadSigningKeys(ctx)
+			continue
 		case <-t.C:
 		}
 		now := s.now()
+		if kids, err := tokens.PurgeSigningKeys(ctx, s.store, now, s.cfg.TokenTTL, s.cfg.MaxClockSkew); err != nil && ctx.Err() == nil {
+			s.log.Warn("purge retired signing keys", "err", err)
+		} else if len(kids) > 0 {
+			s.log.Info("deleted retired token-signing keys: every token they signed has expired", "kids", kids)
+			s.reloadSigningKeys(ctx)
+		}
 		if _, err := s.store.PurgeBlacklist(ctx, now); err != nil && ctx.Err() == nil {
 			s.log.Warn("purge token blacklist", "err", err)
 		}
@@ -432,6 +448,17 @@ func (s *Server) housekeeping(ctx context.Context) {
 		}
 		s.black.Purge(now)
 		s.auth.Purge(now)
+	}
+}
+
+// reloadSigningKeys picks up keys added, retired or deleted by another process.
+func (s *Server) reloadSigningKeys(ctx context.Context) {
+	changed, err := s.issuer.Reload(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Warn("reload token-signing keys (still using the ones loaded before)", "err", err)
+	case changed:
+		s.log.Info("token-signing key rotated: new tokens are signed with the new key", "kid", s.issuer.ActiveKID())
 	}
 }
 

@@ -10,8 +10,9 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlite"
 )
 
-// openStore opens (and migrates) the configured database.
-func openStore(ctx context.Context, cfg config.Config) (store.Store, error) {
+// OpenStore opens (and migrates) the configured database. `controlplane keys` uses it
+// beside a running server: both stores are safe to share between processes.
+func OpenStore(ctx context.Context, cfg config.Config) (store.Store, error) {
 	switch cfg.DatabaseKind {
 	case config.DatabaseSQLite:
 		st, err := sqlite.Open(ctx, cfg.DatabaseURL)

@@ -264,6 +264,9 @@ type Tx interface {
 	// ListSigningKeys returns every key, newest first.
 	ListSigningKeys(ctx context.Context) ([]SigningKey, error)
 	RetireSigningKey(ctx context.Context, kid string, at time.Time) error
+	// DeleteSigningKeysRetiredBefore deletes the keys retired before cutoff and
+	// returns their kids; a key never retired (the active signer) is never deleted.
+	DeleteSigningKeysRetiredBefore(ctx context.Context, cutoff time.Time) ([]string, error)
 
 	CreateEnrollmentToken(ctx context.Context, t EnrollmentToken) error
 	GetEnrollmentToken(ctx context.Context, id string) (EnrollmentToken, error)

@@ -20,34 +20,106 @@ import (
 )
 
 // Issuer signs node tokens. Safe for concurrent use.
+//
+// The signing keys live in the store, where `controlplane keys rotate` (another
+// process) may change them at any time: Reload picks the change up, and Verify
+// reloads by itself, at most once per missReloadEvery, when a token names a kid it
+// does not know yet (a token another replica signed with a key this one has not
+// loaded).
 type Issuer struct {
-	keys   *nodetoken.KeySet
+	st   store.Tx
+	keys *nodetoken.KeySet
+	ttl  time.Duration
+
+	mu     sync.RWMutex
 	signer nodetoken.Signer
-	ttl    time.Duration
+
+	missMu     sync.Mutex
+	lastMissAt time.Time // wall clock: this only bounds database reads
 }
+
+// missReloadEvery bounds the reloads a stream of tokens with unknown kids can cause.
+const missReloadEvery = time.Second
 
 // LoadIssuer loads every signing key from the store into a KeySet and signs with the
 // newest unretired one.
 func LoadIssuer(ctx context.Context, st store.Tx, ttl time.Duration) (*Issuer, error) {
-	all, err := st.ListSigningKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("load signing keys: %w", err)
-	}
-	is := &Issuer{keys: nodetoken.NewKeySet(), ttl: ttl}
-	for _, k := range all {
-		if len(k.PublicKey) != ed25519.PublicKeySize {
-			return nil, fmt.Errorf("signing key %s: public key is %d bytes", k.KID, len(k.PublicKey))
-		}
-		is.keys.Add(k.KID, ed25519.PublicKey(k.PublicKey))
-		// ListSigningKeys is newest first, so the first active key wins.
-		if is.signer.KID == "" && k.RetiredAt.IsZero() && len(k.PrivateKey) == ed25519.PrivateKeySize {
-			is.signer = nodetoken.Signer{KID: k.KID, Key: ed25519.PrivateKey(k.PrivateKey)}
-		}
-	}
-	if is.signer.KID == "" {
-		return nil, errors.New("no active token-signing key in the store")
+	is := &Issuer{st: st, keys: nodetoken.NewKeySet(), ttl: ttl}
+	if _, err := is.Reload(ctx); err != nil {
+		return nil, err
 	}
 	return is, nil
+}
+
+// Reload reads the signing keys again: keys added since are verified from now on,
+// deleted ones no longer are, and the newest unretired key becomes the signer. It
+// reports whether the signer changed. On error nothing changes.
+func (is *Issuer) Reload(ctx context.Context) (changed bool, err error) {
+	all, err := is.st.ListSigningKeys(ctx)
+	if err != nil {
+		return false, fmt.Errorf("load signing keys: %w", err)
+	}
+	var signer nodetoken.Signer
+	present := map[string]ed25519.PublicKey{}
+	for _, k := range all {
+		if len(k.PublicKey) != ed25519.PublicKeySize {
+			return false, fmt.Errorf("signing key %s: public key is %d bytes", k.KID, len(k.PublicKey))
+		}
+		present[k.KID] = ed25519.PublicKey(k.PublicKey)
+		// ListSigningKeys is newest first, so the first active key wins.
+		if signer.KID == "" && k.RetiredAt.IsZero() && len(k.PrivateKey) == ed25519.PrivateKeySize {
+			signer = nodetoken.Signer{KID: k.KID, Key: ed25519.PrivateKey(k.PrivateKey)}
+		}
+	}
+	if signer.KID == "" {
+		return false, errors.New("no active token-signing key in the store")
+	}
+	// Add before removing, so no moment passes without a key that is in the store.
+	for kid, pub := range present {
+		is.keys.Add(kid, pub)
+	}
+	for _, kid := range is.keys.KIDs() {
+		if _, ok := present[kid]; !ok {
+			is.keys.Remove(kid)
+		}
+	}
+	is.mu.Lock()
+	changed = is.signer.KID != signer.KID
+	is.signer = signer
+	is.mu.Unlock()
+	return changed, nil
+}
+
+// ActiveKID is the kid new tokens are signed with.
+func (is *Issuer) ActiveKID() string {
+	is.mu.RLock()
+	defer is.mu.RUnlock()
+	return is.signer.KID
+}
+
+// Verify is KeySet().Verify, except that a token naming a kid this process has not
+// loaded makes it reload the keys from the store (at most once per second across all
+// callers) and try once more. A token signed by a key the store does not hold stays
+// invalid.
+func (is *Issuer) Verify(ctx context.Context, token string, now time.Time) (nodetoken.Claims, error) {
+	c, err := is.keys.Verify(token, now)
+	if !errors.Is(err, nodetoken.ErrUnknownKey) {
+		return c, err
+	}
+	is.missMu.Lock()
+	reload := time.Since(is.lastMissAt) >= missReloadEvery
+	if reload {
+		is.lastMissAt = time.Now()
+		if _, rerr := is.Reload(ctx); rerr != nil {
+			is.missMu.Unlock()
+			return c, fmt.Errorf("%w (reloading signing keys: %v)", err, rerr)
+		}
+	}
+	is.missMu.Unlock()
+	if !reload {
+		return c, err
+	}
+	return is.keys.Verify(token, now)
 }
 
 // KeySet is what envelopes' tokens are verified against.
@@ -66,7 +138,10 @@ type Issued struct {
 // Issue signs a token for the node bound to pub.
 func (is *Issuer) Issue(d store.Daemon, pub []byte, now time.Time) (Issued, error) {
 	kfp := fingerprint.Of(pub)
-	text, claims, err := is.signer.Issue(nodetoken.Claims{
+	is.mu.RLock()
+	signer := is.signer
+	is.mu.RUnlock()
+	text, claims, err := signer.Issue(nodetoken.Claims{
 		RegisteredClaims:       jwt.RegisteredClaims{Subject: d.NodeID},
 		TenantID:               d.TenantID,
 		Scope:                  "tenant:" + d.TenantID,

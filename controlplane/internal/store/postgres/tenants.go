@@ -189,3 +189,19 @@ func (q *queries) RetireSigningKey(ctx context.Context, kid string, at time.Time
 	}
 	return nil
 }
+
+func (q *queries) DeleteSigningKeysRetiredBefore(ctx context.Context, cutoff time.Time) ([]string, error) {
+	rows, err := q.db.Query(ctx, `
+		DELETE FROM signing_keys
+		WHERE retired_at IS NOT NULL AND retired_at < $1
+		RETURNING kid`, ts(cutoff))
+	kids, err := collect(rows, err, func(row pgx.Row) (string, error) {
+		var kid string
+		err := row.Scan(&kid)
+		return kid, err
+	})
+	if err != nil {
+		return nil, wrapf(err, "delete retired signing keys")
+	}
+	return kids, nil
+}

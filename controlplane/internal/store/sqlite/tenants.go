@@ -159,6 +159,22 @@ func (q *queries) RetireSigningKey(ctx context.Context, kid string, at time.Time
 	return nil
 }
 
+func (q *queries) DeleteSigningKeysRetiredBefore(ctx context.Context, cutoff time.Time) ([]string, error) {
+	rows, err := q.w.QueryContext(ctx, `
+		DELETE FROM signing_keys
+		WHERE retired_at IS NOT NULL AND retired_at < ?
+		RETURNING kid`, micros(cutoff))
+	kids, err := collect(rows, err, func(row scanner) (string, error) {
+		var kid string
+		err := row.Scan(&kid)
+		return kid, err
+	})
+	if err != nil {
+		return nil, wrapf(err, "delete retired signing keys")
+	}
+	return kids, nil
+}
+
 // collect scans every row with scan; it takes QueryContext's results as they come.
 func collect[T any](rows *sql.Rows, err error, scan func(scanner) (T, error)) ([]T, error) {
 	if err != nil {

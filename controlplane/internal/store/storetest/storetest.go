@@ -243,6 +243,20 @@ func testSigningKeys(t *testing.T, s store.Store) {
 	k1.RetiredAt = at(90 * time.Minute)
 	equal(t, "ListSigningKeys after retire", list, []store.SigningKey{k3, k2, k1})
 	wantErr(t, s.RetireSigningKey(ctx, "nope", t0), store.ErrNotFound)
+
+	// Retired at 90m: kept at a cutoff of exactly 90m, deleted after it. The never
+	// retired keys survive any cutoff.
+	noErr(t, s.RetireSigningKey(ctx, "k2", at(3*time.Hour)))
+	kids, err := s.DeleteSigningKeysRetiredBefore(ctx, at(90*time.Minute))
+	noErr(t, err)
+	equal(t, "deleted at the retirement instant", kids, []string{})
+	kids, err = s.DeleteSigningKeysRetiredBefore(ctx, at(100*time.Hour))
+	noErr(t, err)
+	slices.Sort(kids)
+	equal(t, "deleted after both retirements", kids, []string{"k1", "k2"})
+	list, err = s.ListSigningKeys(ctx)
+	noErr(t, err)
+	equal(t, "ListSigningKeys after delete", list, []store.SigningKey{k3})
 }
 
 func enrollmentToken(id, tenantID string, created time.Time) store.EnrollmentToken {
