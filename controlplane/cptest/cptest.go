@@ -80,6 +80,11 @@ func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
+		// As an operator would make it: the server refuses a data dir others can
+		// read unless it can tighten it, and warns when it does.
+		if err := os.Chmod(opts.DataDir, 0o700); err != nil {
+			t.Fatalf("cptest: %v", err)
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))

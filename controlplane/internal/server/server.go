@@ -120,7 +120,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		rnd = rand.Reader
 	}
 
-	if err := ensureDataDir(cfg.DataDir, s.log); err != nil {
+	if err := ensureDataDir(cfg.DataDir, s.log, os.Chmod); err != nil {
 		return nil, err
 	}
 	s.store, err = OpenStore(ctx, cfg)
@@ -462,7 +462,7 @@ func (s *Server) reloadSigningKeys(ctx context.Context) {
 	}
 }
 
-func ensureDataDir(dir string, log *slog.Logger) error {
+func ensureDataDir(dir string, log *slog.Logger, chmod func(string, os.FileMode) error) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
@@ -473,8 +473,14 @@ func ensureDataDir(dir string, log *slog.Logger) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("data dir %s is not a directory", dir)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("data dir is accessible by group or others; it holds keys: chmod 700 it", "dir", dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	// The directory holds the CA key, the admin token and (with SQLite) the signing
+	// keys: as ssh does with ~/.ssh, it is not used while others can read it. This
+	// process may tighten a directory it owns; otherwise it refuses to start.
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		if err := chmod(dir, perm&^0o077); err != nil {
+			return fmt.Errorf("data dir %s has mode %04o and holds keys; it must not be accessible by group or others, and it could not be tightened (%v): chmod 700 it", dir, perm, err)
+		}
+		log.Warn("data dir was accessible by group or others; it holds keys: tightened it", "dir", dir, "was", fmt.Sprintf("%04o", perm), "now", fmt.Sprintf("%04o", perm&^0o077))
 	}
 	return nil
 }
