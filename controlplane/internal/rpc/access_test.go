@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -68,6 +69,10 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			"operator B": srv.AdminClientWithToken(mintToken(t, srv, "t-bbbbbbbb", store.RoleOperator)),
 			"viewer B":   srv.AdminClientWithToken(mintToken(t, srv, "t-bbbbbbbb", store.RoleViewer)),
 		}
+
+		viewerA := mintToken(t, srv, tenantA, store.RoleViewer)
+		viewerAID, _, _ := apitoken.Parse(viewerA)
+		tenantsMade := 0
 
 		type call func(c edgev1connect.EdgeAdminServiceClient) error
 		calls := map[string]call{
@@ -144,6 +149,55 @@ func TestAdminRolesAndTenants(t *testing.T) {
 				}
 				return nil
 			},
+			edgev1connect.EdgeAdminServiceListAPITokensProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				resp, err := c.ListAPITokens(ctx, connect.NewRequest(&edgev1.ListAPITokensRequest{}))
+				if err != nil {
+					return err
+				}
+				for _, tok := range resp.Msg.GetApiTokens() {
+					if tok.GetId() == viewerAID {
+						return nil
+					}
+				}
+				return connect.NewError(connect.CodeNotFound, errors.New("viewer A's token not listed"))
+			},
+			edgev1connect.EdgeAdminServiceCreateAPITokenProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				_, err := c.CreateAPIToken(ctx, connect.NewRequest(&edgev1.CreateAPITokenRequest{TenantId: tenantA, Role: store.RoleViewer}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceRevokeAPITokenProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				// Idempotent, like the other revokes.
+				_, err := c.RevokeAPIToken(ctx, connect.NewRequest(&edgev1.RevokeAPITokenRequest{Id: viewerAID}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceCreateTenantProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				tenantsMade++
+				_, err := c.CreateTenant(ctx, connect.NewRequest(&edgev1.CreateTenantRequest{Name: fmt.Sprintf("team-%d", tenantsMade), Kind: store.TenantTeam}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceListTenantsProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				_, err := c.ListTenants(ctx, connect.NewRequest(&edgev1.ListTenantsRequest{}))
+				return err
+			},
+			edgev1connect.EdgeAdminServiceListAuditProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				resp, err := c.ListAudit(ctx, connect.NewRequest(&edgev1.ListAuditRequest{NodeId: hostA.id, Limit: 1000}))
+				if err != nil {
+					return err
+				}
+				for _, e := range resp.Msg.GetEntries() {
+					if e.GetAction() == "enroll" {
+						return nil
+					}
+				}
+				return connect.NewError(connect.CodeNotFound, errors.New("host A's enrollment not in the audit list"))
+			},
+			edgev1connect.EdgeAdminServiceVerifyAuditProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				resp, err := c.VerifyAudit(ctx, connect.NewRequest(&edgev1.VerifyAuditRequest{}))
+				if err == nil && !resp.Msg.GetOk() {
+					return connect.NewError(connect.CodeDataLoss, fmt.Errorf("audit chain broken at %d: %s", resp.Msg.GetFirstBadId(), resp.Msg.GetProblem()))
+				}
+				return err
+			},
 		}
 		for proc := range rpc.AdminPermissions {
 			if calls[proc] == nil {
@@ -164,6 +218,15 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			edgev1connect.EdgeAdminServiceRevokeHostProcedure:             {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceExecProcedure:                   {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			// API tokens are listed in the caller's tenant (admins: every tenant);
+			// minting, revoking and tenants are for admins only.
+			edgev1connect.EdgeAdminServiceListAPITokensProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceCreateAPITokenProcedure: {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceRevokeAPITokenProcedure: {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceCreateTenantProcedure:   {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceListTenantsProcedure:    {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceListAuditProcedure:      {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceVerifyAuditProcedure:    {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
 		}
 		for proc, byClient := range want {
 			for name, wantCode := range byClient {

@@ -12,6 +12,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/operators"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
@@ -24,6 +25,7 @@ type AdminConfig struct {
 	Hosts      *hosts.Service
 	Revocation *revocation.Service
 	ToolCalls  *toolcall.Service
+	Operators  *operators.Service
 	Store      store.Tx
 	Now        func() time.Time
 	Logger     *slog.Logger

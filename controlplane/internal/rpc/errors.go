@@ -15,6 +15,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/operators"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
@@ -42,8 +43,13 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 		code = connect.CodePermissionDenied
 	case errors.Is(err, store.ErrNotFound):
 		code = connect.CodeNotFound
-	case errors.Is(err, enroll.ErrInvalid), errors.Is(err, hosts.ErrInvalid), errors.Is(err, toolcall.ErrInvalid):
+	case errors.Is(err, enroll.ErrInvalid), errors.Is(err, hosts.ErrInvalid), errors.Is(err, toolcall.ErrInvalid),
+		errors.Is(err, operators.ErrInvalid):
 		code = connect.CodeInvalidArgument
+	case errors.Is(err, operators.ErrExists):
+		code = connect.CodeAlreadyExists
+	case errors.Is(err, operators.ErrLastAdmin):
+		code = connect.CodeFailedPrecondition
 	case errors.Is(err, toolcall.ErrBusy):
 		code = connect.CodeUnavailable
 	case errors.Is(err, context.Canceled):

@@ -55,6 +55,13 @@ var AdminPermissions = map[string]Access{
 	edgev1connect.EdgeAdminServiceRevokeHostProcedure:             Write,
 	edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: Write,
 	edgev1connect.EdgeAdminServiceExecProcedure:                   Write,
+	edgev1connect.EdgeAdminServiceListAPITokensProcedure:          Read,
+	edgev1connect.EdgeAdminServiceCreateAPITokenProcedure:         AdminOnly,
+	edgev1connect.EdgeAdminServiceRevokeAPITokenProcedure:         AdminOnly,
+	edgev1connect.EdgeAdminServiceCreateTenantProcedure:           AdminOnly,
+	edgev1connect.EdgeAdminServiceListTenantsProcedure:            AdminOnly,
+	edgev1connect.EdgeAdminServiceListAuditProcedure:              Read,
+	edgev1connect.EdgeAdminServiceVerifyAuditProcedure:            AdminOnly,
 }
 
 func allowed(p apitoken.Principal, need Access) bool {

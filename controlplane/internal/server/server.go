@@ -32,6 +32,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
+	"github.com/aegis-edge/aegis/controlplane/internal/operators"
 	"github.com/aegis-edge/aegis/controlplane/internal/ratelimit"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
@@ -266,6 +267,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		}),
 		Revocation: revoker,
 		ToolCalls:  s.tools,
+		Operators:  operators.New(operators.Config{Store: s.store, Now: s.now, Rand: rnd}),
 		Store:      s.store,
 		Now:        s.now,
 		Logger:     s.log,
