@@ -81,9 +81,15 @@ func (s *Service) Issue(ctx context.Context, purpose, nodeID, source string) (st
 	return n, nil
 }
 
-// Consume spends a nonce inside tx: it must exist, be unexpired at now, and have been
+// Consume spends a nonce through tx: it must exist, be unexpired at now, and have been
 // issued for purpose (and, for attestation, for nodeID). Any mismatch is NONCE_INVALID
 // with one message, so a prober learns nothing about which check failed.
+//
+// Spend it in a transaction of its own (pass the Store), before the work it
+// authorizes: spent inside that work's transaction, a refusal would roll the spending
+// back and the nonce could be tried again. Since every enrollment and attestation
+// attempt costs a fresh nonce, the limits on issuing them (per source, per node) are
+// the limits on attempts.
 func Consume(ctx context.Context, tx store.Tx, value, purpose, nodeID string, now time.Time) error {
 	invalid := rejection.New(edgev1.RejectReason_REJECT_REASON_NONCE_INVALID, "nonce is unknown, expired, already used or issued for another purpose: request a new challenge")
 	if value == "" {

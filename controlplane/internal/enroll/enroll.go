@@ -251,11 +251,14 @@ func (s *Service) enroll(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	// The nonce is spent in a transaction of its own, committed whatever follows: a
+	// refusal inside the enrollment's transaction would roll the spending back, and
+	// one challenge would buy any number of secret guesses.
+	if err := challenge.Consume(ctx, s.cfg.Store, req.Nonce, challenge.PurposeEnroll, "", now); err != nil {
+		return Result{}, err
+	}
 	var res Result
 	err = s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
-		if err := challenge.Consume(ctx, tx, req.Nonce, challenge.PurposeEnroll, "", now); err != nil {
-			return err
-		}
 		if len(req.PublicKey) != ed25519.PublicKeySize {
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_KEY_INVALID, "public key is %d bytes, want a %d-byte Ed25519 key", len(req.PublicKey), ed25519.PublicKeySize)
 		}

@@ -112,13 +112,16 @@ func (s *Service) attest(ctx context.Context, req AttestRequest) (AttestResult, 
 	if !s.cfg.AttestLimiter.Allow(req.NodeID, now) {
 		return AttestResult{}, rejection.New(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, "too many attestations for this node: slow down and retry")
 	}
+	// The nonce is spent in a transaction of its own, committed whatever the proof
+	// turns out to be: inside the attestation's transaction a refusal would roll the
+	// spending back, and one challenge would buy any number of guesses.
+	if err := challenge.Consume(ctx, s.cfg.Store, req.Nonce, challenge.PurposeAttest, req.NodeID, now); err != nil {
+		return AttestResult{}, err
+	}
 	var res AttestResult
 	var added []store.BlacklistEntry
 	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
 		added = added[:0]
-		if err := challenge.Consume(ctx, tx, req.Nonce, challenge.PurposeAttest, req.NodeID, now); err != nil {
-			return err
-		}
 		d, err := tx.GetDaemon(ctx, req.NodeID)
 		if errors.Is(err, store.ErrNotFound) {
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_UNKNOWN_NODE, "node %s is not enrolled: enroll again with a new enrollment token", req.NodeID)
