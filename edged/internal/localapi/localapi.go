@@ -1,5 +1,6 @@
 // Package localapi owns edged's EdgeLocalService: Connect over plain HTTP/1.1 on the
-// Unix socket <state>/edged.sock (mode 0600, inside the 0700 state dir), which is how
+// Unix socket <state>/edged.sock (mode 0600, inside the 0700 state dir, and serving
+// only connections whose peer runs as the daemon's own user), which is how
 // aegisctl on the same host asks the running daemon for its status, and has it
 // rotate its key, refresh its token or log out.
 package localapi
@@ -71,9 +72,24 @@ type Server struct {
 	srv  *http.Server
 }
 
+// Option adjusts Listen.
+type Option func(*listenConfig)
+
+type listenConfig struct{ owner int }
+
+// WithOwner sets the only uid whose connections are served (default: this
+// process's effective uid, the owner of the state directory).
+func WithOwner(uid int) Option { return func(c *listenConfig) { c.owner = uid } }
+
 // Listen binds the socket at path. Any file already there is removed first: the caller
 // holds the daemon lock, so a socket left there belongs to a daemon that is gone.
-func Listen(path string, src StatusSource, logger *slog.Logger) (*Server, error) {
+// Only connections from the owning user are served (SO_PEERCRED), besides the
+// socket's mode 0600.
+func Listen(path string, src StatusSource, logger *slog.Logger, opts ...Option) (*Server, error) {
+	cfg := listenConfig{owner: os.Geteuid()}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
@@ -93,7 +109,7 @@ func Listen(path string, src StatusSource, logger *slog.Logger) (*Server, error)
 	mux.Handle(edgev1connect.NewEdgeLocalServiceHandler(NewService(src)))
 	return &Server{
 		path: path,
-		ln:   ln,
+		ln:   &ownerOnly{Listener: ln, owner: cfg.owner, log: logger},
 		srv: &http.Server{
 			Handler:           mux,
 			ReadHeaderTimeout: 5 * time.Second,
