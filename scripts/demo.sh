@@ -23,6 +23,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Commands are captured before grep reads them: with pipefail, `cmd | grep -q` fails
+# whenever grep exits at its first match before cmd has written everything (SIGPIPE).
+connected() { local out; out=$(aegis edge status --state-dir "$1" 2>/dev/null || true); grep -q '^status: Connected' <<<"$out"; }
 fail() { echo "demo: $*" >&2; for f in "$demo"/*.log; do echo "--- $f"; tail -20 "$f"; done >&2; exit 1; }
 
 say "building controlplane, edged and aegisctl (aegis) into ./bin"
@@ -53,6 +56,7 @@ hosts=(web-east-1 web-east-2 db-mirror-1)
 for h in "${hosts[@]}"; do
   say "enrolling $h"
   token=$(aegis edge enrollment-tokens create --tags demo,prod --name "$h")
+  printf '%s\n' "$token" >>"$demo/secrets.list"
   aegis edge enroll --token "$token" --name "$h" --state-dir "$demo/hosts/$h"
   edged run --state-dir "$demo/hosts/$h" >"$demo/$h.log" 2>&1 &
   pids+=($!)
@@ -61,10 +65,10 @@ done
 say "waiting for the three daemons to be Connected"
 for h in "${hosts[@]}"; do
   for _ in $(seq 1 100); do
-    aegis edge status --state-dir "$demo/hosts/$h" 2>/dev/null | grep -q '^status: Connected' && break
+    connected "$demo/hosts/$h" && break
     sleep 0.2
   done
-  aegis edge status --state-dir "$demo/hosts/$h" | grep -q '^status: Connected' || fail "$h did not connect"
+  connected "$demo/hosts/$h" || fail "$h did not connect"
 done
 
 say "aegis edge status (on web-east-1)"
@@ -72,8 +76,8 @@ aegis edge status --state-dir "$demo/hosts/web-east-1"
 
 say "aegis edge hosts list (the operator's view)"
 aegis edge hosts list
-connected=$(aegis edge hosts list | grep -c Connected || true)
-[ "$connected" -eq 3 ] || fail "hosts list shows $connected Connected hosts, want 3"
+list=$(aegis edge hosts list); n_connected=$(grep -c Connected <<<"$list" || true)
+[ "$n_connected" -eq 3 ] || fail "hosts list shows $n_connected Connected hosts, want 3"
 
 h1="$demo/hosts/web-east-1"
 fp() { aegis edge status --state-dir "$h1" | sed -n 's/^key_fingerprint: //p'; }
@@ -82,7 +86,7 @@ say "aegis edge keys rotate (on web-east-1): a new key and token, the live strea
 aegis edge keys rotate --state-dir "$h1"
 after=$(fp)
 [ -n "$after" ] && [ "$after" != "$before" ] || fail "the fingerprint did not change ($before -> $after)"
-aegis edge status --state-dir "$h1" | grep -q '^status: Connected' || fail "web-east-1 is not Connected after the rotation"
+connected "$h1" || fail "web-east-1 is not Connected after the rotation"
 streams=$(grep -c "connected to the control plane" "$demo/web-east-1.log" || true)
 [ "$streams" -eq 1 ] || fail "web-east-1 opened $streams streams, want 1: the rotation must not reconnect"
 say "ls $h1/archive (the old key, kept for --keep-old)"
@@ -91,7 +95,23 @@ say "aegis edge status (on web-east-1, after the rotation)"
 aegis edge status --state-dir "$h1"
 say "aegis edge hosts list (key_rotated_at is set for web-east-1)"
 aegis edge hosts list
-aegis edge hosts list | grep web-east-1 | grep -q "$after" || fail "hosts list does not show web-east-1's new key"
+list=$(aegis edge hosts list)
+grep web-east-1 <<<"$list" | grep -F -- "$after" >/dev/null || fail "hosts list does not show web-east-1's new key"
+
+say "no secret in any log: admin token, enrollment tokens, node tokens, node keys"
+cat "$demo/cp/admin.token" >>"$demo/secrets.list"
+for h in "${hosts[@]}"; do
+  cat "$demo/hosts/$h/node.token" >>"$demo/secrets.list"; echo >>"$demo/secrets.list"
+  # The key file is PEM: every base64 line of it is a secret on its own.
+  grep -v -- '-----' "$demo/hosts/$h/node.key" >>"$demo/secrets.list"
+done
+for f in "$h1"/archive/*.key; do grep -v -- '-----' "$f" >>"$demo/secrets.list"; done
+# Enrollment and API tokens are <id>.<secret>...: their secret part must not leak either.
+parts=$(sed -n 's/^[0-9a-f]\{16\}\.\([0-9a-f]\{32\}\).*/\1/p' "$demo/secrets.list")
+printf '%s\n' "$parts" >>"$demo/secrets.list"
+leaks=$(grep -v '^$' "$demo/secrets.list" | sort -u | grep -F -f - "$demo"/*.log "$demo"/login.out || true)
+[ -z "$leaks" ] || fail "a secret appears in a log: $(echo "$leaks" | cut -d: -f1 | sort -u | tr '\n' ' ')"
+echo "checked $(grep -vc '^$' "$demo/secrets.list") secrets against $(ls "$demo"/*.log | wc -l) logs: none found"
 
 if $once; then
   say "demo checks passed"
