@@ -34,13 +34,16 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	builds := []struct{ moduleDir, pkg string }{
-		{"../controlplane", "./cmd/controlplane"},
-		{"../edged", "./cmd/edged"},
-		{".", "./cmd/aegisctl"},
+	// The daemons are built aside and reached through logging wrappers (see
+	// writeLogWrapper); aegisctl, which prints tokens to its user by design, is not.
+	real := filepath.Join(dir, "real")
+	builds := []struct{ moduleDir, pkg, out string }{
+		{"../controlplane", "./cmd/controlplane", real},
+		{"../edged", "./cmd/edged", real},
+		{".", "./cmd/aegisctl", dir},
 	}
 	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), b.pkg)
+		cmd := exec.Command("go", "build", "-o", b.out+string(filepath.Separator), b.pkg)
 		cmd.Dir = b.moduleDir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s in %s: %v\n%s", b.pkg, b.moduleDir, err, out)
@@ -50,6 +53,12 @@ func testMain(m *testing.M) int {
 	if err := os.Symlink("aegisctl", filepath.Join(dir, "aegis")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	for _, name := range []string{"controlplane", "edged"} {
+		if err := writeLogWrapper(filepath.Join(dir, name), filepath.Join(real, name)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	binDir = dir
 	return m.Run()
@@ -97,6 +106,7 @@ func TestScripts(t *testing.T) {
 			"emptydir":   cmdEmptyDir,
 			"sleep":      cmdSleep,
 			"archived":   cmdArchived,
+			"nosecrets":  cmdNoSecrets,
 		},
 	})
 }
@@ -193,6 +203,7 @@ func cmdStdoutEnv(ts *testscript.TestScript, neg bool, args []string) {
 	out := ts.ReadFile("stdout")
 	if len(args) == 1 {
 		ts.Setenv(args[0], strings.TrimSpace(out))
+		rememberSecrets(ts, out)
 		return
 	}
 	re, err := regexp.Compile("(?m)" + args[1])
@@ -202,6 +213,7 @@ func cmdStdoutEnv(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("stdout does not match %q (with a group)", args[1])
 	}
 	ts.Setenv(args[0], m[1])
+	rememberSecrets(ts, m[1])
 }
 
 // perm MODE PATH: PATH's permission bits are exactly MODE (octal).
