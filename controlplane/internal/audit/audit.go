@@ -8,7 +8,7 @@
 // breaks the chain at that row or the one after it. The chain holds no secret: it
 // shows tampering by someone who edits rows, not by someone who rewrites the whole
 // chain from the tampered row on, and it cannot show that the newest entries were cut
-// off. Copy `audit verify`'s last hash somewhere else to anchor it.
+// off: copy the newest entry's hash somewhere else to anchor it.
 package audit
 
 import (
