@@ -230,7 +230,7 @@ func (a *app) rpcError(err error, server string) error {
 	case connect.CodeUnauthenticated:
 		return fmt.Errorf("the API token was refused: log in again with `%s login --server %s --token-file F`", a.name, server)
 	case connect.CodePermissionDenied:
-		return fmt.Errorf("the API token's role may not do this (%s): ask an admin for an operator token", orDefault(msg, "permission denied"))
+		return fmt.Errorf("the API token's role may not do this (%s): ask an admin for a token that may", orDefault(msg, "permission denied"))
 	case connect.CodeUnavailable:
 		return fmt.Errorf("cannot reach the control plane at %s: is it running?", server)
 	case connect.CodeUnimplemented:

@@ -84,9 +84,30 @@ func (a AuthInterceptor) authorize(ctx context.Context, procedure, header string
 	p, _ := PrincipalFrom(ctx)
 	need, known := AdminPermissions[procedure]
 	if !known || !allowed(p, need) {
-		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%w: a %s API token may not call %s", apitoken.ErrPermissionDenied, p.Role, procedure[strings.LastIndex(procedure, "/")+1:]))
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%w: %s API token may not call %s (%s)", apitoken.ErrPermissionDenied,
+			withArticle(p.Role), procedure[strings.LastIndex(procedure, "/")+1:], need))
 	}
 	return ctx, nil
+}
+
+// String says who may call a procedure that needs this access.
+func (need Access) String() string {
+	switch need {
+	case Read:
+		return "it takes a viewer, operator or admin token"
+	case Write:
+		return "it takes an operator or admin token"
+	case AdminOnly:
+		return "it takes an admin token"
+	}
+	return "no token may call it"
+}
+
+func withArticle(role string) string {
+	if strings.IndexAny(role, "aeiou") == 0 {
+		return "an " + role
+	}
+	return "a " + role
 }
 
 func (a AuthInterceptor) authenticate(ctx context.Context, header string) (context.Context, error) {
