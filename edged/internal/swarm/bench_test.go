@@ -74,8 +74,8 @@ func BenchmarkFleetRotateRolling100(b *testing.B) {
 	var m1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
-	b.Logf("%d daemons: enrolled in %v (%.1f/s), all Connected %v later; heap %.1f MiB (%.0f KiB per daemon), %d goroutines",
-		n, enrolled.Round(time.Millisecond), float64(n)/enrolled.Seconds(), connected.Round(time.Millisecond),
+	b.Logf("%d daemons: enrolled in %v (%.1f/s, %d retries on the challenge rate limit), all Connected %v later; heap %.1f MiB (%.0f KiB per daemon), %d goroutines",
+		n, enrolled.Round(time.Millisecond), float64(n)/enrolled.Seconds(), s.Throttled(), connected.Round(time.Millisecond),
 		float64(m1.HeapInuse)/(1<<20), float64(int64(m1.HeapInuse)-int64(m0.HeapInuse))/1024/float64(n), runtime.NumGoroutine())
 
 	spec := &edgev1.FleetRunSpec{

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -102,6 +103,8 @@ type Swarm struct {
 
 	shared     *http.Client
 	sharedOnce sync.Once
+
+	throttled atomic.Int64
 
 	mu      sync.Mutex
 	daemons []*Daemon
@@ -198,15 +201,32 @@ func (s *Swarm) enroll(ctx context.Context, d *Daemon) error {
 	if err := os.Mkdir(d.Dir.Path(), keystore.DirMode); err != nil {
 		return fmt.Errorf("swarm: state dir for %s: %w", d.Name, err)
 	}
-	res, err := enroll.Enroll(ctx, enroll.Options{
-		Token: resp.Msg.GetToken(), StateDir: d.Dir.Path(), Name: d.Name, Timeout: s.opts.RPCTimeout,
-	})
-	if err != nil {
-		return fmt.Errorf("swarm: enroll %s: %w", d.Name, err)
+	for {
+		res, err := enroll.Enroll(ctx, enroll.Options{
+			Token: resp.Msg.GetToken(), StateDir: d.Dir.Path(), Name: d.Name, Timeout: s.opts.RPCTimeout,
+		})
+		// Every daemon here comes from 127.0.0.1, one source to the control plane's
+		// per-source challenge limit (50/s, burst 200): past the burst, wait for it.
+		// A refused challenge leaves the token unspent and the state dir empty.
+		if errors.Is(err, enroll.ErrRejected) && strings.Contains(err.Error(), "rate limited") {
+			s.throttled.Add(1)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("swarm: enroll %s: %w (%v)", d.Name, ctx.Err(), err)
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("swarm: enroll %s: %w", d.Name, err)
+		}
+		d.NodeID = res.NodeID
+		return nil
 	}
-	d.NodeID = res.NodeID
-	return nil
 }
+
+// Throttled counts enrollments the control plane's rate limit made wait and retry.
+func (s *Swarm) Throttled() int64 { return s.throttled.Load() }
 
 func (s *Swarm) httpClient(id *keystore.Identity) *http.Client {
 	if !s.opts.SharedTransport {
