@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -190,4 +191,63 @@ func (s *Service) SetSecurityContext(ctx context.Context, p apitoken.Principal, 
 		return Host{}, false, fmt.Errorf("tenant of host: %w", err)
 	}
 	return s.host(d, t, s.cfg.Now()), refreshSent, nil
+}
+
+// tagPattern is what a tag may be: selectors match tags literally, and tags
+// travel in tokens and listings, so they stay short and printable.
+var tagPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$`)
+
+// MaxTags bounds a host's tags.
+const MaxTags = 64
+
+// UpdateTags adds and then removes tags on nodeID (tags are what selectors select
+// on). A bad tag or too many tags is ErrInvalid and changes nothing; a host p
+// cannot see is store.ErrNotFound.
+func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID string, add, remove []string) (Host, error) {
+	if !p.CanWrite() {
+		return Host{}, fmt.Errorf("%w: role %q cannot change a host's tags", apitoken.ErrPermissionDenied, p.Role)
+	}
+	for _, t := range append(append([]string(nil), add...), remove...) {
+		if !tagPattern.MatchString(t) {
+			return Host{}, fmt.Errorf("%w: tag %q: a tag is 1-63 letters, digits, '.', '_', ':', '/' or '-', starting with a letter or digit", ErrInvalid, t)
+		}
+	}
+	var d store.Daemon
+	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
+		old, err := tx.GetDaemon(ctx, nodeID)
+		if err == nil && !p.Sees(old.TenantID) {
+			err = store.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("host %q: %w", nodeID, err)
+		}
+		tags := slices.Clone(old.Tags)
+		for _, t := range add {
+			if !slices.Contains(tags, t) {
+				tags = append(tags, t)
+			}
+		}
+		tags = slices.DeleteFunc(tags, func(t string) bool { return slices.Contains(remove, t) })
+		if len(tags) > MaxTags {
+			return fmt.Errorf("%w: a host has at most %d tags; this would give it %d", ErrInvalid, MaxTags, len(tags))
+		}
+		if err := tx.UpdateDaemonTags(ctx, nodeID, tags); err != nil {
+			return err
+		}
+		d = old
+		d.Tags = tags
+		_, err = tx.AppendAudit(ctx, store.AuditEntry{
+			At: s.cfg.Now().UTC(), TenantID: d.TenantID, Actor: "op:" + p.TokenID, Action: "update_tags", NodeID: nodeID, Result: "ok",
+			Details: map[string]string{"from": strings.Join(old.Tags, ","), "to": strings.Join(tags, ",")},
+		})
+		return err
+	})
+	if err != nil {
+		return Host{}, err
+	}
+	t, err := s.cfg.Store.GetTenant(ctx, d.TenantID)
+	if err != nil {
+		return Host{}, fmt.Errorf("tenant of host: %w", err)
+	}
+	return s.host(d, t, s.cfg.Now()), nil
 }

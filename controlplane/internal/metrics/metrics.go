@@ -24,6 +24,9 @@ type Metrics struct {
 	keyRotationSecs    prometheus.Histogram
 	toolCalls          *prometheus.CounterVec
 	toolCallSecs       *prometheus.HistogramVec
+	fleetRunsActive    prometheus.Gauge
+	fleetRunHosts      *prometheus.CounterVec
+	throttled          prometheus.Counter
 }
 
 // New registers the metrics with reg. A nil reg yields working, unregistered metrics.
@@ -81,11 +84,23 @@ func New(reg prometheus.Registerer) *Metrics {
 			// Commands run from milliseconds up to the deadline (60s by default): 10ms to ~1.4h.
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 20),
 		}, []string{"tool"}),
+		fleetRunsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aegis_edge_fleet_runs_active",
+			Help: "Fleet runs this replica is driving now.",
+		}),
+		fleetRunHosts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aegis_edge_fleet_run_hosts_total",
+			Help: "Hosts of fleet runs that reached an outcome, by action and result (succeeded, failed, skipped, not_started).",
+		}, []string{"action", "result"}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aegis_edge_throttled_requests_total",
+			Help: "Rotations and attestations that had to wait for a slot of --max-concurrent-rotations.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connectedDaemons, m.rpcRequests, m.envelopeRejections, m.enrollments,
 			m.heartbeats, m.blacklistEntries, m.attestations, m.tokenRefreshes, m.keyRotations, m.keyRotationSecs,
-			m.toolCalls, m.toolCallSecs)
+			m.toolCalls, m.toolCallSecs, m.fleetRunsActive, m.fleetRunHosts, m.throttled)
 	}
 	return m
 }
@@ -159,5 +174,26 @@ func (m *Metrics) ToolCall(tool, result string, took time.Duration) {
 	if m != nil {
 		m.toolCalls.WithLabelValues(tool, result).Inc()
 		m.toolCallSecs.WithLabelValues(tool).Observe(took.Seconds())
+	}
+}
+
+// FleetRunsActive moves the active fleet runs gauge by delta.
+func (m *Metrics) FleetRunsActive(delta float64) {
+	if m != nil {
+		m.fleetRunsActive.Add(delta)
+	}
+}
+
+// FleetRunHost counts one fleet run host's outcome.
+func (m *Metrics) FleetRunHost(action, result string) {
+	if m != nil {
+		m.fleetRunHosts.WithLabelValues(action, result).Inc()
+	}
+}
+
+// Throttled counts one request that waited for a rotation/attestation slot.
+func (m *Metrics) Throttled() {
+	if m != nil {
+		m.throttled.Inc()
 	}
 }

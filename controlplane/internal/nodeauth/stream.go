@@ -36,6 +36,8 @@ type Stream struct {
 	// verified maps token text to its verified claims.
 	verified map[string]nodetoken.Claims
 	daemon   *nodeState
+	// presented is the key fingerprint and token jti of the last accepted envelope.
+	presentedKfp, presentedJTI string
 }
 
 // nodeState is the node record as this stream last loaded it, with the
@@ -92,6 +94,13 @@ func (s *Service) CheckUnary(ctx context.Context, tx store.Tx, kind edgev1.Envel
 
 // NodeID is the node this stream is bound to (after the first accepted envelope).
 func (st *Stream) NodeID() string { return st.nodeID }
+
+// Presented is what the last accepted envelope proved: the fingerprint of the key
+// that signed it and the jti of the token it carried. A fleet run learns from it
+// that a host really switched to a new key or token, rather than assuming so.
+func (st *Stream) Presented() (keyFingerprint, tokenJTI string) {
+	return st.presentedKfp, st.presentedJTI
+}
 
 // Daemon is the node record as last loaded by the stream.
 func (st *Stream) Daemon() store.Daemon {
@@ -222,6 +231,8 @@ func (st *Stream) check(ctx context.Context, env *edgev1.SealNodeEnvelope) error
 	st.nodeID, st.streamID = env.GetNodeId(), env.GetStreamId()
 	st.lastSeq = env.GetSequence()
 	st.daemon = node
+	// The token is bound to the key that verified the signature (step 5).
+	st.presentedKfp, st.presentedJTI = claims.Cnf.KeyFingerprint, claims.JTI()
 	if !seenBefore {
 		if len(st.verified) >= maxCachedTokens {
 			clear(st.verified)
