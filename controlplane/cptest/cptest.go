@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +51,18 @@ type Options struct {
 	// ExecGrace is how long after its deadline an Exec waits for the result of a
 	// daemon that lost its stream (default 30s, as in production).
 	ExecGrace time.Duration
+	// FleetMaxConcurrency caps the hosts in flight in one fleet run (default 100,
+	// as --fleet-max-concurrency).
+	FleetMaxConcurrency int
+	// MaxConcurrentRotations caps rotations and attestations in progress at once
+	// (default 64, as --max-concurrent-rotations).
+	MaxConcurrentRotations int
+	// FleetResumeGrace is how long a fleet run resumed after Restart waits for a
+	// host's stream to come back before skipping it as disconnected (default 15s).
+	FleetResumeGrace time.Duration
+	// FleetLeaseDuration is how long a fleet run's lease lasts unrenewed (default
+	// 15s).
+	FleetLeaseDuration time.Duration
 	// Logger defaults to warnings and errors on the test's output.
 	Logger *slog.Logger
 }
@@ -127,6 +140,12 @@ func (s *Server) start(t testing.TB) {
 	if s.opts.RotationOverlap > 0 {
 		f.RotationOverlap = s.opts.RotationOverlap.String()
 	}
+	if s.opts.FleetMaxConcurrency > 0 {
+		f.FleetMaxConcurrency = strconv.Itoa(s.opts.FleetMaxConcurrency)
+	}
+	if s.opts.MaxConcurrentRotations > 0 {
+		f.MaxConcurrentRotations = strconv.Itoa(s.opts.MaxConcurrentRotations)
+	}
 	cfg, err := f.Resolve()
 	if err != nil {
 		_ = ln.Close()
@@ -142,6 +161,8 @@ func (s *Server) start(t testing.TB) {
 		ShutdownTimeout:      5 * time.Second,
 		HousekeepingInterval: s.opts.HousekeepingInterval,
 		ExecGrace:            s.opts.ExecGrace,
+		FleetResumeGrace:     s.opts.FleetResumeGrace,
+		FleetLeaseDuration:   s.opts.FleetLeaseDuration,
 	})
 	if err != nil {
 		cancel()
@@ -197,7 +218,9 @@ func (s *Server) Stop() {
 }
 
 // Restart stops the control plane and starts it again on the same address and data
-// directory (and database), as an operator restarting the service would.
+// directory (and database), as an operator restarting the service would. Fleet runs
+// in progress stop with it and resume once it is back: the replica id (host:port)
+// is the same, so the new process takes over its own leases at once.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()

@@ -63,6 +63,10 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.MaxClockSkew = v }),
 		str("rotation-overlap", "AEGIS_ROTATION_OVERLAP", d.RotationOverlap, "how long after a key rotation a live stream may still send envelopes signed by the previous key (`DURATION`); new connections with the old key are refused at once",
 			func(f *config.File, v string) { f.RotationOverlap = v }),
+		str("fleet-max-concurrency", "AEGIS_FLEET_MAX_CONCURRENCY", d.FleetMaxConcurrency, "most hosts in flight at once in one fleet run (`N`); a parallel run moves in waves of this many",
+			func(f *config.File, v string) { f.FleetMaxConcurrency = v }),
+		str("max-concurrent-rotations", "AEGIS_MAX_CONCURRENT_ROTATIONS", d.MaxConcurrentRotations, "most key rotations and attestations in progress at once, server-wide (`N`); more wait their turn",
+			func(f *config.File, v string) { f.MaxConcurrentRotations = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
 	}
@@ -73,7 +77,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	flags := []cli.Flag{&cli.StringFlag{
 		Name:    "config",
 		EnvVars: []string{"AEGIS_CONTROLPLANE_CONFIG"},
-		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, log_level); environment and flags override it",
+		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, fleet_max_concurrency, max_concurrent_rotations, log_level); environment and flags override it",
 	}}
 	for _, l := range layers {
 		flags = append(flags, l.flag)

@@ -36,6 +36,12 @@ type File struct {
 	MaxClockSkew      string `yaml:"max_clock_skew"`
 	RotationOverlap   string `yaml:"rotation_overlap"`
 	LogLevel          string `yaml:"log_level"`
+	// FleetMaxConcurrency caps the hosts in flight in one fleet run (a parallel
+	// run's wave size).
+	FleetMaxConcurrency string `yaml:"fleet_max_concurrency"`
+	// MaxConcurrentRotations caps rotations and attestations in progress at once,
+	// server-wide.
+	MaxConcurrentRotations string `yaml:"max_concurrent_rotations"`
 }
 
 // Defaults are the documented defaults (DESIGN §9).
@@ -48,6 +54,11 @@ func Defaults() File {
 		MaxClockSkew:      "60s",
 		RotationOverlap:   "60s",
 		LogLevel:          "info",
+		// A parallel fleet run of thousands still moves in waves of this many.
+		FleetMaxConcurrency: "100",
+		// About what one PostgreSQL primary sustains with good latency (DESIGN §7:
+		// ~6,600 rotations/s with 32 in flight).
+		MaxConcurrentRotations: "64",
 	}
 }
 
@@ -71,6 +82,8 @@ func Merge(layers ...File) File {
 		set(&out.MaxClockSkew, l.MaxClockSkew)
 		set(&out.RotationOverlap, l.RotationOverlap)
 		set(&out.LogLevel, l.LogLevel)
+		set(&out.FleetMaxConcurrency, l.FleetMaxConcurrency)
+		set(&out.MaxConcurrentRotations, l.MaxConcurrentRotations)
 	}
 	return out
 }
@@ -117,6 +130,10 @@ type Config struct {
 	// authenticated before it may still send envelopes under the previous key.
 	RotationOverlap time.Duration
 	LogLevel        slog.Level
+	// FleetMaxConcurrency caps the hosts in flight in one fleet run.
+	FleetMaxConcurrency int
+	// MaxConcurrentRotations caps rotations and attestations in progress at once.
+	MaxConcurrentRotations int
 }
 
 // Resolve validates f (already merged over Defaults) into a Config. Each error names
@@ -204,6 +221,17 @@ func (f File) Resolve() (Config, error) {
 	// Short overlaps are allowed for tests and tight environments; a daemon switches
 	// keys right after the swap, so the overlap only has to cover envelopes in flight.
 	dur("rotation-overlap", f.RotationOverlap, 100*time.Millisecond, time.Hour, &c.RotationOverlap)
+
+	count := func(flag, v string, lo, hi int, dst *int) {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < lo || n > hi {
+			bad("invalid --%s %q: want a whole number from %d to %d", flag, v, lo, hi)
+			return
+		}
+		*dst = n
+	}
+	count("fleet-max-concurrency", f.FleetMaxConcurrency, 1, 100000, &c.FleetMaxConcurrency)
+	count("max-concurrent-rotations", f.MaxConcurrentRotations, 1, 100000, &c.MaxConcurrentRotations)
 
 	switch strings.ToLower(f.LogLevel) {
 	case "debug":

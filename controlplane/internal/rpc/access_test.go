@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -199,6 +200,58 @@ func TestAdminRolesAndTenants(t *testing.T) {
 				return err
 			},
 		}
+		// A run of tenant A; tenant B can neither see it nor resolve A's host.
+		runA := startRun(t, srv.AdminClient(), rotateSpec("nodes="+hostA.id)).GetRun().GetId()
+		onlyA := func(err error) error {
+			// B's resolution is tenant-scoped: A's host does not exist for it.
+			if connect.CodeOf(err) == connect.CodeInvalidArgument && strings.Contains(err.Error(), "selects no hosts") {
+				return connect.NewError(connect.CodeNotFound, err)
+			}
+			return err
+		}
+		calls[edgev1connect.EdgeAdminServiceUpdateHostTagsProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			_, err := c.UpdateHostTags(ctx, connect.NewRequest(&edgev1.UpdateHostTagsRequest{NodeId: hostA.id, Add: []string{"tagged"}}))
+			return err
+		}
+		calls[edgev1connect.EdgeAdminServicePlanFleetRunProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			_, err := c.PlanFleetRun(ctx, connect.NewRequest(&edgev1.PlanFleetRunRequest{Spec: rotateSpec("nodes=" + hostA.id)}))
+			return onlyA(err)
+		}
+		calls[edgev1connect.EdgeAdminServiceStartFleetRunProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			_, err := c.StartFleetRun(ctx, connect.NewRequest(&edgev1.StartFleetRunRequest{Spec: rotateSpec("nodes=" + hostA.id)}))
+			return onlyA(err)
+		}
+		calls[edgev1connect.EdgeAdminServiceWatchFleetRunProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			s, err := c.WatchFleetRun(ctx, connect.NewRequest(&edgev1.WatchFleetRunRequest{RunId: runA}))
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			for s.Receive() {
+			}
+			return s.Err()
+		}
+		calls[edgev1connect.EdgeAdminServiceCancelFleetRunProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			_, err := c.CancelFleetRun(ctx, connect.NewRequest(&edgev1.CancelFleetRunRequest{RunId: runA}))
+			return err
+		}
+		calls[edgev1connect.EdgeAdminServiceListFleetRunsProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			resp, err := c.ListFleetRuns(ctx, connect.NewRequest(&edgev1.ListFleetRunsRequest{}))
+			if err != nil {
+				return err
+			}
+			for _, r := range resp.Msg.GetRuns() {
+				if r.GetId() == runA {
+					return nil
+				}
+			}
+			return connect.NewError(connect.CodeNotFound, errors.New("run A not listed"))
+		}
+		calls[edgev1connect.EdgeAdminServiceGetFleetRunProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			_, err := c.GetFleetRun(ctx, connect.NewRequest(&edgev1.GetFleetRunRequest{RunId: runA}))
+			return err
+		}
+
 		for proc := range rpc.AdminPermissions {
 			if calls[proc] == nil {
 				t.Errorf("%s has a permission but no row in this test", proc)
@@ -227,6 +280,15 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			edgev1connect.EdgeAdminServiceListTenantsProcedure:    {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceListAuditProcedure:      {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
 			edgev1connect.EdgeAdminServiceVerifyAuditProcedure:    {"admin": ok, "operator A": denied, "viewer A": denied, "operator B": denied, "viewer B": denied},
+			// Fleet runs: reading (plans are reads) for viewers, acting for operators;
+			// another tenant's run or host is NotFound.
+			edgev1connect.EdgeAdminServiceUpdateHostTagsProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServicePlanFleetRunProcedure:   {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceStartFleetRunProcedure:  {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceWatchFleetRunProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceCancelFleetRunProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceListFleetRunsProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceGetFleetRunProcedure:    {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
 		}
 		for proc, byClient := range want {
 			for name, wantCode := range byClient {

@@ -11,6 +11,7 @@ import (
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
 	"github.com/aegis-edge/aegis/controlplane/internal/operators"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
@@ -26,6 +27,7 @@ type AdminConfig struct {
 	Revocation *revocation.Service
 	ToolCalls  *toolcall.Service
 	Operators  *operators.Service
+	Fleet      *fleet.Engine
 	Store      store.Tx
 	Now        func() time.Time
 	Logger     *slog.Logger
@@ -294,42 +296,4 @@ func (a *Admin) Exec(ctx context.Context, req *connect.Request[edgev1.ExecReques
 			return nil
 		}
 	}
-}
-
-// The fleet RPCs and UpdateHostTags are not served yet.
-var errFleetUnimplemented = connect.NewError(connect.CodeUnimplemented, errors.New("fleet runs are not available on this control plane yet"))
-
-// UpdateHostTags is not served yet.
-func (a *Admin) UpdateHostTags(context.Context, *connect.Request[edgev1.UpdateHostTagsRequest]) (*connect.Response[edgev1.UpdateHostTagsResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tagging hosts is not available on this control plane yet"))
-}
-
-// PlanFleetRun is not served yet.
-func (a *Admin) PlanFleetRun(context.Context, *connect.Request[edgev1.PlanFleetRunRequest]) (*connect.Response[edgev1.PlanFleetRunResponse], error) {
-	return nil, errFleetUnimplemented
-}
-
-// StartFleetRun is not served yet.
-func (a *Admin) StartFleetRun(context.Context, *connect.Request[edgev1.StartFleetRunRequest]) (*connect.Response[edgev1.StartFleetRunResponse], error) {
-	return nil, errFleetUnimplemented
-}
-
-// WatchFleetRun is not served yet.
-func (a *Admin) WatchFleetRun(context.Context, *connect.Request[edgev1.WatchFleetRunRequest], *connect.ServerStream[edgev1.WatchFleetRunResponse]) error {
-	return errFleetUnimplemented
-}
-
-// CancelFleetRun is not served yet.
-func (a *Admin) CancelFleetRun(context.Context, *connect.Request[edgev1.CancelFleetRunRequest]) (*connect.Response[edgev1.CancelFleetRunResponse], error) {
-	return nil, errFleetUnimplemented
-}
-
-// ListFleetRuns is not served yet.
-func (a *Admin) ListFleetRuns(context.Context, *connect.Request[edgev1.ListFleetRunsRequest]) (*connect.Response[edgev1.ListFleetRunsResponse], error) {
-	return nil, errFleetUnimplemented
-}
-
-// GetFleetRun is not served yet.
-func (a *Admin) GetFleetRun(context.Context, *connect.Request[edgev1.GetFleetRunRequest]) (*connect.Response[edgev1.GetFleetRunResponse], error) {
-	return nil, errFleetUnimplemented
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/throttle"
 	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -29,13 +30,18 @@ import (
 
 // ClusterConfig wires the NodeClusterService handler.
 type ClusterConfig struct {
-	Challenges        *challenge.Service
-	Enroll            *enroll.Service
-	Auth              *nodeauth.Service
-	Rotation          *rotation.Service
-	Revocation        *revocation.Service
-	Sessions          *session.Registry
-	ToolCalls         *toolcall.Service
+	Challenges *challenge.Service
+	Enroll     *enroll.Service
+	Auth       *nodeauth.Service
+	Rotation   *rotation.Service
+	Revocation *revocation.Service
+	Sessions   *session.Registry
+	ToolCalls  *toolcall.Service
+	// Presence learns what each accepted envelope proved (key and token), for
+	// fleet runs; nil means nobody listens.
+	Presence *session.Presence
+	// Throttle bounds concurrent rotations and attestations; nil admits all.
+	Throttle          *throttle.Limiter
 	LastSeen          *session.LastSeen
 	Store             store.Store
 	Metrics           *metrics.Metrics
@@ -114,6 +120,11 @@ func (c *Cluster) Enroll(ctx context.Context, req *connect.Request[edgev1.Enroll
 // Attest implements NodeClusterService.Attest.
 func (c *Cluster) Attest(ctx context.Context, req *connect.Request[edgev1.AttestRequest]) (*connect.Response[edgev1.AttestResponse], error) {
 	m := req.Msg
+	release, err := c.cfg.Throttle.Acquire(ctx)
+	if err != nil {
+		return nil, c.fail(ctx, "Attest", err)
+	}
+	defer release()
 	res, err := c.cfg.Auth.Attest(ctx, nodeauth.AttestRequest{
 		NodeID:    m.GetNodeId(),
 		PublicKey: m.GetPublicKey(),
@@ -155,6 +166,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "the first envelope of a stream must carry a Hello"))
 	}
 	nodeID := verifier.NodeID()
+	c.presented(verifier)
 	sessionID, err := newSessionID(c.cfg.Rand)
 	if err != nil {
 		return c.fail(ctx, "ConnectEdge", err)
@@ -235,6 +247,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			if err := verifier.Check(ctx, r.env); err != nil {
 				return c.fail(ctx, "ConnectEdge", err)
 			}
+			c.presented(verifier)
 			var ev edgev1.EdgeEvent
 			if err := proto.Unmarshal(r.env.GetPayload(), &ev); err != nil {
 				return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
@@ -271,6 +284,12 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			}
 		}
 	}
+}
+
+// presented tells Presence what the envelope the verifier just accepted proved.
+func (c *Cluster) presented(v *nodeauth.Stream) {
+	kfp, jti := v.Presented()
+	c.cfg.Presence.Presented(v.NodeID(), session.Credentials{KeyFingerprint: kfp, TokenJTI: jti})
 }
 
 // ShutdownReconnectAfter is the jittered reconnect hint sent with Disconnect{SHUTDOWN}:
@@ -330,6 +349,11 @@ func tenantPB(t store.Tenant) *edgev1.Tenant {
 // RotateEdgeKey implements NodeClusterService.RotateEdgeKey.
 func (c *Cluster) RotateEdgeKey(ctx context.Context, req *connect.Request[edgev1.SealNodeEnvelope]) (*connect.Response[edgev1.RotateEdgeKeyResponse], error) {
 	env := req.Msg
+	release, err := c.cfg.Throttle.Acquire(ctx)
+	if err != nil {
+		return nil, c.fail(ctx, "RotateEdgeKey", err)
+	}
+	defer release()
 	var p edgev1.RotateEdgeKeyRequest
 	perr := proto.Unmarshal(env.GetPayload(), &p)
 	res, err := c.cfg.Rotation.Rotate(ctx, rotation.Request{

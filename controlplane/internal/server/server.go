@@ -29,6 +29,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/config"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
@@ -39,6 +40,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/rpc"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/throttle"
 	"github.com/aegis-edge/aegis/controlplane/internal/tlsca"
 	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
 	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
@@ -82,6 +84,12 @@ type Options struct {
 	// ExecGrace is how long after its deadline a tool call waits for a result from a
 	// reconnecting daemon; 0 means toolcall.DefaultGrace (30s).
 	ExecGrace time.Duration
+	// FleetResumeGrace is how long a resumed fleet run waits for a host's stream to
+	// come back before skipping it as disconnected; 0 means fleet.DefaultResumeGrace.
+	FleetResumeGrace time.Duration
+	// FleetLeaseDuration is how long a fleet run's lease lasts unrenewed; 0 means
+	// fleet.DefaultLeaseDuration.
+	FleetLeaseDuration time.Duration
 }
 
 // Server is a running control plane.
@@ -101,6 +109,7 @@ type Server struct {
 	black    *tokens.Blacklist
 	issuer   *tokens.Issuer
 	tools    *toolcall.Service
+	fleet    *fleet.Engine
 	replica  string
 	ready    atomic.Bool
 }
@@ -214,6 +223,21 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Logger:   s.log,
 		Grace:    opts.ExecGrace,
 	})
+	presence := session.NewPresence()
+	s.fleet = fleet.New(fleet.Config{
+		Store:          s.store,
+		Sessions:       s.sessions,
+		Presence:       presence,
+		ToolCalls:      s.tools,
+		Metrics:        s.metrics,
+		Now:            s.now,
+		Rand:           rnd,
+		Logger:         s.log,
+		ReplicaID:      s.replica,
+		MaxConcurrency: cfg.FleetMaxConcurrency,
+		LeaseDuration:  opts.FleetLeaseDuration,
+		ResumeGrace:    opts.FleetResumeGrace,
+	})
 	enrollSvc := enroll.New(enroll.Config{
 		Store:        s.store,
 		Issuer:       issuer,
@@ -246,6 +270,8 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Revocation:        revoker,
 		Sessions:          s.sessions,
 		ToolCalls:         s.tools,
+		Presence:          presence,
+		Throttle:          throttle.New(cfg.MaxConcurrentRotations, s.metrics),
 		LastSeen:          s.lastSeen,
 		Store:             s.store,
 		Metrics:           s.metrics,
@@ -268,6 +294,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Revocation: revoker,
 		ToolCalls:  s.tools,
 		Operators:  operators.New(operators.Config{Store: s.store, Now: s.now, Rand: rnd}),
+		Fleet:      s.fleet,
 		Store:      s.store,
 		Now:        s.now,
 		Logger:     s.log,
@@ -334,9 +361,12 @@ func (s *Server) RequestKeyRotation(nodeID, fleetRunID string, keepOld time.Dura
 func (s *Server) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.lastSeen.Run(bg, lastSeenFlushEvery) }()
 	go func() { defer wg.Done(); s.housekeeping(bg) }()
+	// Resumes the runs left running by an earlier process (this replica's own
+	// after a restart) and any whose replica died.
+	go func() { defer wg.Done(); s.fleet.Run(bg) }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.http.ServeTLS(s.ln, "", "") }()
@@ -368,6 +398,10 @@ func (s *Server) shutdown() error {
 	defer cancel()
 	n := s.sessions.Len()
 	s.log.Info("shutting down", "open_streams", n)
+	// Fleet drivers stop first: a host must not be judged disconnected because this
+	// replica is closing its stream. Their runs stay running for the next replica
+	// (or this one, restarted) to resume.
+	s.fleet.Stop()
 	if err := s.sessions.Shutdown(ctx, rpc.ShutdownReconnectAfter); err != nil {
 		s.log.Warn("streams did not all close in time", "err", err)
 	}
