@@ -398,3 +398,243 @@ func TestFleetRollingRotation(t *testing.T) {
 		}
 	})
 }
+
+func stateOf(events []*edgev1.FleetEvent) *edgev1.FleetRun {
+	return events[len(events)-1].GetRunFinished().GetRun()
+}
+
+// stop-after=2 counts failures across the run: one ignoring host in wave 1 and one
+// in wave 2 halt it after wave 2; wave 3 is not started. Fail-fast halts at the
+// first failure.
+func TestFleetStopAfterDeadlineAndFailFast(t *testing.T) {
+	forEachStore(t, func(t *testing.T, opts cptest.Options) {
+		srv := cptest.Start(t, opts)
+		c := srv.AdminClient()
+		var ds []*simDaemon
+		for i := range 6 {
+			b := obey
+			if i == 1 || i == 3 {
+				b = ignore
+			}
+			ds = append(ds, startDaemon(t, srv, fmt.Sprintf("app-%d", i), b, "app"))
+		}
+		spec := rotateSpec("tags=AnyOf(app)")
+		spec.Batch = 2
+		spec.OnError = edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_STOP_AFTER
+		spec.StopAfter = 2
+		spec.Deadline = durationpb.New(time.Second)
+		events := watch(t, c, startRun(t, c, spec).GetRun().GetId(), 0)
+		got := results(events)
+		for i, want := range []edgev1.FleetHostState{
+			edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, edgev1.FleetHostState_FLEET_HOST_STATE_FAILED,
+			edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, edgev1.FleetHostState_FLEET_HOST_STATE_FAILED,
+			edgev1.FleetHostState_FLEET_HOST_STATE_NOT_STARTED, edgev1.FleetHostState_FLEET_HOST_STATE_NOT_STARTED,
+		} {
+			reason := map[edgev1.FleetHostState]string{edgev1.FleetHostState_FLEET_HOST_STATE_FAILED: "deadline", edgev1.FleetHostState_FLEET_HOST_STATE_NOT_STARTED: "halted"}[want]
+			r := expectHost(t, got, ds[i].nodeID(), want, reason)
+			if reason == "deadline" && !strings.Contains(r.GetMessage(), "aegis edge keys rotate") {
+				t.Errorf("deadline message %q does not say what to do", r.GetMessage())
+			}
+		}
+		run := stateOf(events)
+		if run.GetState() != edgev1.FleetRunState_FLEET_RUN_STATE_FAILED || run.GetHaltedReason() != "stop-after=2 reached" || run.GetCounts().GetNotStarted() != 2 {
+			t.Fatalf("run = %v", run)
+		}
+		for _, e := range events {
+			if w := e.GetWaveStarted(); w != nil && w.GetWave() == 3 {
+				t.Fatal("wave 3 started after the run halted")
+			}
+		}
+
+		// Fail-fast, sequential: the first failure stops everything after it.
+		spec = rotateSpec("tags=AnyOf(app)")
+		spec.Mode = edgev1.FleetMode_FLEET_MODE_SEQUENTIAL
+		spec.OnError = edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_FAIL_FAST
+		spec.Deadline = durationpb.New(time.Second)
+		events = watch(t, c, startRun(t, c, spec).GetRun().GetId(), 0)
+		got = results(events)
+		expectHost(t, got, ds[0].nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, "")
+		expectHost(t, got, ds[1].nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_FAILED, "deadline")
+		for _, d := range ds[2:] {
+			expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_NOT_STARTED, "halted")
+		}
+		if run := stateOf(events); run.GetHaltedReason() != "fail-fast: a host failed" {
+			t.Fatalf("run = %v", run)
+		}
+	})
+}
+
+func TestFleetCancel(t *testing.T) {
+	forEachStore(t, func(t *testing.T, opts cptest.Options) {
+		srv := cptest.Start(t, opts)
+		c := srv.AdminClient()
+		var ds []*simDaemon
+		for i := range 4 {
+			ds = append(ds, startDaemon(t, srv, fmt.Sprintf("c-%d", i), ignore, "c"))
+		}
+		spec := rotateSpec("tags=AnyOf(c)")
+		spec.Mode = edgev1.FleetMode_FLEET_MODE_SEQUENTIAL
+		spec.Deadline = durationpb.New(time.Second)
+		id := startRun(t, c, spec).GetRun().GetId()
+		// Cancel once the first host is in flight.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			get, err := c.GetFleetRun(context.Background(), connect.NewRequest(&edgev1.GetFleetRunRequest{RunId: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if get.Msg.GetHosts()[0].GetState() == edgev1.FleetHostState_FLEET_HOST_STATE_RUNNING {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("first host never started")
+			}
+		}
+		if _, err := c.CancelFleetRun(context.Background(), connect.NewRequest(&edgev1.CancelFleetRunRequest{RunId: id})); err != nil {
+			t.Fatal(err)
+		}
+		events := watch(t, c, id, 0)
+		got := results(events)
+		// The host in flight finishes; the rest never start.
+		expectHost(t, got, ds[0].nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_FAILED, "deadline")
+		for _, d := range ds[1:] {
+			expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_NOT_STARTED, "cancelled")
+		}
+		if run := stateOf(events); run.GetState() != edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED {
+			t.Fatalf("run = %v", run)
+		}
+	})
+}
+
+// A control-plane restart in the middle of a run: the run resumes and finishes,
+// no host is rotated twice, and a watcher re-attaches after the last sequence it saw.
+func TestFleetResumesAfterRestart(t *testing.T) {
+	forEachStore(t, func(t *testing.T, opts cptest.Options) {
+		opts.FleetResumeGrace = 10 * time.Second
+		srv := cptest.Start(t, opts)
+		c := srv.AdminClient()
+		var ds []*simDaemon
+		for i := range 8 {
+			d := startDaemon(t, srv, fmt.Sprintf("r-%d", i), obey, "r")
+			d.delay = 150 * time.Millisecond
+			ds = append(ds, d)
+		}
+		spec := rotateSpec("tags=AnyOf(r)")
+		spec.Batch = 2
+		spec.Deadline = durationpb.New(20 * time.Second)
+		id := startRun(t, c, spec).GetRun().GetId()
+
+		// Let the first wave or two happen, then restart.
+		var seen uint64
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			es, err := srv.Store.ListFleetRunEvents(context.Background(), id, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(es) >= 4 || time.Now().After(deadline) {
+				seen = es[len(es)-1].Sequence
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		srv.Restart(t)
+		c = srv.AdminClient()
+		rest := watch(t, c, id, seen)
+		if rest[0].GetSequence() != seen+1 {
+			t.Fatalf("re-attached watch starts at %d, want %d", rest[0].GetSequence(), seen+1)
+		}
+		all := watch(t, c, id, 0)
+		run := stateOf(all)
+		if run.GetState() != edgev1.FleetRunState_FLEET_RUN_STATE_SUCCEEDED || run.GetCounts().GetSucceeded() != 8 {
+			t.Fatalf("run after restart = %v; hosts %v", run, results(all))
+		}
+		count := map[string]int{}
+		for _, e := range all {
+			if r := e.GetHostResult(); r != nil {
+				count[r.GetNodeId()]++
+			}
+		}
+		for _, d := range ds {
+			if count[d.nodeID()] != 1 {
+				t.Errorf("%s has %d host results, want 1", d.name, count[d.nodeID()])
+			}
+			if n := rotationRows(t, srv, d.nodeID()); n != 1 {
+				t.Errorf("%s has %d Rotation rows, want 1", d.name, n)
+			}
+		}
+	})
+}
+
+func TestFleetTokenRefreshAndCmdRun(t *testing.T) {
+	forEachStore(t, func(t *testing.T, opts cptest.Options) {
+		srv := cptest.Start(t, opts)
+		c := srv.AdminClient()
+		var ds []*simDaemon
+		for i := range 3 {
+			ds = append(ds, startDaemon(t, srv, fmt.Sprintf("t-%d", i), obey, "t"))
+		}
+		events := watch(t, c, startRun(t, c, &edgev1.FleetRunSpec{Action: edgev1.FleetAction_FLEET_ACTION_TOKEN_REFRESH, Target: "tags=AnyOf(t)"}).GetRun().GetId(), 0)
+		got := results(events)
+		for _, d := range ds {
+			if r := expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, ""); r.GetMessage() != "token refreshed" {
+				t.Fatalf("message = %q", r.GetMessage())
+			}
+			if n := rotationRows(t, srv, d.nodeID()); n != 0 {
+				t.Fatalf("a token refresh rotated %s", d.name)
+			}
+		}
+
+		ds[2].exitCode = 3
+		events = watch(t, c, startRun(t, c, &edgev1.FleetRunSpec{Action: edgev1.FleetAction_FLEET_ACTION_CMD_RUN, Target: "tags=AnyOf(t)",
+			CmdRun: &edgev1.CmdRunArgs{Command: "/bin/true"}}).GetRun().GetId(), 0)
+		got = results(events)
+		for _, d := range ds[:2] {
+			if r := expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, ""); r.GetMessage() != "succeeded (exit 0)" {
+				t.Fatalf("message = %q", r.GetMessage())
+			}
+		}
+		if r := expectHost(t, got, ds[2].nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_FAILED, "exit_code"); r.GetExitCode() != 3 || r.GetMessage() != "failed (exit 3)" {
+			t.Fatalf("result = %v", r)
+		}
+		if run := stateOf(events); run.GetState() != edgev1.FleetRunState_FLEET_RUN_STATE_FAILED {
+			t.Fatalf("run = %v", run)
+		}
+	})
+}
+
+func TestUpdateHostTags(t *testing.T) {
+	forEachStore(t, func(t *testing.T, opts cptest.Options) {
+		srv := cptest.Start(t, opts)
+		ctx := context.Background()
+		n := enrollNamed(t, srv, "tagme", "a", "b")
+		c := srv.AdminClient()
+		resp, err := c.UpdateHostTags(ctx, connect.NewRequest(&edgev1.UpdateHostTagsRequest{NodeId: n.id, Add: []string{"c", "zone:eu/1"}, Remove: []string{"a"}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(resp.Msg.GetHost().GetTags(), ","); got != "b,c,zone:eu/1" {
+			t.Fatalf("tags = %s", got)
+		}
+		for _, bad := range [][]string{{"-x"}, {"has space"}, {strings.Repeat("x", 64)}} {
+			_, err := c.UpdateHostTags(ctx, connect.NewRequest(&edgev1.UpdateHostTagsRequest{NodeId: n.id, Add: bad}))
+			if connect.CodeOf(err) != connect.CodeInvalidArgument {
+				t.Fatalf("tag %q: %v, want InvalidArgument", bad, err)
+			}
+		}
+		var many []string
+		for i := range 65 {
+			many = append(many, fmt.Sprintf("t%d", i))
+		}
+		if _, err := c.UpdateHostTags(ctx, connect.NewRequest(&edgev1.UpdateHostTagsRequest{NodeId: n.id, Add: many})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Fatalf("65 tags: %v, want InvalidArgument", err)
+		}
+		if got := strings.Join(getDaemon(t, srv, n.id).Tags, ","); got != "b,c,zone:eu/1" {
+			t.Fatalf("refused updates changed the tags to %s", got)
+		}
+		// Selectors see the new tags at once.
+		plan, err := c.PlanFleetRun(ctx, connect.NewRequest(&edgev1.PlanFleetRunRequest{Spec: rotateSpec("tags=AllOf(c,zone:eu/1)")}))
+		if err != nil || plan.Msg.GetPlan().GetTotalHosts() != 1 {
+			t.Fatalf("plan on new tags: %v %v", plan, err)
+		}
+	})
+}
