@@ -38,6 +38,11 @@ const (
 // ErrNoHosts: the selector matched nothing the caller may see.
 var ErrNoHosts = fmt.Errorf("%w: target selects no hosts", ErrInvalid)
 
+// ErrShuttingDown ends a watch when this replica stops: the run goes on (here after
+// a restart, or on another replica), and the watcher re-attaches after the last
+// sequence it saw.
+var ErrShuttingDown = errors.New("the control plane is shutting down: watch again to re-attach")
+
 // Config wires an Engine.
 type Config struct {
 	Store     store.Store
@@ -364,6 +369,11 @@ func (e *Engine) Watch(ctx context.Context, p apitoken.Principal, id string, aft
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
+		case <-e.ctx.Done():
+			// Stop ends every watch, or one would hold the graceful shutdown open
+			// until its run finished.
+			t.Stop()
+			return ErrShuttingDown
 		}
 		t.Stop()
 	}

@@ -51,7 +51,7 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 		code = connect.CodeAlreadyExists
 	case errors.Is(err, operators.ErrLastAdmin):
 		code = connect.CodeFailedPrecondition
-	case errors.Is(err, toolcall.ErrBusy):
+	case errors.Is(err, toolcall.ErrBusy), errors.Is(err, fleet.ErrShuttingDown):
 		code = connect.CodeUnavailable
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
