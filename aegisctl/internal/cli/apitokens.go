@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -136,26 +135,14 @@ func (a *app) listAPITokens(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	toks := resp.Msg.GetApiTokens()
-	if out == "json" {
-		list := make([]apiTokenJSON, 0, len(toks))
-		for _, t := range toks {
-			list = append(list, toAPITokenJSON(t))
-		}
-		return writeJSON(a.env.Stdout, struct {
-			APITokens []apiTokenJSON `json:"api_tokens"`
-		}{list})
-	}
-	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tTENANT\tROLE\tCREATED\tREVOKED")
-	for _, t := range toks {
-		revoked := "-"
-		if r := asTime(t.GetRevokedAt()); !r.IsZero() {
-			revoked = formatTime(r)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.GetId(), orDash(t.GetName()), t.GetTenantId(), t.GetRole(),
-			formatTime(asTime(t.GetCreatedAt())), revoked)
-	}
-	return tw.Flush()
+	return writeList(a.env.Stdout, out, "api_tokens", toks, toAPITokenJSON, "ID\tNAME\tTENANT\tROLE\tCREATED\tREVOKED",
+		func(t *edgev1.APIToken) []string {
+			revoked := "-"
+			if r := asTime(t.GetRevokedAt()); !r.IsZero() {
+				revoked = formatTime(r)
+			}
+			return []string{t.GetId(), orDash(t.GetName()), t.GetTenantId(), t.GetRole(), formatTime(asTime(t.GetCreatedAt())), revoked}
+		})
 }
 
 func (a *app) revokeAPIToken(c *ucli.Context) error {

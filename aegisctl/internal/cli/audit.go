@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -118,22 +117,11 @@ func (a *app) listAudit(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	es := resp.Msg.GetEntries()
-	if out == "json" {
-		list := make([]auditEntryJSON, 0, len(es))
-		for _, e := range es {
-			list = append(list, toAuditEntryJSON(e))
-		}
-		return writeJSON(a.env.Stdout, struct {
-			Entries []auditEntryJSON `json:"entries"`
-		}{list})
-	}
-	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tNODE\tRESULT\tDETAILS")
-	for _, e := range es {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.GetId(), formatTime(asTime(e.GetAt())), e.GetActor(), e.GetAction(),
-			orDash(e.GetNodeId()), e.GetResult(), orDash(formatDetails(e.GetDetails())))
-	}
-	return tw.Flush()
+	return writeList(a.env.Stdout, out, "entries", es, toAuditEntryJSON, "ID\tAT\tACTOR\tACTION\tNODE\tRESULT\tDETAILS",
+		func(e *edgev1.AuditEntry) []string {
+			return []string{fmt.Sprint(e.GetId()), formatTime(asTime(e.GetAt())), e.GetActor(), e.GetAction(),
+				orDash(e.GetNodeId()), e.GetResult(), orDash(formatDetails(e.GetDetails()))}
+		})
 }
 
 func (a *app) verifyAudit(c *ucli.Context) error {

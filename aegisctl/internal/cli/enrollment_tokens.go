@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -154,26 +152,14 @@ func (a *app) listEnrollmentTokens(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	toks := resp.Msg.GetEnrollmentTokens()
-	if out == "json" {
-		list := make([]enrollmentTokenJSON, 0, len(toks))
-		for _, t := range toks {
-			list = append(list, toEnrollmentTokenJSON(t))
-		}
-		return writeJSON(a.env.Stdout, struct {
-			EnrollmentTokens []enrollmentTokenJSON `json:"enrollment_tokens"`
-		}{list})
-	}
-	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tTAGS\tSTATE\tEXPIRES\tUSED_BY")
-	for _, t := range toks {
-		expires := "-"
-		if e := asTime(t.GetExpiresAt()); !e.IsZero() {
-			expires = formatTime(e)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.GetId(), orDash(t.GetName()), orDash(strings.Join(t.GetTags(), ",")),
-			orDash(t.GetState()), expires, orDash(t.GetUsedBy()))
-	}
-	return tw.Flush()
+	return writeList(a.env.Stdout, out, "enrollment_tokens", toks, toEnrollmentTokenJSON, "ID\tNAME\tTAGS\tSTATE\tEXPIRES\tUSED_BY",
+		func(t *edgev1.EnrollmentToken) []string {
+			expires := "-"
+			if e := asTime(t.GetExpiresAt()); !e.IsZero() {
+				expires = formatTime(e)
+			}
+			return []string{t.GetId(), orDash(t.GetName()), orDash(strings.Join(t.GetTags(), ",")), orDash(t.GetState()), expires, orDash(t.GetUsedBy())}
+		})
 }
 
 func (a *app) revokeEnrollmentToken(c *ucli.Context) error {
@@ -200,10 +186,4 @@ func (a *app) revokeEnrollmentToken(c *ucli.Context) error {
 	}
 	fmt.Fprintf(a.env.Stdout, "revoked enrollment token %s\n", id)
 	return nil
-}
-
-func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

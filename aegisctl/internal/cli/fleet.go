@@ -8,7 +8,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -865,23 +864,12 @@ func (a *app) listFleetRuns(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	runs := resp.Msg.GetRuns()
-	if out == "json" {
-		list := make([]fleetRunJSON, 0, len(runs))
-		for _, r := range runs {
-			list = append(list, toFleetRunJSON(r))
-		}
-		return writeJSON(a.env.Stdout, struct {
-			Runs []fleetRunJSON `json:"runs"`
-		}{list})
-	}
-	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tACTION\tTARGET\tSTATE\tHOSTS\tCREATED")
-	for _, r := range runs {
-		j := toFleetRunJSON(r)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d/%d/%d\t%s\n", j.ID, j.Action, orDash(j.Target), j.State,
-			j.Counts.Succeeded, j.Counts.Failed, j.Counts.Skipped, j.Counts.NotStarted, derefDash(j.CreatedAt))
-	}
-	return tw.Flush()
+	return writeList(a.env.Stdout, out, "runs", runs, toFleetRunJSON, "ID\tACTION\tTARGET\tSTATE\tHOSTS\tCREATED",
+		func(r *edgev1.FleetRun) []string {
+			j := toFleetRunJSON(r)
+			return []string{j.ID, j.Action, orDash(j.Target), j.State,
+				fmt.Sprintf("%d/%d/%d/%d", j.Counts.Succeeded, j.Counts.Failed, j.Counts.Skipped, j.Counts.NotStarted), derefDash(j.CreatedAt)}
+		})
 }
 
 func (a *app) watchFleetRunCmd(c *ucli.Context) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -144,23 +143,12 @@ func (a *app) listHosts(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	hosts := resp.Msg.GetHosts()
-	if out == "json" {
-		list := make([]hostJSON, 0, len(hosts))
-		for _, h := range hosts {
-			list = append(list, toHostJSON(h))
-		}
-		return writeJSON(a.env.Stdout, struct {
-			Hosts []hostJSON `json:"hosts"`
-		}{list})
-	}
-	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT")
-	for _, h := range hosts {
-		j := toHostJSON(h)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.NodeID, orDash(j.Name), j.Status, orDash(strings.Join(j.Tags, ",")),
-			orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt))
-	}
-	return tw.Flush()
+	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT",
+		func(h *edgev1.Host) []string {
+			j := toHostJSON(h)
+			return []string{j.NodeID, orDash(j.Name), j.Status, orDash(strings.Join(j.Tags, ",")),
+				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt)}
+		})
 }
 
 func (a *app) getHost(c *ucli.Context) error {

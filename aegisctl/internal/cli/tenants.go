@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -105,19 +104,6 @@ func (a *app) listTenants(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	ts := resp.Msg.GetTenants()
-	if out == "json" {
-		list := make([]tenantJSON, 0, len(ts))
-		for _, t := range ts {
-			list = append(list, toTenantJSON(t))
-		}
-		return writeJSON(a.env.Stdout, struct {
-			Tenants []tenantJSON `json:"tenants"`
-		}{list})
-	}
-	tw := tabwriter.NewWriter(a.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tKIND")
-	for _, t := range ts {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", t.GetId(), t.GetName(), t.GetKind())
-	}
-	return tw.Flush()
+	return writeList(a.env.Stdout, out, "tenants", ts, toTenantJSON, "ID\tNAME\tKIND",
+		func(t *edgev1.Tenant) []string { return []string{t.GetId(), t.GetName(), t.GetKind()} })
 }
