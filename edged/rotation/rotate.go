@@ -138,6 +138,7 @@ func (h *Host) send(ctx context.Context, id Identity, rec record, newKey ed25519
 		NewPublicKey:    newPub,
 		TimestampUnixMs: rec.TimestampUnixMs,
 		NewKeySignature: ed25519.Sign(newKey, seal.RotateNewKeyMessage(rec.RotationID, id.NodeID, pub(id.Key), newPub, at)),
+		FleetRunId:      rec.FleetRunID,
 	}
 	var resp *edgev1.RotateEdgeKeyResponse
 	id, err := h.sealed(ctx, id, edgev1.EnvelopeKind_ENVELOPE_KIND_ROTATE_KEY, payload, func(ctx context.Context, env *edgev1.SealNodeEnvelope) error {

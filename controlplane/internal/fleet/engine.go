@@ -250,7 +250,7 @@ func (e *Engine) Start(ctx context.Context, p apitoken.Principal, spec Spec) (Ru
 		}
 		_, err := tx.AppendAudit(ctx, store.AuditEntry{
 			At: now, TenantID: p.TenantID, Actor: "op:" + p.TokenID, Action: "fleet_run_start", Result: "ok",
-			Details: map[string]string{"run_id": id, "action": string(spec.Action), "target": spec.Target, "hosts": fmt.Sprint(len(hosts))},
+			Details: map[string]string{"fleet_run_id": id, "action": string(spec.Action), "target": spec.Target, "hosts": fmt.Sprint(len(hosts))},
 		})
 		return err
 	})
@@ -304,10 +304,21 @@ func (e *Engine) Cancel(ctx context.Context, p apitoken.Principal, id string) (R
 	if !p.CanWrite() {
 		return Run{}, fmt.Errorf("%w: role %q cannot cancel fleet runs", apitoken.ErrPermissionDenied, p.Role)
 	}
-	if _, _, err := e.load(ctx, p, id); err != nil {
+	rec, _, err := e.load(ctx, p, id)
+	if err != nil {
 		return Run{}, err
 	}
-	err := e.cfg.Store.RequestFleetRunCancel(ctx, id, e.cfg.Now().UTC())
+	now := e.cfg.Now().UTC()
+	err = e.cfg.Store.InTx(ctx, func(tx store.Tx) error {
+		if err := tx.RequestFleetRunCancel(ctx, id, now); err != nil {
+			return err
+		}
+		_, err := tx.AppendAudit(ctx, store.AuditEntry{
+			At: now, TenantID: rec.TenantID, Actor: "op:" + p.TokenID, Action: "fleet_run_cancel", Result: "ok",
+			Details: map[string]string{"fleet_run_id": id},
+		})
+		return err
+	})
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		return Run{}, err
 	}

@@ -43,6 +43,10 @@ const (
 // keeps ids short and printable since they are stored, logged and audited.
 var rotationIDPattern = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._-]{7,63}$`)
 
+// fleetRunIDPattern is the fleet engine's run id; the daemon echoes it from its
+// RotateKeyCommand, and only well-formed ids reach the audit trail.
+var fleetRunIDPattern = regexp.MustCompile(`^fr-[0-9a-f]{16}$`)
+
 // Config wires a Service.
 type Config struct {
 	Store     store.Store
@@ -135,6 +139,9 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 	}
 	if req.NodeID != env.GetNodeId() {
 		return Result{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "the request names another node than its envelope")
+	}
+	if req.FleetRunID != "" && !fleetRunIDPattern.MatchString(req.FleetRunID) {
+		return Result{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "fleet_run_id must be empty or fr- and 16 hex digits")
 	}
 	if !rotationIDPattern.MatchString(req.RotationID) {
 		return Result{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "rotation_id must be a UUID (8 to 64 letters, digits, '.', '_' or '-')")

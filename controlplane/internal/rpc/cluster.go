@@ -364,6 +364,7 @@ func (c *Cluster) RotateEdgeKey(ctx context.Context, req *connect.Request[edgev1
 		NewPublicKey:    p.GetNewPublicKey(),
 		At:              time.UnixMilli(p.GetTimestampUnixMs()),
 		NewKeySignature: p.GetNewKeySignature(),
+		FleetRunID:      p.GetFleetRunId(),
 	})
 	if err != nil {
 		return nil, c.fail(ctx, "RotateEdgeKey", err)

@@ -163,6 +163,7 @@ func (d *simDaemon) rotate(ctx context.Context, runID string) bool {
 		return true
 	}
 	r := d.n.newRotation(d.t, time.Now())
+	r.payload.FleetRunId = runID // as edged does, from the RotateKeyCommand
 	env := d.n.unary(d.t, edgev1.EnvelopeKind_ENVELOPE_KIND_ROTATE_KEY, d.n.key, d.n.token, r.payload, time.Now())
 	for ctx.Err() == nil {
 		resp, err := d.n.client.RotateEdgeKey(ctx, connect.NewRequest(env))
@@ -361,6 +362,22 @@ func TestFleetRollingRotation(t *testing.T) {
 				t.Fatalf("%s has %d rotations, want 1", d.name, n)
 			}
 		}
+		// The audit trail ties every rotation to the run that asked for it.
+		audited := map[string]bool{}
+		entries, err := srv.Store.ListAudit(context.Background(), "", 0, 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.Action == "rotate" && e.Details["fleet_run_id"] == started.GetRun().GetId() {
+				audited[e.NodeID] = true
+			}
+		}
+		for _, d := range daemons {
+			if !audited[d.nodeID()] {
+				t.Errorf("%s: no rotate audit entry names fleet run %s", d.name, started.GetRun().GetId())
+			}
+		}
 		expectHost(t, got, offline.id, edgev1.FleetHostState_FLEET_HOST_STATE_SKIPPED, "disconnected")
 		expectHost(t, got, revoked.id, edgev1.FleetHostState_FLEET_HOST_STATE_SKIPPED, "revoked")
 		fin := events[len(events)-1].GetRunFinished().GetRun()
@@ -501,6 +518,17 @@ func TestFleetCancel(t *testing.T) {
 		}
 		if run := stateOf(events); run.GetState() != edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED {
 			t.Fatalf("run = %v", run)
+		}
+		entries, err := srv.Store.ListAudit(context.Background(), "", 0, 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cancelled bool
+		for _, e := range entries {
+			cancelled = cancelled || e.Action == "fleet_run_cancel" && e.Details["fleet_run_id"] == id && strings.HasPrefix(e.Actor, "op:")
+		}
+		if !cancelled {
+			t.Error("no fleet_run_cancel audit entry names the run and the operator")
 		}
 	})
 }

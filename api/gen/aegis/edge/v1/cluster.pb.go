@@ -754,8 +754,11 @@ type RotateEdgeKeyRequest struct {
 	// The new key's signature over seal.RotateNewKeyMessage(rotation_id, node_id,
 	// old public key, new public key, timestamp).
 	NewKeySignature []byte `protobuf:"bytes,5,opt,name=new_key_signature,json=newKeySignature,proto3" json:"new_key_signature,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The fleet run whose RotateKeyCommand asked for this rotation, if any: recorded in
+	// the audit trail (covered by the envelope's signature, trusted as an annotation only).
+	FleetRunId    string `protobuf:"bytes,6,opt,name=fleet_run_id,json=fleetRunId,proto3" json:"fleet_run_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateEdgeKeyRequest) Reset() {
@@ -821,6 +824,13 @@ func (x *RotateEdgeKeyRequest) GetNewKeySignature() []byte {
 		return x.NewKeySignature
 	}
 	return nil
+}
+
+func (x *RotateEdgeKeyRequest) GetFleetRunId() string {
+	if x != nil {
+		return x.FleetRunId
+	}
+	return ""
 }
 
 type RotateEdgeKeyResponse struct {
@@ -2145,14 +2155,16 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x10token_expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x12;\n" +
 	"\vserver_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x12-\n" +
-	"\x06tenant\x18\x04 \x01(\v2\x15.aegis.edge.v1.TenantR\x06tenant\"\xce\x01\n" +
+	"\x06tenant\x18\x04 \x01(\v2\x15.aegis.edge.v1.TenantR\x06tenant\"\xf0\x01\n" +
 	"\x14RotateEdgeKeyRequest\x12\x1f\n" +
 	"\vrotation_id\x18\x01 \x01(\tR\n" +
 	"rotationId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12$\n" +
 	"\x0enew_public_key\x18\x03 \x01(\fR\fnewPublicKey\x12*\n" +
 	"\x11timestamp_unix_ms\x18\x04 \x01(\x03R\x0ftimestampUnixMs\x12*\n" +
-	"\x11new_key_signature\x18\x05 \x01(\fR\x0fnewKeySignature\"\x97\x03\n" +
+	"\x11new_key_signature\x18\x05 \x01(\fR\x0fnewKeySignature\x12 \n" +
+	"\ffleet_run_id\x18\x06 \x01(\tR\n" +
+	"fleetRunId\"\x97\x03\n" +
 	"\x15RotateEdgeKeyResponse\x12\x1f\n" +
 	"\vrotation_id\x18\x01 \x01(\tR\n" +
 	"rotationId\x12.\n" +
