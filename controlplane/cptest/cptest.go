@@ -65,6 +65,13 @@ type Options struct {
 	FleetLeaseDuration time.Duration
 	// Logger defaults to warnings and errors on the test's output.
 	Logger *slog.Logger
+	// ReplicaID names the replica in session rows and replica notifications
+	// (default host:port, distinct for each Start).
+	ReplicaID string
+
+	// adminToken is the bootstrap admin token of the first replica (StartReplica):
+	// the store mints it once, so later replicas find no admin.token of their own.
+	adminToken string
 }
 
 // Server is a running in-process control plane.
@@ -163,6 +170,7 @@ func (s *Server) start(t testing.TB) {
 		ExecGrace:            s.opts.ExecGrace,
 		FleetResumeGrace:     s.opts.FleetResumeGrace,
 		FleetLeaseDuration:   s.opts.FleetLeaseDuration,
+		ReplicaID:            s.opts.ReplicaID,
 	})
 	if err != nil {
 		cancel()
@@ -172,7 +180,10 @@ func (s *Server) start(t testing.TB) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
 
-	tok, err := os.ReadFile(srv.AdminTokenPath())
+	tok, err := []byte(s.opts.adminToken), error(nil)
+	if s.opts.adminToken == "" {
+		tok, err = os.ReadFile(srv.AdminTokenPath())
+	}
 	if err != nil {
 		cancel()
 		<-done
@@ -205,6 +216,21 @@ func (s *Server) start(t testing.TB) {
 	s.mu.Unlock()
 }
 
+// StartReplica starts another control plane on this one's PostgreSQL database, as a
+// second replica behind a load balancer: its own data directory, listener, CA and
+// replica id, and the same store, so that a daemon may hold its stream on one
+// replica while an operator acts through the other. Its AdminToken is this one's.
+// opts is taken as for Start, except that DatabaseURL is this server's.
+func (s *Server) StartReplica(t testing.TB, opts Options) *Server {
+	t.Helper()
+	if s.opts.DatabaseURL == "" {
+		t.Fatal("cptest: StartReplica needs a control plane on PostgreSQL (SQLite is one process)")
+	}
+	opts.DatabaseURL = s.opts.DatabaseURL
+	opts.adminToken = s.AdminToken
+	return Start(t, opts)
+}
+
 // Stop shuts the control plane down gracefully (streams get Disconnect{SHUTDOWN}) and
 // waits for it. Safe to call more than once.
 func (s *Server) Stop() {
@@ -229,24 +255,24 @@ func (s *Server) Restart(t testing.TB) {
 
 // RequestTokenRefresh sends RefreshTokenCommand down the node's live stream, as the
 // control plane does after a scope change or for a fleet token refresh. It fails if
-// the node has no live stream on this control plane.
+// the node has no live stream on this control plane or (PostgreSQL) another replica.
 func (s *Server) RequestTokenRefresh(nodeID string) error {
 	srv, err := s.running()
 	if err != nil {
 		return err
 	}
-	return srv.RequestTokenRefresh(nodeID, "requested by the test")
+	return srv.RequestTokenRefresh(context.Background(), nodeID, "requested by the test")
 }
 
 // RequestKeyRotation sends RotateKeyCommand{keep_old} down the node's live stream,
 // as a fleet key rotation does (keepOld 0: the host's default). It fails if the node
-// has no live stream on this control plane.
+// has no live stream on this control plane or (PostgreSQL) another replica.
 func (s *Server) RequestKeyRotation(nodeID string, keepOld time.Duration) error {
 	srv, err := s.running()
 	if err != nil {
 		return err
 	}
-	return srv.RequestKeyRotation(nodeID, "", keepOld)
+	return srv.RequestKeyRotation(context.Background(), nodeID, "", keepOld)
 }
 
 func (s *Server) running() (*server.Server, error) {

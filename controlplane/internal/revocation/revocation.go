@@ -1,7 +1,8 @@
 // Package revocation owns ending a node's identity: an operator's revoke-remote and
 // a daemon's own logout. Both are one transaction — status revoked, every unexpired
 // token of the node blacklisted, an audit line — after which the node's live stream
-// on this replica is told Disconnect{REVOKED} and ends. A revoked node can never
+// is told Disconnect{REVOKED} and ends, on this replica or, through the broadcast
+// Bus, on whichever replica holds it. A revoked node can never
 // attest, stream, rotate or enroll its key again; the host must enroll anew with a
 // new key.
 package revocation
@@ -9,11 +10,13 @@ package revocation
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/seal"
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/broadcast"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
@@ -27,7 +30,12 @@ type Config struct {
 	Auth      *nodeauth.Service
 	Blacklist *tokens.Blacklist
 	Sessions  *session.Registry
+	// Broadcast tells the other replicas to drop the node's stream; nil means this
+	// is the only replica.
+	Broadcast broadcast.Bus
 	Now       func() time.Time
+	// Logger reports a revocation that could not be published; nil discards.
+	Logger *slog.Logger
 }
 
 // Service revokes nodes. Safe for concurrent use.
@@ -41,7 +49,8 @@ type Result struct {
 	Daemon store.Daemon
 	// Blacklisted is how many unexpired tokens were withdrawn.
 	Blacklisted int
-	// StreamDropped: a live stream on this replica was told to end.
+	// StreamDropped: a live stream was told to end, on this replica or (through the
+	// broadcast) on the replica the store says holds it.
 	StreamDropped bool
 }
 
@@ -75,7 +84,7 @@ func (s *Service) Revoke(ctx context.Context, p apitoken.Principal, nodeID strin
 	if err != nil {
 		return Result{}, err
 	}
-	res.StreamDropped = s.after(nodeID, added, "this host was revoked by an operator: enroll again with a new enrollment token")
+	res.StreamDropped = s.after(ctx, res.Daemon, added, WhyRevoke)
 	return res, nil
 }
 
@@ -122,7 +131,7 @@ func (s *Service) Logout(ctx context.Context, req LogoutRequest) (Result, error)
 	if err != nil {
 		return Result{}, err
 	}
-	res.StreamDropped = s.after(req.NodeID, added, "this host logged out")
+	res.StreamDropped = s.after(ctx, res.Daemon, added, WhyLogout)
 	return res, nil
 }
 
@@ -158,9 +167,38 @@ func (s *Service) revoke(ctx context.Context, tx store.Tx, d store.Daemon, actor
 	return added, nil
 }
 
-// after makes a committed revocation take effect on this replica: the in-memory
-// blacklist first (so no envelope slips through between the two), then the stream.
-func (s *Service) after(nodeID string, added []store.BlacklistEntry, msg string) bool {
+// Why a node was revoked, as carried to other replicas.
+const (
+	WhyRevoke = "revoke"
+	WhyLogout = "logout"
+)
+
+// KickMessage is what the node's stream is told when it is dropped for why.
+func KickMessage(why string) string {
+	if why == WhyLogout {
+		return "this host logged out"
+	}
+	return "this host was revoked by an operator: enroll again with a new enrollment token"
+}
+
+// after makes a committed revocation take effect: the in-memory blacklist first (so
+// no envelope slips through between the two; Add also publishes it), then the
+// stream, here and on whichever other replica holds it. It reports whether a stream
+// was told to end.
+func (s *Service) after(ctx context.Context, d store.Daemon, added []store.BlacklistEntry, why string) bool {
 	s.cfg.Blacklist.Add(added...)
-	return s.cfg.Sessions.Kick(nodeID, session.Kick{Reason: session.ReasonRevoked, Message: msg})
+	dropped := s.cfg.Sessions.Kick(d.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: KickMessage(why)})
+	if s.cfg.Broadcast == nil || !s.cfg.Broadcast.Shared() {
+		return dropped
+	}
+	err := s.cfg.Broadcast.Publish(ctx, broadcast.Event{Kind: broadcast.KindRevoked, NodeID: d.NodeID, Why: why, At: s.cfg.Now().UTC()})
+	if err != nil {
+		// Committed already: the other replica refuses the stream's next envelope
+		// once its blacklist has the tokens (it warms again after a lost LISTEN).
+		if s.cfg.Logger != nil {
+			s.cfg.Logger.Warn("revocation not broadcast to the other replicas", "node", d.NodeID, "err", err)
+		}
+		return dropped
+	}
+	return dropped || d.SessionID != ""
 }

@@ -26,6 +26,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/controlplane/internal/bootstrap"
+	"github.com/aegis-edge/aegis/controlplane/internal/broadcast"
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/config"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
@@ -110,6 +111,7 @@ type Server struct {
 	issuer   *tokens.Issuer
 	tools    *toolcall.Service
 	fleet    *fleet.Engine
+	bus      broadcast.Bus
 	replica  string
 	ready    atomic.Bool
 }
@@ -196,6 +198,22 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 
 	s.sessions = session.NewRegistry(s.metrics)
+	if s.bus, err = openBus(ctx, cfg, s.replica, s.log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.bus.Close()
+		}
+	}()
+	// Listening already, so warm the blacklist again: what another replica added
+	// since the first warm-up came before this replica could hear of it.
+	if s.bus.Shared() {
+		if err := s.black.Warm(ctx, s.store, s.now()); err != nil {
+			return nil, err
+		}
+	}
+	s.black.OnAdd(s.publishBlacklisted)
 	s.lastSeen = session.NewLastSeen(s.store, s.log)
 	s.auth = nodeauth.New(nodeauth.Config{
 		Store:         s.store,
@@ -212,7 +230,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Auth:      s.auth,
 		Blacklist: s.black,
 		Sessions:  s.sessions,
+		Broadcast: s.bus,
 		Now:       s.now,
+		Logger:    s.log,
 	})
 	s.tools = toolcall.New(toolcall.Config{
 		Store:    s.store,
@@ -344,16 +364,18 @@ func (s *Server) AdminTokenPath() string {
 	return filepath.Join(s.cfg.DataDir, bootstrap.AdminTokenFile)
 }
 
-// RequestTokenRefresh asks the node's live stream on this replica to re-attest now
-// (RefreshTokenCommand). session.ErrNoStream if the node has no stream here.
-func (s *Server) RequestTokenRefresh(nodeID, reason string) error {
-	return s.sessions.Send(nodeID, session.Command{Kind: session.CommandRefreshToken, Reason: reason})
+// RequestTokenRefresh asks the node's live stream to re-attest now
+// (RefreshTokenCommand), on this replica or the one holding it.
+// session.ErrNoStream if the node has no stream anywhere.
+func (s *Server) RequestTokenRefresh(ctx context.Context, nodeID, reason string) error {
+	return s.sendCommand(ctx, nodeID, session.Command{Kind: session.CommandRefreshToken, Reason: reason})
 }
 
-// RequestKeyRotation asks the node's live stream on this replica to rotate its key
-// (RotateKeyCommand); keepOld 0 leaves the archive retention to the host.
-func (s *Server) RequestKeyRotation(nodeID, fleetRunID string, keepOld time.Duration) error {
-	return s.sessions.Send(nodeID, session.Command{Kind: session.CommandRotateKey, FleetRunID: fleetRunID, KeepOld: keepOld})
+// RequestKeyRotation asks the node's live stream, on this replica or the one
+// holding it, to rotate its key (RotateKeyCommand); keepOld 0 leaves the archive
+// retention to the host.
+func (s *Server) RequestKeyRotation(ctx context.Context, nodeID, fleetRunID string, keepOld time.Duration) error {
+	return s.sendCommand(ctx, nodeID, session.Command{Kind: session.CommandRotateKey, FleetRunID: fleetRunID, KeepOld: keepOld})
 }
 
 // Run serves until ctx ends, then shuts down gracefully. It returns nil after a clean
@@ -361,7 +383,8 @@ func (s *Server) RequestKeyRotation(nodeID, fleetRunID string, keepOld time.Dura
 func (s *Server) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); s.bus.Run(bg, replicaEvents{s}) }()
 	go func() { defer wg.Done(); s.lastSeen.Run(bg, lastSeenFlushEvery) }()
 	go func() { defer wg.Done(); s.housekeeping(bg) }()
 	// Resumes the runs left running by an earlier process (this replica's own
@@ -425,6 +448,7 @@ func (s *Server) finish() error {
 	if err := s.store.CloseReplicaSessions(ctx, s.replica); err != nil {
 		errs = append(errs, fmt.Errorf("clear sessions: %w", err))
 	}
+	s.bus.Close()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
 	}

@@ -162,15 +162,20 @@ func (is *Issuer) Issue(d store.Daemon, pub []byte, now time.Time) (Issued, erro
 }
 
 // Blacklist is the in-memory copy of token_blacklist, warmed from the store at start
-// and updated by this process after every commit that adds to it. With several
-// replicas, entries written by another replica arrive through PostgreSQL
-// LISTEN/NOTIFY (a later issue); until then a replica only knows its own writes and
-// what it loaded at start.
+// and updated by this process after every commit that adds to it (Add). With several
+// replicas, Add also hands the entries to the publish hook, and entries written by
+// another replica arrive through PostgreSQL LISTEN/NOTIFY (Learn); after the
+// notifications were interrupted, the server warms it again.
 type Blacklist struct {
 	mu      sync.RWMutex
 	entries map[string]store.BlacklistEntry
 	metrics *metrics.Metrics
+	publish func([]store.BlacklistEntry)
 }
+
+// OnAdd makes every later Add hand its entries to publish (after adding them), so
+// the other replicas learn them. Call it before the blacklist is shared.
+func (b *Blacklist) OnAdd(publish func([]store.BlacklistEntry)) { b.publish = publish }
 
 // NewBlacklist returns an empty blacklist reporting its size to m (may be nil).
 func NewBlacklist(m *metrics.Metrics) *Blacklist {
@@ -183,14 +188,24 @@ func (b *Blacklist) Warm(ctx context.Context, st store.Tx, now time.Time) error 
 	if err != nil {
 		return fmt.Errorf("warm token blacklist: %w", err)
 	}
-	for _, e := range list {
-		b.Add(e)
-	}
+	b.Learn(list...)
 	return nil
 }
 
-// Add records entries that are now committed in the store.
+// Add records entries this process has just committed to the store, and publishes
+// them to the other replicas.
 func (b *Blacklist) Add(es ...store.BlacklistEntry) {
+	b.Learn(es...)
+	if b.publish != nil && len(es) > 0 {
+		b.publish(es)
+	}
+}
+
+// Learn records entries committed to the store by another process, or read from it.
+func (b *Blacklist) Learn(es ...store.BlacklistEntry) {
+	if len(es) == 0 {
+		return
+	}
 	b.mu.Lock()
 	for _, e := range es {
 		b.entries[e.JTI] = e
