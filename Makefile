@@ -8,6 +8,7 @@ build:
 	go build -o $(BIN)/controlplane ./controlplane/cmd/controlplane
 	go build -o $(BIN)/edged ./edged/cmd/edged
 	go build -o $(BIN)/aegisctl ./aegisctl/cmd/aegisctl
+	go build -o $(BIN)/aegis-loadtest ./edged/cmd/aegis-loadtest
 	@ln -sf aegisctl $(BIN)/aegis
 
 demo:

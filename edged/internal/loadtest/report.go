@@ -1,0 +1,114 @@
+package loadtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// progress prints what a long run is doing, on stderr, so stdout stays the summary.
+type progress struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (p *progress) say(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, format+"\n", args...)
+}
+
+// every prints line() each interval until the returned stop is called.
+func (p *progress) every(interval time.Duration, line func() string) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				p.say("%s", line())
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// Summary is the last line of `-o json`: one object per run. The fields every
+// scenario fills come first; the rest are the scenario's own.
+type Summary struct {
+	Scenario string  `json:"scenario"`
+	Database string  `json:"database"`
+	Hosts    int     `json:"hosts"`
+	Seconds  float64 `json:"seconds"`
+	// PerSecond is the scenario's rate: rotations/s (rotate, at the best level),
+	// hosts/s (fleet).
+	PerSecond float64 `json:"per_second"`
+	// Reference names what was measured beside it in the same run, and its rate.
+	Reference          string  `json:"reference"`
+	ReferencePerSecond float64 `json:"reference_per_second"`
+	ReferenceRatio     float64 `json:"reference_ratio"`
+
+	// rotate
+	Concurrency int           `json:"concurrency,omitempty"`
+	Levels      []RotateLevel `json:"levels,omitempty"`
+	// fleet
+	Batch   int          `json:"batch,omitempty"`
+	Waves   int          `json:"waves,omitempty"`
+	Results *FleetCounts `json:"results,omitempty"`
+	// LostResults and DuplicateResults count hosts with no result event, and result
+	// events beyond one per host: both must be 0.
+	LostResults      int `json:"lost_results"`
+	DuplicateResults int `json:"duplicate_results"`
+	// Errors counts failed calls (rotate) or hosts not verified on a new key (fleet).
+	Errors int `json:"errors"`
+	// Setup is how long enrolling and connecting took (not part of Seconds).
+	SetupSeconds float64 `json:"setup_seconds"`
+	// ServerCPUSeconds is the control plane process's CPU time during the measured part.
+	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
+}
+
+// RotateLevel is one concurrency level of the rotate scenario.
+type RotateLevel struct {
+	Concurrency        int     `json:"concurrency"`
+	Rotations          int     `json:"rotations"`
+	Errors             int     `json:"errors"`
+	Seconds            float64 `json:"seconds"`
+	PerSecond          float64 `json:"per_second"`
+	P50Ms              float64 `json:"p50_ms"`
+	P99Ms              float64 `json:"p99_ms"`
+	ReferencePerSecond float64 `json:"reference_per_second"`
+	ReferenceRatio     float64 `json:"reference_ratio"`
+	ServerCPUSeconds   float64 `json:"server_cpu_seconds"`
+}
+
+// FleetCounts are the run's final counts.
+type FleetCounts struct {
+	Total     int `json:"total"`
+	Succeeded int `json:"succeeded"`
+	Failed    int `json:"failed"`
+	Skipped   int `json:"skipped"`
+}
+
+func writeJSON(w io.Writer, s Summary) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}

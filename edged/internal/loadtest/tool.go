@@ -1,0 +1,387 @@
+package loadtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/edged/rotation"
+	"github.com/urfave/cli/v2"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// maxHosts bounds --hosts: each host is a state directory and, in fleet, a live
+// stream; past this the tool measures the machine's file table, not the product.
+const maxHosts = 50000
+
+// Run is aegis-loadtest's main; it returns the exit status.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := App(stdout, stderr)
+	if err := app.RunContext(ctx, args); err != nil {
+		fmt.Fprintf(stderr, "aegis-loadtest: %v\n", err)
+		if errors.Is(err, ErrBadInput) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+var commonFlags = []cli.Flag{
+	&cli.IntFlag{Name: "hosts", Value: 1000, Usage: "enroll `N` hosts (each a real state directory made by the real enroll flow)"},
+	&cli.StringFlag{Name: "database-url", Usage: "run the control plane on this PostgreSQL database (`URL`); the tool creates a schema of its own there and drops it afterwards. Default: a fresh SQLite file in a temporary directory"},
+	&cli.StringFlag{Name: "controlplane-bin", Usage: "the controlplane binary to start (`PATH`; default: beside aegis-loadtest, else on PATH)"},
+	&cli.StringFlag{Name: "work-dir", Usage: "`DIR` for the control plane's data and the hosts' state (default: a new temporary directory, removed afterwards)"},
+	&cli.StringSliceFlag{Name: "server-arg", Usage: "extra flag for `controlplane serve` (repeat: --server-arg=--database-max-conns=64)"},
+	&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text, or json: the last line of stdout is one JSON object with the figures"},
+	&cli.BoolFlag{Name: "verbose", Usage: "copy the control plane's log to stderr"},
+}
+
+// App is the command-line definition (also used to render its help).
+func App(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:  "aegis-loadtest",
+		Usage: "capacity figures for an Aegis Edge control plane, each beside a reference measured in the same run",
+		Description: `Starts a real control plane (bin/controlplane) on a fresh SQLite file, or on a
+schema of its own in the PostgreSQL database --database-url names, enrolls --hosts
+real hosts against it, runs one scenario and prints progress on stderr and a summary
+on stdout. Every figure comes with a reference measured by the tool on the same
+machine (and database) in the same run: compare reference_ratio across machines,
+not raw rates. It never runs against data it did not create.
+
+Examples:
+   aegis-loadtest rotate --hosts 1000 --concurrency 1,8,32,128
+   aegis-loadtest rotate --database-url postgres://postgres@127.0.0.1:5432/test --concurrency 32 -o json
+   aegis-loadtest fleet --hosts 2000 --batch 100`,
+		Writer:    stdout,
+		ErrWriter: stderr,
+		Commands: []*cli.Command{
+			{
+				Name:  "rotate",
+				Usage: "hosts call RotateEdgeKey concurrently, at each --concurrency level",
+				Description: `Each level runs --duration with C workers; a worker takes a host, rotates its key
+(the daemon's request: new-key proof of possession inside an envelope signed by the
+old key with the current token), and gives the host back. The reference is a plain
+3-statement transaction (update a row, read it, insert a history row) at the same
+concurrency on the same database.`,
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "concurrency", Value: "1,8,32,128", Usage: "`C[,C...]` rotations in flight, one level each"},
+					&cli.DurationFlag{Name: "duration", Value: 10 * time.Second, Usage: "how long each level runs (`DURATION`)"},
+				}, commonFlags...),
+				Action: func(c *cli.Context) error { return runScenario(c, "rotate") },
+			},
+			{
+				Name:  "fleet",
+				Usage: "a keys.rotate fleet run over every host, in waves of --batch",
+				Description: `Runs a real edged agent for every host in this process (one shared HTTP/2
+client), waits until all are Connected, then starts a keys.rotate fleet run
+(rolling=B, continue on error) and follows it to its summary. It then checks that
+every host has exactly one result, rotated, and that the control plane and the
+host's own node.key agree on a new key. The reference is the machine's Ed25519
+sign+verify rate on every core.`,
+				Flags: append([]cli.Flag{
+					&cli.IntFlag{Name: "batch", Value: 100, Usage: "hosts per wave (`B`: rolling=B)"},
+					&cli.DurationFlag{Name: "deadline", Value: 60 * time.Second, Usage: "per-host deadline of the run (`DURATION`)"},
+					&cli.IntFlag{Name: "runs", Value: 1, Usage: "rotate the fleet `N` times in a row"},
+				}, commonFlags...),
+				Action: func(c *cli.Context) error { return runScenario(c, "fleet") },
+			},
+		},
+	}
+}
+
+type settings struct {
+	hosts       int
+	levels      []int
+	duration    time.Duration
+	batch       int
+	deadline    time.Duration
+	runs        int
+	json        bool
+	binary      string
+	workDir     string
+	databaseURL string
+	serverArgs  []string
+	verbose     bool
+}
+
+// parse checks every flag before anything is created.
+func parse(c *cli.Context, scenario string) (settings, error) {
+	s := settings{
+		hosts: c.Int("hosts"), duration: c.Duration("duration"), batch: c.Int("batch"),
+		deadline: c.Duration("deadline"), runs: c.Int("runs"), databaseURL: c.String("database-url"),
+		workDir: c.String("work-dir"), serverArgs: c.StringSlice("server-arg"), verbose: c.Bool("verbose"),
+	}
+	bad := func(format string, args ...any) (settings, error) {
+		return settings{}, fmt.Errorf("%w: "+format, append([]any{ErrBadInput}, args...)...)
+	}
+	switch c.String("output") {
+	case "text":
+	case "json":
+		s.json = true
+	default:
+		return bad("-o %q: want text or json", c.String("output"))
+	}
+	if s.hosts < 1 || s.hosts > maxHosts {
+		return bad("--hosts %d: want 1 to %d", s.hosts, maxHosts)
+	}
+	if scenario == "rotate" {
+		for _, f := range strings.Split(c.String("concurrency"), ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				return bad("--concurrency %q: want positive numbers separated by commas, e.g. 1,8,32", c.String("concurrency"))
+			}
+			if n > s.hosts {
+				return bad("--concurrency %d is more than --hosts %d: a host rotates one key at a time, so C needs at least C hosts", n, s.hosts)
+			}
+			s.levels = append(s.levels, n)
+		}
+		if s.duration < 100*time.Millisecond {
+			return bad("--duration %v: want at least 100ms", s.duration)
+		}
+	}
+	if scenario == "fleet" {
+		if s.batch < 1 {
+			return bad("--batch %d: want at least 1", s.batch)
+		}
+		if s.deadline < time.Second {
+			return bad("--deadline %v: want at least 1s", s.deadline)
+		}
+		if s.runs < 1 {
+			return bad("--runs %d: want at least 1", s.runs)
+		}
+	}
+	bin, err := findBinary(c.String("controlplane-bin"))
+	if err != nil {
+		return settings{}, err
+	}
+	s.binary = bin
+	return s, nil
+}
+
+func runScenario(c *cli.Context, scenario string) error {
+	s, err := parse(c, scenario)
+	if err != nil {
+		return err
+	}
+	ctx := c.Context
+	p := &progress{w: c.App.ErrWriter}
+
+	dir := s.workDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "aegis-loadtest-*"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	db, drop, err := openDatabase(ctx, s.databaseURL, filepath.Join(dir, "cp"))
+	if err != nil {
+		return err
+	}
+	defer drop()
+
+	var log io.Writer
+	if s.verbose {
+		log = c.App.ErrWriter
+	}
+	p.say("starting %s on %s", s.binary, db.kind())
+	cp, err := startControlPlane(ctx, startOptions{
+		Binary: s.binary, DataDir: filepath.Join(dir, "cp"), Database: db,
+		Args: s.serverArgs, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer cp.Stop()
+
+	setup := time.Now()
+	hostsDir := filepath.Join(dir, "hosts")
+	if err := os.Mkdir(hostsDir, 0o700); err != nil {
+		return err
+	}
+	hosts, throttled, err := enrollHosts(ctx, cp, hostsDir, s.hosts, 16, "load", p)
+	if err != nil {
+		return err
+	}
+	p.say("enrolled %d hosts in %.1fs (%d waits on the challenge rate limit)", len(hosts), time.Since(setup).Seconds(), throttled)
+
+	sum := Summary{Scenario: scenario, Database: db.kind(), Hosts: len(hosts)}
+	switch scenario {
+	case "rotate":
+		err = rotateScenario(ctx, s, cp, db, dir, hosts, p, &sum, setup)
+	case "fleet":
+		err = fleetScenario(ctx, s, cp, hosts, p, &sum, setup)
+	}
+	if err != nil {
+		return err
+	}
+	printSummary(c.App.Writer, s, sum)
+	if sum.Errors > 0 || sum.LostResults > 0 || sum.DuplicateResults > 0 {
+		return fmt.Errorf("%d errors, %d lost and %d duplicated host results", sum.Errors, sum.LostResults, sum.DuplicateResults)
+	}
+	return nil
+}
+
+func rotateScenario(ctx context.Context, s settings, cp *controlPlane, db database, dir string, hosts []*host, p *progress, sum *Summary, setup time.Time) error {
+	pool := make(chan *rotator, len(hosts))
+	for _, h := range hosts {
+		id, err := h.Dir.Load()
+		if err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
+		pool <- &rotator{nodeID: id.Node.NodeID, key: id.Key, token: id.Token}
+	}
+	sum.SetupSeconds = time.Since(setup).Seconds()
+	ref, err := newTxReference(ctx, db, dir)
+	if err != nil {
+		return err
+	}
+	defer ref.Close()
+	client := rotation.DialHTTP(cp.HTTP, cp.URL)
+	for _, c := range s.levels {
+		cpu0, _ := cp.ProcessCPU()
+		lv, err := rotateLevel(ctx, client, pool, c, s.duration)
+		if err != nil {
+			return fmt.Errorf("rotate at concurrency %d: %w", c, err)
+		}
+		cpu1, _ := cp.ProcessCPU()
+		lv.ServerCPUSeconds = (cpu1 - cpu0).Seconds()
+		refRate, err := ref.Run(ctx, c, min(s.duration, 5*time.Second))
+		if err != nil {
+			return err
+		}
+		lv.ReferencePerSecond, lv.ReferenceRatio = refRate, ratio(lv.PerSecond, refRate)
+		p.say("concurrency %d: %d rotations in %.1fs = %.0f/s (p50 %.1fms, p99 %.1fms, %d errors); reference 3-statement tx %.0f/s; ratio %.3f",
+			c, lv.Rotations, lv.Seconds, lv.PerSecond, lv.P50Ms, lv.P99Ms, lv.Errors, refRate, lv.ReferenceRatio)
+		sum.Levels = append(sum.Levels, lv)
+		sum.Errors += lv.Errors
+		sum.Seconds += lv.Seconds
+		sum.ServerCPUSeconds += lv.ServerCPUSeconds
+	}
+	best := sum.Levels[0]
+	for _, lv := range sum.Levels {
+		if lv.PerSecond > best.PerSecond {
+			best = lv
+		}
+	}
+	sum.Concurrency, sum.PerSecond = best.Concurrency, best.PerSecond
+	sum.Reference = fmt.Sprintf("3-statement %s transaction at concurrency %d", db.kind(), best.Concurrency)
+	sum.ReferencePerSecond, sum.ReferenceRatio = best.ReferencePerSecond, best.ReferenceRatio
+	return nil
+}
+
+func fleetScenario(ctx context.Context, s settings, cp *controlPlane, hosts []*host, p *progress, sum *Summary, setup time.Time) error {
+	ds, err := startDaemons(hosts, cp.HTTP)
+	if err != nil {
+		return err
+	}
+	defer ds.stop()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := ds.waitConnected(wctx, p); err != nil {
+		return err
+	}
+	sum.SetupSeconds = time.Since(setup).Seconds()
+	p.say("all %d daemons Connected (setup %.1fs); measuring the Ed25519 reference", len(hosts), sum.SetupSeconds)
+	refRate := ed25519Reference(2 * time.Second)
+	sum.Batch = s.batch
+	sum.Reference = "Ed25519 sign+verify on every core"
+	sum.ReferencePerSecond = refRate
+	for run := 1; run <= s.runs; run++ {
+		before, err := keyFingerprints(hosts)
+		if err != nil {
+			return err
+		}
+		cpu0, _ := cp.ProcessCPU()
+		out, err := runFleet(ctx, cp, "load", s.batch, s.deadline, p)
+		if err != nil {
+			return err
+		}
+		cpu1, _ := cp.ProcessCPU()
+		sum.ServerCPUSeconds += (cpu1 - cpu0).Seconds()
+		counts := out.final.GetRun().GetCounts()
+		sum.Results = &FleetCounts{Total: int(counts.GetTotal()), Succeeded: int(counts.GetSucceeded()), Failed: int(counts.GetFailed()), Skipped: int(counts.GetSkipped())}
+		sum.Waves = out.waves
+		sum.Seconds += out.seconds
+		for _, h := range hosts {
+			switch n := out.results[h.NodeID]; {
+			case n == 0:
+				sum.LostResults++
+			case n > 1:
+				sum.DuplicateResults += n - 1
+			}
+		}
+		bad, err := verifyRotated(ctx, cp, hosts, before)
+		if err != nil {
+			return err
+		}
+		sum.Errors += bad
+		p.say("run %d: %d hosts in %d waves in %.1fs = %.0f hosts/s; %d succeeded, %d failed, %d skipped; %d not verified on a new key",
+			run, counts.GetTotal(), out.waves, out.seconds, float64(counts.GetTotal())/out.seconds,
+			counts.GetSucceeded(), counts.GetFailed(), counts.GetSkipped(), bad)
+	}
+	sum.PerSecond = float64(len(hosts)*s.runs) / sum.Seconds
+	sum.ReferenceRatio = ratio(sum.PerSecond, refRate)
+	return nil
+}
+
+// verifyRotated counts hosts that are not Connected on a key that is new (differs
+// from before), the same on the control plane and in the host's node.key.
+func verifyRotated(ctx context.Context, cp *controlPlane, hosts []*host, before map[string]string) (int, error) {
+	after, err := keyFingerprints(hosts)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := cp.Admin().ListHosts(ctx, connect.NewRequest(&edgev1.ListHostsRequest{Target: "tags=AnyOf(load)"}))
+	if err != nil {
+		return 0, fmt.Errorf("list hosts: %w", err)
+	}
+	server := map[string]*edgev1.Host{}
+	for _, h := range resp.Msg.GetHosts() {
+		server[h.GetNodeId()] = h
+	}
+	bad := 0
+	for _, h := range hosts {
+		sh := server[h.NodeID]
+		if sh == nil || after[h.NodeID] == before[h.NodeID] || sh.GetKeyFingerprint() != after[h.NodeID] || sh.GetStatus() != edgev1.HostStatus_HOST_STATUS_CONNECTED {
+			bad++
+		}
+	}
+	return bad, nil
+}
+
+func printSummary(w io.Writer, s settings, sum Summary) {
+	if s.json {
+		_ = writeJSON(w, sum)
+		return
+	}
+	switch sum.Scenario {
+	case "rotate":
+		fmt.Fprintf(w, "rotate on %s, %d hosts\n", sum.Database, sum.Hosts)
+		fmt.Fprintf(w, "%-12s %10s %10s %9s %9s %14s %8s\n", "CONCURRENCY", "ROTATIONS", "PER_SEC", "P50_MS", "P99_MS", "REF_TX_PER_SEC", "RATIO")
+		for _, lv := range sum.Levels {
+			fmt.Fprintf(w, "%-12d %10d %10.0f %9.1f %9.1f %14.0f %8.3f\n", lv.Concurrency, lv.Rotations, lv.PerSecond, lv.P50Ms, lv.P99Ms, lv.ReferencePerSecond, lv.ReferenceRatio)
+		}
+	case "fleet":
+		fmt.Fprintf(w, "fleet keys.rotate on %s: %d hosts, rolling=%d, %d waves: %.1fs, %.0f hosts/s\n", sum.Database, sum.Hosts, sum.Batch, sum.Waves, sum.Seconds, sum.PerSecond)
+		fmt.Fprintf(w, "reference: %s %.0f/s; ratio %.4f\n", sum.Reference, sum.ReferencePerSecond, sum.ReferenceRatio)
+		fmt.Fprintf(w, "results: %d succeeded, %d failed, %d skipped; %d lost, %d duplicated; %d not verified on a new key\n",
+			sum.Results.Succeeded, sum.Results.Failed, sum.Results.Skipped, sum.LostResults, sum.DuplicateResults, sum.Errors)
+	}
+	fmt.Fprintf(w, "setup %.1fs; control plane CPU %.1fs during the measured part\n", sum.SetupSeconds, sum.ServerCPUSeconds)
+}
+
+func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
