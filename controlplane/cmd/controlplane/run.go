@@ -67,6 +67,8 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.FleetMaxConcurrency = v }),
 		str("max-concurrent-rotations", "AEGIS_MAX_CONCURRENT_ROTATIONS", d.MaxConcurrentRotations, "most key rotations and attestations in progress at once, server-wide (`N`); more wait their turn",
 			func(f *config.File, v string) { f.MaxConcurrentRotations = v }),
+		str("database-max-conns", "AEGIS_DATABASE_MAX_CONNS", "", "PostgreSQL connection pool size per replica (`N`); default: the URL's pool_max_conns, else 32. Rotations are concurrent transactions, so a burst uses up to min(N, --max-concurrent-rotations) connections; keep N x replicas below the server's max_connections",
+			func(f *config.File, v string) { f.DatabaseMaxConns = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
 	}

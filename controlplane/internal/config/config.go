@@ -42,6 +42,9 @@ type File struct {
 	// MaxConcurrentRotations caps rotations and attestations in progress at once,
 	// server-wide.
 	MaxConcurrentRotations string `yaml:"max_concurrent_rotations"`
+	// DatabaseMaxConns sizes the PostgreSQL connection pool ("" = the URL's
+	// pool_max_conns, else the store's default, postgres.DefaultMaxConns).
+	DatabaseMaxConns string `yaml:"database_max_conns"`
 }
 
 // Defaults are the documented defaults (DESIGN §9).
@@ -84,6 +87,7 @@ func Merge(layers ...File) File {
 		set(&out.LogLevel, l.LogLevel)
 		set(&out.FleetMaxConcurrency, l.FleetMaxConcurrency)
 		set(&out.MaxConcurrentRotations, l.MaxConcurrentRotations)
+		set(&out.DatabaseMaxConns, l.DatabaseMaxConns)
 	}
 	return out
 }
@@ -134,6 +138,9 @@ type Config struct {
 	FleetMaxConcurrency int
 	// MaxConcurrentRotations caps rotations and attestations in progress at once.
 	MaxConcurrentRotations int
+	// DatabaseMaxConns is the PostgreSQL pool size given by --database-max-conns
+	// (0: the URL's pool_max_conns, else postgres.DefaultMaxConns).
+	DatabaseMaxConns int
 }
 
 // Resolve validates f (already merged over Defaults) into a Config. Each error names
@@ -232,6 +239,9 @@ func (f File) Resolve() (Config, error) {
 	}
 	count("fleet-max-concurrency", f.FleetMaxConcurrency, 1, 100000, &c.FleetMaxConcurrency)
 	count("max-concurrent-rotations", f.MaxConcurrentRotations, 1, 100000, &c.MaxConcurrentRotations)
+	if f.DatabaseMaxConns != "" {
+		count("database-max-conns", f.DatabaseMaxConns, 1, 10000, &c.DatabaseMaxConns)
+	}
 
 	switch strings.ToLower(f.LogLevel) {
 	case "debug":

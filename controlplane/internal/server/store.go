@@ -21,7 +21,7 @@ func OpenStore(ctx context.Context, cfg config.Config) (store.Store, error) {
 		}
 		return st, nil
 	case config.DatabasePostgres:
-		st, err := postgres.Open(ctx, cfg.DatabaseURL)
+		st, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.Options{MaxConns: cfg.DatabaseMaxConns})
 		if err != nil {
 			// Not the URL: it may hold a password.
 			return nil, fmt.Errorf("open postgres database: %w", err)

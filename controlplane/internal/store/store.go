@@ -371,12 +371,17 @@ type Tx interface {
 	// ListFleetRunEvents lists the run's events with sequence > after, in order.
 	ListFleetRunEvents(ctx context.Context, runID string, after uint64) ([]FleetRunEvent, error)
 
-	// AppendAudit puts e at the end of the hash chain: it assigns ID (the last entry's
-	// + 1), At if zero, PrevHash (the last entry's Hash) and Hash (audit.Seal), and
-	// returns the stored entry. Appends are serialized from this call to the end of
-	// the caller's transaction, so concurrent transactions chain one after the other.
+	// AppendAudit records e in the caller's transaction (it commits or rolls back with
+	// the change it describes) and puts it on the hash chain: ID (the last entry's +
+	// 1), PrevHash (the last entry's Hash) and Hash (audit.Seal) are assigned, and At
+	// if zero. A store may seal entries after the commit, in commit order, so that
+	// audited transactions never wait for each other (PostgreSQL does; SQLite, with
+	// one writer, seals at once): inside a transaction the returned entry may then lack
+	// ID and hashes, while Store.AppendAudit returns it sealed. One transaction's
+	// entries stay adjacent on the chain.
 	AppendAudit(ctx context.Context, e AuditEntry) (AuditEntry, error)
-	// ListAudit lists a tenant's entries ("" = all), oldest first, after afterID.
+	// ListAudit lists a tenant's entries ("" = all), oldest first, after afterID. On
+	// a Store it covers every committed entry (sealing what is pending first).
 	ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]AuditEntry, error)
 	// ListNodeAudit is ListAudit for one node's entries.
 	ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]AuditEntry, error)

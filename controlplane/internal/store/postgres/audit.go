@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -12,20 +13,35 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
-// auditLockKey names the advisory lock every AppendAudit holds until its transaction
-// ends. It makes the chain a chain: an appender reads the last entry's id and hash
-// and inserts the next one while no other transaction can append, so two concurrent
-// transactions never link to the same predecessor. It also makes ids visible in
-// order, so a reader paging with "id > the last id I saw" never skips one. The cost:
-// audited transactions finish one at a time from their AppendAudit on, so AppendAudit
-// belongs at the end of a transaction (where the domain puts it), not before slow work
-// or further row locks.
-const auditLockKey int64 = 0x6165676973_02 // "aegis", 2
+// The chain is sealed after the fact, so that audited transactions never wait for
+// one another (DESIGN §7: rotations are concurrent transactions).
+//
+// AppendAudit inserts the entry into audit_pending inside the caller's transaction:
+// no change commits without its record, and a rolled-back change leaves none. The
+// sealer (SealAudit) then moves committed pending entries onto the chain in batches:
+// in one short transaction of its own, under auditSealLock, it reads the chain's end,
+// gives each entry the next id, its PrevHash and Hash (audit.Seal), inserts them into
+// audit_log and deletes them from audit_pending. Only sealers wait on that lock, and
+// a sealer commits a whole batch at once, so the chain costs one commit per batch
+// instead of a global lock across every audited commit.
+//
+// Order: the chain's order is the order the sealer sees entries committed (by
+// transaction, then by insertion); ids are given under the lock, so they become
+// visible in order and a reader paging with "id > the last id I saw" never skips
+// one. Until it is sealed (normally milliseconds: every commit that appended wakes
+// the sealer, and it also runs every sealEvery), an entry is in audit_pending,
+// outside the chain's protection; Store.ListAudit and Store.ListNodeAudit seal first,
+// so `aegis audit list` and `audit verify` always cover every committed entry.
 
-// AppendAudit seals e onto the end of the chain. The lock is taken by a statement of
-// its own: at READ COMMITTED each statement sees what was committed when it started,
-// so the read of the chain's end must start after the lock is held, or it could miss
-// the entry of the transaction that held the lock just before.
+// auditSealLock is the advisory lock (classid, objid) sealers take; objid is the
+// schema's hash, so stores in different schemas of one database seal independently.
+const auditSealLock = `pg_advisory_xact_lock(1634035561, hashtext(current_schema()))` // "aegi"
+
+// sealBatch bounds how many entries one sealing transaction moves.
+const sealBatch = 2000
+
+// AppendAudit records e in the caller's transaction; it joins the chain when sealed.
+// The returned entry has no ID or Hash yet (Store.AppendAudit returns it sealed).
 func (q *queries) AppendAudit(ctx context.Context, e store.AuditEntry) (store.AuditEntry, error) {
 	if e.At.IsZero() {
 		e.At = time.Now()
@@ -35,39 +51,180 @@ func (q *queries) AppendAudit(ctx context.Context, e store.AuditEntry) (store.Au
 	if e.Details == nil {
 		e.Details = map[string]string{}
 	}
-	if _, err := q.db.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, auditLockKey); err != nil {
-		return store.AuditEntry{}, wrapf(err, "append audit: lock the chain")
-	}
-	var lastID int64
-	var prevHash string
-	err := q.db.QueryRow(ctx, `SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1`).Scan(&lastID, &prevHash)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return store.AuditEntry{}, wrapf(err, "append audit: read the chain's last entry")
-	}
-	e.ID = lastID + 1
-	e = audit.Seal(e, prevHash)
-	_, err = q.db.Exec(ctx, `
-		INSERT INTO audit_log (id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)`,
-		e.ID, e.At, e.TenantID, e.Actor, e.Action, e.NodeID, e.Result, e.Details, e.PrevHash, e.Hash)
+	e.ID, e.PrevHash, e.Hash = 0, "", ""
+	var pid int64
+	// The transaction's own id groups its entries, so they stay adjacent on the chain.
+	err := q.db.QueryRow(ctx, `
+		INSERT INTO audit_pending (tx_group, at, tenant_id, actor, action, node_id, result, details)
+		VALUES (pg_current_xact_id()::text::bigint, $1, $2, $3, $4, $5, $6, $7::jsonb)
+		RETURNING pid`,
+		e.At, e.TenantID, e.Actor, e.Action, e.NodeID, e.Result, e.Details).Scan(&pid)
 	if err != nil {
 		return store.AuditEntry{}, wrapf(err, "append audit")
 	}
+	q.appendedAudit = pid
 	return e, nil
 }
 
-// AppendAudit outside InTx: the lock, the read of the chain's end and the insert must
-// share one transaction (on the pool each statement would be its own, and the lock
-// would be gone before the insert).
+// AppendAudit outside InTx: the entry is committed, then sealed, and returned as it
+// stands on the chain.
 func (s *Store) AppendAudit(ctx context.Context, e store.AuditEntry) (out store.AuditEntry, err error) {
+	var pid int64
 	err = s.InTx(ctx, func(tx store.Tx) error {
 		out, err = tx.AppendAudit(ctx, e)
+		pid = tx.(*queries).appendedAudit
 		return err
 	})
-	return out, err
+	if err != nil {
+		return store.AuditEntry{}, err
+	}
+	if err := s.SealAudit(ctx); err != nil {
+		return store.AuditEntry{}, err
+	}
+	list, err := s.queries.scanAudit(ctx, `WHERE pending_id = $1`, pid)
+	if err != nil || len(list) != 1 {
+		return store.AuditEntry{}, wrapf(errOr(err, store.ErrNotFound), "read back sealed audit entry")
+	}
+	return list[0], nil
 }
 
-// ListAudit: limit <= 0 means no limit.
+func errOr(err, otherwise error) error {
+	if err != nil {
+		return err
+	}
+	return otherwise
+}
+
+// SealAudit moves every committed pending entry onto the chain, in batches.
+func (s *Store) SealAudit(ctx context.Context) error {
+	for {
+		n, err := s.sealOnce(ctx)
+		if err != nil {
+			return err
+		}
+		if n < sealBatch {
+			return nil
+		}
+	}
+}
+
+func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
+	err = inTx(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT `+auditSealLock); err != nil {
+			return fmt.Errorf("lock the chain: %w", err)
+		}
+		// Read after the lock: at READ COMMITTED each statement sees what was committed
+		// when it started, so this sees the previous sealer's rows.
+		rows, err := tx.Query(ctx, `
+			SELECT pid, at, tenant_id, actor, action, node_id, result, details
+			FROM audit_pending ORDER BY tx_group, pid LIMIT $1`, sealBatch)
+		type pending struct {
+			pid int64
+			e   store.AuditEntry
+		}
+		ps, err := collect(rows, err, func(row pgx.Row) (pending, error) {
+			var p pending
+			err := row.Scan(&p.pid, timeCol{&p.e.At}, &p.e.TenantID, &p.e.Actor, &p.e.Action, &p.e.NodeID, &p.e.Result, &p.e.Details)
+			if p.e.Details == nil {
+				p.e.Details = map[string]string{}
+			}
+			return p, err
+		})
+		if err != nil {
+			return fmt.Errorf("read pending entries: %w", err)
+		}
+		n = len(ps)
+		if n == 0 {
+			return nil
+		}
+		var lastID int64
+		var prevHash string
+		err = tx.QueryRow(ctx, `SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1`).Scan(&lastID, &prevHash)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read the chain's last entry: %w", err)
+		}
+		var cols struct {
+			id, pid                                         []int64
+			at                                              []time.Time
+			tenant, actor, action, node, result, prev, hash []string
+			details                                         []map[string]string
+		}
+		for _, p := range ps {
+			lastID++
+			p.e.ID = lastID
+			e := audit.Seal(p.e, prevHash)
+			prevHash = e.Hash
+			cols.id, cols.pid, cols.at = append(cols.id, e.ID), append(cols.pid, p.pid), append(cols.at, e.At)
+			cols.tenant, cols.actor, cols.action = append(cols.tenant, e.TenantID), append(cols.actor, e.Actor), append(cols.action, e.Action)
+			cols.node, cols.result, cols.details = append(cols.node, e.NodeID), append(cols.result, e.Result), append(cols.details, e.Details)
+			cols.prev, cols.hash = append(cols.prev, e.PrevHash), append(cols.hash, e.Hash)
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO audit_log (id, pending_id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash)
+			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+			                     $8::text[], $9::jsonb[], $10::text[], $11::text[])`,
+			cols.id, cols.pid, cols.at, cols.tenant, cols.actor, cols.action, cols.node, cols.result, cols.details,
+			cols.prev, cols.hash); err != nil {
+			return fmt.Errorf("insert sealed entries: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM audit_pending WHERE pid = ANY($1)`, cols.pid); err != nil {
+			return fmt.Errorf("delete sealed entries: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, wrapf(err, "seal audit")
+	}
+	return n, nil
+}
+
+// sealEvery bounds how long a committed entry can wait for the sealer when no wake-up
+// reaches it (an entry committed by a replica that died before sealing it).
+const sealEvery = time.Second
+
+// sealLoop seals whenever a commit that appended wakes it, and every sealEvery.
+func (s *Store) sealLoop(ctx context.Context) {
+	defer close(s.sealerDone)
+	t := time.NewTicker(sealEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wakeSealer:
+		case <-t.C:
+		}
+		if err := s.SealAudit(ctx); err != nil && ctx.Err() == nil && s.log != nil {
+			s.log.Warn("audit sealer: will retry", "err", err)
+		}
+	}
+}
+
+// woke tells the sealer a transaction that appended audit entries has committed.
+func (s *Store) woke() {
+	select {
+	case s.wakeSealer <- struct{}{}:
+	default:
+	}
+}
+
+// ListAudit on the Store seals first, so the listing covers every committed entry.
+func (s *Store) ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]store.AuditEntry, error) {
+	if err := s.SealAudit(ctx); err != nil {
+		return nil, err
+	}
+	return s.queries.ListAudit(ctx, tenantID, afterID, limit)
+}
+
+// ListNodeAudit on the Store seals first, as ListAudit.
+func (s *Store) ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
+	if err := s.SealAudit(ctx); err != nil {
+		return nil, err
+	}
+	return s.queries.ListNodeAudit(ctx, tenantID, nodeID, afterID, limit)
+}
+
+// ListAudit: limit <= 0 means no limit. Inside a transaction it lists sealed entries.
 func (q *queries) ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]store.AuditEntry, error) {
 	return q.listAudit(ctx, tenantID, "", afterID, limit)
 }
@@ -81,10 +238,7 @@ func (q *queries) ListNodeAudit(ctx context.Context, tenantID, nodeID string, af
 
 // listAudit: "" filters nothing; limit <= 0 means no limit.
 func (q *queries) listAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	query := `
-		SELECT id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash
-		FROM audit_log
-		WHERE id > $1`
+	query := `WHERE id > $1`
 	args := []any{afterID}
 	if tenantID != "" {
 		args = append(args, tenantID)
@@ -99,8 +253,19 @@ func (q *queries) listAudit(ctx context.Context, tenantID, nodeID string, afterI
 		args = append(args, limit)
 		query += ` LIMIT $` + strconv.Itoa(len(args))
 	}
-	rows, err := q.db.Query(ctx, query, args...)
-	es, err := collect(rows, err, func(row pgx.Row) (store.AuditEntry, error) {
+	es, err := q.scanAudit(ctx, query, args...)
+	if err != nil {
+		return nil, wrapf(err, "list audit")
+	}
+	return es, nil
+}
+
+// scanAudit reads chain entries; where is the query's WHERE clause onwards.
+func (q *queries) scanAudit(ctx context.Context, where string, args ...any) ([]store.AuditEntry, error) {
+	rows, err := q.db.Query(ctx, `
+		SELECT id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash
+		FROM audit_log `+where, args...)
+	return collect(rows, err, func(row pgx.Row) (store.AuditEntry, error) {
 		var e store.AuditEntry
 		err := row.Scan(&e.ID, timeCol{&e.At}, &e.TenantID, &e.Actor, &e.Action, &e.NodeID, &e.Result,
 			&e.Details, &e.PrevHash, &e.Hash)
@@ -109,8 +274,4 @@ func (q *queries) listAudit(ctx context.Context, tenantID, nodeID string, afterI
 		}
 		return e, err
 	})
-	if err != nil {
-		return nil, wrapf(err, "list audit")
-	}
-	return es, nil
 }

@@ -236,44 +236,31 @@ func (q *queries) ReleaseFleetRunLease(ctx context.Context, id, owner string) er
 	return nil
 }
 
-// maxAppendAttempts bounds AppendFleetRunEvent's retries; one driver appends to a
-// run, so a collision (another appender took the number) is already rare.
-const maxAppendAttempts = 20
-
+// AppendFleetRunEvent takes the next number from the run's counter: the UPDATE locks
+// the run's row until the caller's transaction ends, so concurrent appenders to one
+// run wait their turn instead of failing, and numbers commit (and become visible to
+// watchers paging with "sequence > the last one I saw") in order.
 func (q *queries) AppendFleetRunEvent(ctx context.Context, e store.FleetRunEvent) (store.FleetRunEvent, error) {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
-	// The next number is read from the statement's snapshot; if a concurrent
-	// appender took it, ON CONFLICT inserts nothing (instead of raising and
-	// aborting the caller's transaction) and the next attempt, with a fresh
-	// snapshot at READ COMMITTED, sees that row.
-	for range maxAppendAttempts {
-		var seq int64
-		err := q.db.QueryRow(ctx, `
-			INSERT INTO fleet_run_events (run_id, sequence, at, kind, data)
-			SELECT r.id, coalesce((SELECT max(sequence) FROM fleet_run_events WHERE run_id = r.id), 0) + 1,
-			       $2::timestamptz, $3, $4
-			FROM fleet_runs AS r WHERE r.id = $1
-			ON CONFLICT DO NOTHING
-			RETURNING sequence, at`,
-			e.RunID, e.At, e.Kind, e.Data).Scan(&seq, timeCol{&e.At})
-		if err == nil {
-			e.Sequence = uint64(seq)
-			return e, nil
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return store.FleetRunEvent{}, wrapf(err, "append event to fleet run %q", e.RunID)
-		}
-		var exists bool
-		if err := q.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM fleet_runs WHERE id = $1)`, e.RunID).Scan(&exists); err != nil {
-			return store.FleetRunEvent{}, wrapf(err, "append event to fleet run %q", e.RunID)
-		}
-		if !exists {
-			return store.FleetRunEvent{}, wrapf(store.ErrNotFound, "append event to fleet run %q", e.RunID)
-		}
+	var seq int64
+	err := q.db.QueryRow(ctx, `
+		WITH next AS (
+		    UPDATE fleet_runs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING id, event_seq
+		)
+		INSERT INTO fleet_run_events (run_id, sequence, at, kind, data)
+		SELECT next.id, next.event_seq, $2::timestamptz, $3, $4 FROM next
+		RETURNING sequence, at`,
+		e.RunID, e.At, e.Kind, e.Data).Scan(&seq, timeCol{&e.At})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return store.FleetRunEvent{}, wrapf(store.ErrNotFound, "append event to fleet run %q", e.RunID)
+	case err != nil:
+		return store.FleetRunEvent{}, wrapf(err, "append event to fleet run %q", e.RunID)
 	}
-	return store.FleetRunEvent{}, wrapf(store.ErrConflict, "append event to fleet run %q: sequence contended", e.RunID)
+	e.Sequence = uint64(seq)
+	return e, nil
 }
 
 func (q *queries) ListFleetRunEvents(ctx context.Context, runID string, after uint64) ([]store.FleetRunEvent, error) {

@@ -22,6 +22,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,6 +35,12 @@ import (
 type Store struct {
 	queries
 	pool *pgxpool.Pool
+	log  *slog.Logger
+
+	// The audit sealer (audit.go): woken after each commit that appended entries.
+	wakeSealer chan struct{}
+	stopSealer context.CancelFunc
+	sealerDone chan struct{}
 }
 
 var (
@@ -45,16 +53,42 @@ var (
 // swaps into serialization failures.
 var txOptions = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
 
+// Options tune Open; the zero value is the production default.
+type Options struct {
+	// MaxConns sizes the pool: 0 keeps the URL's pool_max_conns if it has one, else
+	// DefaultMaxConns. (pgxpool's own default, max(4, cores), makes a burst of
+	// rotations wait for connections rather than for the database.)
+	MaxConns int
+	// Logger receives the audit sealer's warnings; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultMaxConns is the pool size when neither Options nor the URL sets one: enough
+// for a burst of concurrent rotations (DESIGN §7 measures 32 in flight) on a 2-core
+// replica, while three replicas stay inside PostgreSQL's default max_connections of
+// 100.
+const DefaultMaxConns = 32
+
 // Open connects to the database at url (a postgres:// URL or key=value string, as
 // pgxpool.ParseConfig takes; pool_max_conns and run-time parameters such as
 // search_path pass through), checks that it answers and brings the schema in the
 // connection's search_path up to date.
-func Open(ctx context.Context, url string) (*Store, error) {
+func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		// pgx redacts passwords only on a best-effort basis, and a URL that does not
 		// parse is exactly where it may miss one: say nothing about the text.
 		return nil, errors.New("postgres: the database URL does not parse as a postgres:// URL or key=value connection string")
+	}
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	switch {
+	case o.MaxConns > 0:
+		cfg.MaxConns = int32(o.MaxConns)
+	case !strings.Contains(url, "pool_max_conns"):
+		cfg.MaxConns = DefaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -68,14 +102,28 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &Store{queries: queries{db: pool}, pool: pool}, nil
+	st := &Store{queries: queries{db: pool}, pool: pool, log: o.Logger,
+		wakeSealer: make(chan struct{}, 1), sealerDone: make(chan struct{})}
+	if st.log == nil {
+		st.log = slog.New(slog.DiscardHandler)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	st.stopSealer = cancel
+	go st.sealLoop(sctx)
+	return st, nil
 }
 
 // InTx runs fn in one READ COMMITTED transaction.
 func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
-	return inTx(ctx, s.pool, func(tx pgx.Tx) error {
-		return fn(&queries{db: tx})
+	var q *queries
+	err := inTx(ctx, s.pool, func(tx pgx.Tx) error {
+		q = &queries{db: tx}
+		return fn(q)
 	})
+	if err == nil && q.appendedAudit != 0 {
+		s.woke()
+	}
+	return err
 }
 
 // inTx commits when fn returns nil and rolls back otherwise, returning fn's error
@@ -108,8 +156,11 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the pool, waiting for connections in use to be returned.
+// Close stops the audit sealer and closes the pool, waiting for connections in use
+// to be returned. Entries committed but not yet sealed stay in audit_pending for the next store.
 func (s *Store) Close() error {
+	s.stopSealer()
+	<-s.sealerDone
 	s.pool.Close()
 	return nil
 }

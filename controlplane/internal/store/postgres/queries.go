@@ -25,6 +25,9 @@ type dbtx interface {
 // transaction.
 type queries struct {
 	db dbtx
+	// appendedAudit is the last audit_pending row this transaction inserted (0: none),
+	// so that its commit wakes the sealer.
+	appendedAudit int64
 }
 
 // ts encodes a time for a timestamptz parameter; the zero time is NULL. pgx sends

@@ -29,12 +29,18 @@ func testAuditChain(t *testing.T, s store.Store) {
 	noErr(t, err)
 	equal(t, "first PrevHash", e1.PrevHash, "")
 	equal(t, "first Hash", e1.Hash, audit.Hash(e1))
-	var e2 store.AuditEntry
+	// Inside a transaction the entry may join the chain only after the commit
+	// (PostgreSQL seals it then): read it back as the Store lists it.
 	noErr(t, s.InTx(ctx, func(tx store.Tx) error {
-		e2, err = tx.AppendAudit(ctx, store.AuditEntry{At: at(time.Second), TenantID: "t2", Actor: "op:x", Action: "revoke", NodeID: "n2", Result: "ok",
+		_, err = tx.AppendAudit(ctx, store.AuditEntry{At: at(time.Second), TenantID: "t2", Actor: "op:x", Action: "revoke", NodeID: "n2", Result: "ok",
 			Details: map[string]string{"b": "2", "a": "1"}})
 		return err
 	}))
+	all, err := s.ListAudit(ctx, "", 0, 0)
+	noErr(t, err)
+	equal(t, "entries after the second append", len(all), 2)
+	e2 := all[1]
+	equal(t, "second entry", e2.Actor+" "+e2.Action+" "+e2.Details["a"]+e2.Details["b"], "op:x revoke 12")
 	equal(t, "second PrevHash", e2.PrevHash, e1.Hash)
 	equal(t, "second Hash", e2.Hash, audit.Hash(e2))
 	equal(t, "second ID", e2.ID, e1.ID+1)

@@ -309,3 +309,103 @@ func testConcurrentFleetRunEvents(t *testing.T, s store.Store) {
 		}
 	}
 }
+
+// finishers is how many hosts finish at once in testConcurrentFleetFinishers: a whole
+// wave of a parallel run, each host's goroutine recording its result.
+const finishers = 300
+
+// Hundreds of hosts of one run finish at once, each recording its state and its
+// host_result event in one transaction (as the fleet driver does), while a watcher
+// pages through the events. Every host's result is stored exactly once, numbered
+// 1..N without gaps, and the watcher, which only ever asks for "after the last
+// sequence I saw", misses none: numbers become visible in order.
+func testConcurrentFleetFinishers(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	mustTenant(t, s, "t1")
+	noErr(t, s.InsertFleetRun(ctx, fleetRun("fr-1", "t1", at(0))))
+	hosts := fleetHosts(finishers)
+	noErr(t, s.InsertFleetRunHosts(ctx, "fr-1", hosts))
+
+	watched := make(chan []store.FleetRunEvent, 1)
+	stopWatch := make(chan struct{})
+	go func() {
+		var seen []store.FleetRunEvent
+		var last uint64
+		for {
+			select {
+			case <-stopWatch:
+				// One last page after every writer has returned.
+				es, _ := s.ListFleetRunEvents(ctx, "fr-1", last)
+				watched <- append(seen, es...)
+				return
+			default:
+			}
+			es, err := s.ListFleetRunEvents(ctx, "fr-1", last)
+			if err != nil {
+				watched <- nil
+				return
+			}
+			if n := len(es); n > 0 {
+				seen, last = append(seen, es...), es[n-1].Sequence
+			}
+		}
+	}()
+
+	errs := make([]error, finishers)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		wg.Go(func() {
+			<-start
+			h.RunID, h.State, h.FinishedAt = "fr-1", store.FleetHostSucceeded, at(time.Second)
+			errs[i] = s.InTx(ctx, func(tx store.Tx) error {
+				if err := tx.UpdateFleetRunHost(ctx, h, store.FleetHostPending); err != nil {
+					return err
+				}
+				_, err := tx.AppendFleetRunEvent(ctx, store.FleetRunEvent{RunID: "fr-1", Kind: "host_result", Data: fmt.Sprintf(`{"node":%q}`, h.NodeID)})
+				return err
+			})
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(stopWatch)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("host %d: result lost: %v", i, err)
+		}
+	}
+	es, err := s.ListFleetRunEvents(ctx, "fr-1", 0)
+	noErr(t, err)
+	if len(es) != finishers {
+		t.Fatalf("%d events stored, want %d", len(es), finishers)
+	}
+	perHost := map[string]int{}
+	for i, e := range es {
+		if e.Sequence != uint64(i+1) {
+			t.Fatalf("event %d numbered %d: numbers must run 1..%d without gaps", i, e.Sequence, finishers)
+		}
+		perHost[e.Data]++
+	}
+	for _, h := range hosts {
+		if n := perHost[fmt.Sprintf(`{"node":%q}`, h.NodeID)]; n != 1 {
+			t.Errorf("host %s has %d result events, want 1", h.NodeID, n)
+		}
+	}
+	stored, err := s.ListFleetRunHosts(ctx, "fr-1")
+	noErr(t, err)
+	for _, h := range stored {
+		if h.State != store.FleetHostSucceeded {
+			t.Errorf("host %s is %s, want succeeded", h.NodeID, h.State)
+		}
+	}
+	seen := <-watched
+	if len(seen) != finishers {
+		t.Fatalf("the watcher saw %d events, want %d: paging by sequence skipped events that committed late", len(seen), finishers)
+	}
+	for i, e := range seen {
+		if e.Sequence != uint64(i+1) {
+			t.Fatalf("the watcher's event %d is number %d: events became visible out of order", i, e.Sequence)
+		}
+	}
+}

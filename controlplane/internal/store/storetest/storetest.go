@@ -68,6 +68,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"FleetRunEvents", testFleetRunEvents},
 		{"FleetRunStartInOneTx", testFleetRunStartInOneTx},
 		{"ConcurrentFleetRunEvents", testConcurrentFleetRunEvents},
+		{"ConcurrentFleetFinishers", testConcurrentFleetFinishers},
 		{"Ping", testPing},
 	}
 	for _, tc := range tests {
