@@ -54,6 +54,8 @@ const (
 	// lastSeenFlushEvery bounds how stale last_seen_at in the database can be.
 	lastSeenFlushEvery = 2 * time.Second
 	housekeepingEvery  = time.Minute
+	// compressMinBytes: smaller messages are sent uncompressed.
+	compressMinBytes = 4096
 	// DefaultShutdownTimeout bounds a graceful shutdown.
 	DefaultShutdownTimeout = 15 * time.Second
 )
@@ -323,9 +325,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	metricsI := rpc.MetricsInterceptor{Metrics: s.metrics}
 	limits := connect.WithReadMaxBytes(1 << 20)
 	mux := http.NewServeMux()
-	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits))
+	// Replies are mostly a token or an ack, a few hundred bytes: gzip costs more CPU
+	// (a compressor reset per message) than the bytes it saves, so compress only
+	// messages worth it (listings of thousands of hosts, long command output).
+	small := connect.WithCompressMinBytes(compressMinBytes)
+	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits, small))
 	// Metrics outermost, so refused authentications are counted too.
-	mux.Handle(edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits))
+	mux.Handle(edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})

@@ -71,9 +71,9 @@ func newPGReference(ctx context.Context, url string) (*pgReference, error) {
 		return nil, err
 	}
 	// Workers past the pool wait for a connection, as they would in the control
-	// plane; 64 stays well inside PostgreSQL's default max_connections (100) beside
+	// plane; 32 stays inside PostgreSQL's default max_connections (100) beside
 	// the control plane's own pool.
-	cfg.MaxConns = 64
+	cfg.MaxConns = 32
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
