@@ -25,17 +25,17 @@ type dbtx interface {
 // writer pool; inside InTx both are the transaction.
 type queries struct {
 	r, w dbtx
-	db   *sql.DB // the writer pool outside a transaction; nil inside one
+	gc   *groupCommit // the writer outside a transaction; nil inside one
 }
 
 // atomic runs a method that needs several statements as one transaction: the
 // caller's, or a new one when the method was called on the Store.
 func (q *queries) atomic(ctx context.Context, fn func(q *queries) error) error {
-	if q.db == nil {
+	if q.gc == nil {
 		return fn(q)
 	}
-	return inTx(ctx, q.db, func(tx *sql.Tx) error {
-		return fn(&queries{r: tx, w: tx})
+	return q.gc.run(ctx, func(tx *sql.Tx) error {
+		return fn(&queries{r: detached{tx}, w: detached{tx}})
 	})
 }
 

@@ -34,6 +34,7 @@ const readConns = 4
 // Store is a store.Store on one SQLite file.
 type Store struct {
 	queries
+	gc    *groupCommit
 	write *sql.DB // exactly one connection
 	read  *sql.DB // read-only connections; the same pool as write for ":memory:"
 }
@@ -127,19 +128,27 @@ func newStore(ctx context.Context, write, read *sql.DB) (*Store, error) {
 		_ = write.Close()
 		return nil, err
 	}
+	gc := newGroupCommit(write)
 	return &Store{
-		queries: queries{r: read, w: write, db: write},
+		queries: queries{r: read, w: write, gc: gc},
+		gc:      gc,
 		write:   write,
 		read:    read,
 	}, nil
 }
 
-// InTx runs fn in one IMMEDIATE transaction on the writer connection.
+// InTx runs fn as one transaction on the writer connection, sharing the commit with
+// the transactions queued beside it (groupcommit.go). It returns once fn's work is
+// durable, or fn's error with its work undone.
 func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
-	return inTx(ctx, s.write, func(tx *sql.Tx) error {
-		return fn(&queries{r: tx, w: tx})
+	return s.gc.run(ctx, func(tx *sql.Tx) error {
+		return fn(&queries{r: detached{tx}, w: detached{tx}})
 	})
 }
+
+// Commits counts the SQLite commits the store has made (transactions that shared a
+// commit count once).
+func (s *Store) Commits() int64 { return s.gc.Commits() }
 
 // inTx commits when fn returns nil and rolls back otherwise, returning fn's error
 // unchanged. The rollback also runs when fn panics or calls runtime.Goexit (a failed
