@@ -147,6 +147,13 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 		return Result{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "rotation_id must be a UUID (8 to 64 letters, digits, '.', '_' or '-')")
 	}
 
+	// The checks that are pure crypto (both signatures, the token's) and the new
+	// token's signature run before the transaction: they need no lock, and on SQLite
+	// the work inside transactions runs one at a time. The transaction then commits
+	// only if the node still has the key and the active status they verified: the
+	// compare-and-swap of step 4 decides, as it does between concurrent rotations.
+	pre, preErr := s.precheck(ctx, req, now)
+
 	var res Result
 	var added []store.BlacklistEntry
 	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
@@ -162,19 +169,13 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 			return fmt.Errorf("look up rotation: %w", err)
 		}
 
-		// 2. Authority: the envelope checks of a stream's first envelope, under the
-		// node's current key and a token bound to it.
-		v, err := s.cfg.Auth.CheckUnary(ctx, tx, edgev1.EnvelopeKind_ENVELOPE_KIND_ROTATE_KEY, env)
-		if err != nil {
-			return err
+		// 2 and 3 (precheck): authority, and the new key's proof of possession.
+		if preErr != nil {
+			return preErr
 		}
-		d := v.Daemon
+		v, d, issued := pre.v, pre.v.Daemon, pre.issued
 		oldKey := d.PublicKey
-
-		// 3. The new key and its proof of possession.
-		if err := s.checkNewKey(req, oldKey, now); err != nil {
-			return err
-		}
+		// 3. The new key, claimed for this node forever.
 		switch err := tx.ClaimPublicKey(ctx, req.NewPublicKey, d.NodeID, now); {
 		case errors.Is(err, store.ErrKeyInUse):
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_KEY_IN_USE, "the new key was already used by a daemon (keys are never reused): generate another")
@@ -203,10 +204,6 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 		}
 		added = append(added, e)
 		d.PublicKey = req.NewPublicKey
-		issued, err := s.cfg.Issuer.Issue(d, req.NewPublicKey, now)
-		if err != nil {
-			return err
-		}
 		if err := tx.InsertNodeToken(ctx, issued.Record); err != nil {
 			return fmt.Errorf("record new token: %w", err)
 		}
@@ -265,6 +262,37 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 	}
 	s.cfg.Blacklist.Add(added...)
 	return res, nil
+}
+
+// prechecked is what precheck verified and made outside the transaction.
+type prechecked struct {
+	v      nodeauth.Verified
+	issued tokens.Issued
+}
+
+// precheck runs the envelope checks of a stream's first envelope (under the node's
+// current key and a token bound to it), the new key's checks, and issues the new
+// token, all outside any transaction. A rotation_id already committed needs none of
+// it (its retry carries a token that is blacklisted by now): the transaction
+// replays it.
+func (s *Service) precheck(ctx context.Context, req Request, now time.Time) (prechecked, error) {
+	if _, err := s.cfg.Store.GetRotation(ctx, req.RotationID); err == nil {
+		return prechecked{}, nil
+	}
+	v, err := s.cfg.Auth.CheckUnary(ctx, s.cfg.Store, edgev1.EnvelopeKind_ENVELOPE_KIND_ROTATE_KEY, req.Envelope)
+	if err != nil {
+		return prechecked{}, err
+	}
+	if err := s.checkNewKey(req, v.Daemon.PublicKey, now); err != nil {
+		return prechecked{}, err
+	}
+	d := v.Daemon
+	d.PublicKey = req.NewPublicKey
+	issued, err := s.cfg.Issuer.Issue(d, req.NewPublicKey, now)
+	if err != nil {
+		return prechecked{}, err
+	}
+	return prechecked{v: v, issued: issued}, nil
 }
 
 // checkNewKey checks the new key and the new key's signature, against the old key
