@@ -95,7 +95,12 @@ const fleetModeHelp = "--mode, how many hosts at once:\n" +
 	"                bounds the control plane's load while keeping the run flowing.\n" +
 	"  parallel      every host at once, still capped by the control plane (the plan shows the\n" +
 	"                cap). Read-only environments, or genuine emergencies where you accept the\n" +
-	"                load spike.\n"
+	"                load spike.\n" +
+	"A wave is the plan's group of N hosts and the most hosts in flight at once. With\n" +
+	"--on-error continue, waves flow: when a host finishes, the next one starts, from this wave\n" +
+	"or the next (announced \"[wave N] starting\"), so one slow host holds only its own slot,\n" +
+	"for at most --deadline. With stop-after=N or fail-fast, a wave starts only once the one\n" +
+	"before it has finished, since its failures decide whether the run goes on.\n"
 
 const fleetOnErrorHelp = "--on-error, what a failed host does to the rest:\n" +
 	"  continue      (default) every host that can do it does it; you handle the failures\n" +

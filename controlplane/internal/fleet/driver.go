@@ -43,6 +43,12 @@ type driver struct {
 	// resumeUntil: until when a resumed driver waits for hosts to reconnect.
 	resumeUntil time.Time
 
+	// writes records host states and events in batches (recorder.go).
+	writes *recorder
+	// inactive takes the run off the active-runs gauge, once: when it finishes, or
+	// when this replica stops driving it.
+	inactive func()
+
 	mu       sync.Mutex
 	failures int
 }
@@ -127,7 +133,18 @@ func (d *driver) drive() error {
 	leaseDone := make(chan struct{})
 	defer close(leaseDone)
 	go d.keepLease(leaseDone)
+	d.writes = newRecorder(d)
+	defer d.writes.stop()
 
+	// Under on-error=continue a wave is a window, not a barrier: at most a wave's
+	// size of hosts are in flight, and as soon as one finishes the next host starts,
+	// from this wave or the next, so one slow host holds only its own slot (for at
+	// most the deadline) instead of the whole fleet. "[wave N] starting" is announced
+	// when wave N's first host is about to start. Under stop-after and fail-fast the
+	// next wave waits for this one's outcomes, which decide whether it starts at all.
+	slots := make(chan struct{}, windowOf(hosts))
+	barrier := d.spec.StopAfter > 0
+	var wg sync.WaitGroup
 	for start := 0; start < len(hosts); {
 		end := start
 		for end < len(hosts) && hosts[end].Wave == hosts[start].Wave {
@@ -145,31 +162,62 @@ func (d *driver) drive() error {
 			continue
 		}
 		if err := d.ctx.Err(); err != nil {
-			return err
+			break
 		}
 		if d.haltReason() != "" {
 			break
 		}
-		if n := wave[0].Wave; !waveStarted[n] {
-			if err := d.append(WaveStarted{Wave: n, Hosts: len(wave), TotalHosts: len(hosts)}); err != nil {
-				return err
-			}
-		}
-		var wg sync.WaitGroup
+		announced := waveStarted[wave[0].Wave]
 		for _, h := range todo {
+			select {
+			case slots <- struct{}{}:
+			case <-d.ctx.Done():
+			}
+			if d.ctx.Err() != nil {
+				break
+			}
 			// A host already in flight at a resume finishes whatever the policy
 			// says; a pending one starts only while the run may go on.
 			if h.State == store.FleetHostPending && d.haltReason() != "" {
+				<-slots
 				continue
 			}
-			wg.Go(func() { d.host(h) })
+			if !announced {
+				announced = true
+				if err := d.append(WaveStarted{Wave: wave[0].Wave, Hosts: len(wave), TotalHosts: len(hosts)}); err != nil {
+					<-slots
+					wg.Wait()
+					return err
+				}
+			}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				d.host(h)
+			})
 		}
-		wg.Wait()
+		if barrier {
+			wg.Wait()
+		}
 	}
+	wg.Wait()
 	if err := d.ctx.Err(); err != nil {
 		return err
 	}
 	return d.finish()
+}
+
+// windowOf is how many hosts may be in flight at once: the largest wave of the plan
+// (a rolling run's batch, 1 for sequential, the server's cap for parallel).
+func windowOf(hosts []store.FleetRunHost) int {
+	most, run := 1, 0
+	for i, h := range hosts {
+		if i > 0 && h.Wave != hosts[i-1].Wave {
+			run = 0
+		}
+		run++
+		most = max(most, run)
+	}
+	return most
 }
 
 // finish marks the hosts that never started and ends the run, with its last event
@@ -177,6 +225,9 @@ func (d *driver) drive() error {
 func (d *driver) finish() error {
 	st := d.e.cfg.Store
 	halted := d.haltReason()
+	if err := d.writes.flush(); err != nil {
+		return err
+	}
 	hosts, err := st.ListFleetRunHosts(d.ctx, d.id)
 	if err != nil {
 		return err
@@ -185,6 +236,7 @@ func (d *driver) finish() error {
 	if halted == "cancelled" {
 		reason = "cancelled"
 	}
+	var pending []func() error
 	for i, h := range hosts {
 		if h.State != store.FleetHostPending && h.State != store.FleetHostRunning {
 			continue
@@ -195,10 +247,13 @@ func (d *driver) finish() error {
 		}
 		h.State, h.Reason, h.FinishedAt = store.FleetHostNotStarted, reason, d.e.cfg.Now().UTC()
 		h.Message = "not started: the run " + map[string]string{"halted": "halted (" + halted + ")", "cancelled": "was cancelled"}[reason]
-		if err := d.finishHost(h, store.FleetHostPending); err != nil {
+		hosts[i] = h
+		pending = append(pending, d.writes.result(h, store.FleetHostPending))
+	}
+	for _, wait := range pending {
+		if err := wait(); err != nil {
 			return err
 		}
-		hosts[i] = h
 	}
 	counts := countsOf(hosts)
 	state := store.FleetRunSucceeded
@@ -226,6 +281,9 @@ func (d *driver) finish() error {
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}
+	// Before watchers hear of the end, so that what they read next (the gauge
+	// included) already shows the run finished.
+	d.inactive()
 	d.e.notify(d.id)
 	d.log.Info("fleet run finished", "state", state, "succeeded", counts.Succeeded, "failed", counts.Failed,
 		"skipped", counts.Skipped, "not_started", counts.NotStarted, "halted", halted)
@@ -268,42 +326,27 @@ func (d *driver) keepLease(done <-chan struct{}) {
 	}
 }
 
+// append queues an event behind everything queued before it; it is numbered and
+// committed with the next batch.
 func (d *driver) append(payload any) error {
 	ev, err := encodeEvent(d.id, d.e.cfg.Now().UTC(), payload)
 	if err != nil {
 		return err
 	}
-	if _, err := d.e.cfg.Store.AppendFleetRunEvent(d.ctx, ev); err != nil {
-		return err
-	}
-	d.e.notify(d.id)
+	d.writes.event(ev)
 	return nil
 }
 
-// finishHost records h's outcome and its host_result event together.
-func (d *driver) finishHost(h store.FleetRunHost, from string) error {
-	ev, err := encodeEvent(d.id, h.FinishedAt, h)
-	if err != nil {
-		return err
-	}
-	err = d.e.cfg.Store.InTx(d.ctx, func(tx store.Tx) error {
-		if err := tx.UpdateFleetRunHost(d.ctx, h, from); err != nil {
-			return err
-		}
-		_, err := tx.AppendFleetRunEvent(d.ctx, ev)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("record host %s: %w", h.NodeID, err)
-	}
+// finishHost records h's outcome and its host_result event together, in the next
+// batch; it does not wait for the commit (a result lost with this replica is found
+// again by the next driver: the host is still running in the store).
+func (d *driver) finishHost(h store.FleetRunHost, from string) {
 	if h.State == store.FleetHostFailed {
 		d.mu.Lock()
 		d.failures++
 		d.mu.Unlock()
 	}
-	d.e.cfg.Metrics.FleetRunHost(string(d.spec.Action), resultLabel(h.State))
-	d.e.notify(d.id)
-	return nil
+	d.writes.result(h, from)
 }
 
 func resultLabel(state string) string {
@@ -330,9 +373,7 @@ func (d *driver) host(h store.FleetRunHost) {
 		from = store.FleetHostRunning
 	}
 	out.FinishedAt = d.e.cfg.Now().UTC()
-	if err := d.finishHost(out, from); err != nil && d.ctx.Err() == nil {
-		d.log.Error("fleet host result not recorded", "node", h.NodeID, "err", err)
-	}
+	d.finishHost(out, from)
 }
 
 func ended(h store.FleetRunHost, state, reason, msg string) store.FleetRunHost {
@@ -370,7 +411,10 @@ func (d *driver) act(h *store.FleetRunHost) (out store.FleetRunHost, ok bool) {
 		}
 		h.State, h.StartedAt = store.FleetHostRunning, d.e.cfg.Now().UTC()
 		h.StartKeyFingerprint, h.StartTokenJTI = creds.KeyFingerprint, creds.TokenJTI
-		if err := st.UpdateFleetRunHost(d.ctx, *h, store.FleetHostPending); err != nil {
+		// Durable before the command is sent: a driver that resumes the run must
+		// know the host was asked, or it would ask again (a second rotation, a
+		// command run twice). The hosts starting together share one commit.
+		if err := d.writes.start(*h)(); err != nil {
 			if d.ctx.Err() != nil {
 				return out, false
 			}

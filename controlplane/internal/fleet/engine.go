@@ -496,9 +496,11 @@ func (e *Engine) launch(rec store.FleetRun, resumed bool) {
 	e.drivers[rec.ID] = d
 	e.wg.Add(1)
 	e.cfg.Metrics.FleetRunsActive(1)
+	var once sync.Once
+	d.inactive = func() { once.Do(func() { e.cfg.Metrics.FleetRunsActive(-1) }) }
 	go func() {
 		defer e.wg.Done()
-		defer e.cfg.Metrics.FleetRunsActive(-1)
+		defer d.inactive()
 		defer cancel()
 		d.run()
 		e.mu.Lock()
