@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +16,16 @@ const tempPrefix = ".tmp-"
 // WriteFile replaces name atomically with data, mode 0600: a temp file in the same
 // directory, fsync, rename over the target, fsync the directory. A reader (or a crash)
 // sees the old content or the new, never a torn file. Callers hold Lock.
-func (d *Dir) WriteFile(name string, data []byte) (err error) {
+func (d *Dir) WriteFile(name string, data []byte) error {
+	if err := d.writeFile(name, data, true); err != nil {
+		return err
+	}
+	return syncDir(d.path)
+}
+
+// writeFile writes data to a temp file (fsynced when syncData) and renames it over
+// name; the directory is not fsynced.
+func (d *Dir) writeFile(name string, data []byte, syncData bool) (err error) {
 	if strings.ContainsRune(name, filepath.Separator) {
 		return fmt.Errorf("keystore: %q is not a plain file name", name)
 	}
@@ -38,8 +48,10 @@ func (d *Dir) WriteFile(name string, data []byte) (err error) {
 	if _, err = f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", target, err)
 	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", target, err)
+	if syncData {
+		if err = f.Sync(); err != nil {
+			return fmt.Errorf("write %s: fsync: %w", target, err)
+		}
 	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", target, err)
@@ -47,10 +59,75 @@ func (d *Dir) WriteFile(name string, data []byte) (err error) {
 	if err = os.Rename(tmp, target); err != nil {
 		return fmt.Errorf("write %s: %w", target, err)
 	}
-	if err = syncDir(d.path); err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
+	return nil
+}
+
+// Batch groups changes to a directory so that they share one fsync of it: each
+// change is atomic on its own (a file is replaced whole, by rename), and Sync makes
+// all of them durable at once. Until Sync returns, a crash may keep any subset of
+// them, in any order: use a Batch only for changes whose every such subset is a
+// state the reader (reconcile, for a rotation) recovers from. Callers hold Lock.
+type Batch struct {
+	d     *Dir
+	dirty bool
+}
+
+// Batch starts a batch of changes to d.
+func (d *Dir) Batch() *Batch { return &Batch{d: d} }
+
+// WriteFile replaces name with data (0600), the data fsynced before the rename, so
+// the file is never seen torn.
+func (b *Batch) WriteFile(name string, data []byte) error {
+	b.dirty = true
+	return b.d.writeFile(name, data, true)
+}
+
+// WriteKey is WriteFile for a key, as PKCS#8 PEM.
+func (b *Batch) WriteKey(name string, key ed25519.PrivateKey) error {
+	raw, err := EncodeKey(key)
+	if err != nil {
+		return err
+	}
+	return b.WriteFile(name, raw)
+}
+
+// WriteFileUnsynced replaces name with data without fsyncing the data: for files
+// whose loss or truncation by a crash is harmless (the reader falls back).
+func (b *Batch) WriteFileUnsynced(name string, data []byte) error {
+	b.dirty = true
+	return b.d.writeFile(name, data, false)
+}
+
+// Rename replaces to with from.
+func (b *Batch) Rename(from, to string) error {
+	for _, n := range []string{from, to} {
+		if strings.ContainsRune(n, filepath.Separator) {
+			return fmt.Errorf("keystore: %q is not a plain file name", n)
+		}
+	}
+	b.dirty = true
+	if err := os.Rename(b.d.File(from), b.d.File(to)); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", from, to, err)
 	}
 	return nil
+}
+
+// Remove deletes name (missing is fine).
+func (b *Batch) Remove(name string) error {
+	if err := os.Remove(b.d.File(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	b.dirty = true
+	return nil
+}
+
+// Sync makes every change of the batch durable with one fsync of the directory.
+func (b *Batch) Sync() error {
+	if !b.dirty {
+		return nil
+	}
+	b.dirty = false
+	return syncDir(b.d.path)
 }
 
 // Remove deletes name (missing is fine) and fsyncs the directory.

@@ -54,15 +54,17 @@ func (h *Host) readIndex() (archiveIndex, error) {
 	return idx, nil
 }
 
-func (h *Host) writeIndex(idx archiveIndex) error {
+// writeIndex writes archive.json as part of b; its data is not fsynced (a torn
+// index only loses retention choices). b's Sync makes it durable.
+func (h *Host) writeIndex(b *keystore.Batch, idx archiveIndex) error {
 	if len(idx.Keys) == 0 {
-		return h.cfg.Dir.Remove(keystore.ArchiveIndexFile)
+		return b.Remove(keystore.ArchiveIndexFile)
 	}
 	raw, err := json.MarshalIndent(idx, "", "  ")
 	if err != nil {
 		return err
 	}
-	return h.cfg.Dir.WriteFile(keystore.ArchiveIndexFile, append(raw, '\n'))
+	return b.WriteFileUnsynced(keystore.ArchiveIndexFile, append(raw, '\n'))
 }
 
 func (h *Host) archived(rotationID string) (ArchivedKey, bool) {
@@ -81,7 +83,7 @@ func (h *Host) archived(rotationID string) (ArchivedKey, bool) {
 // archive is S4: the old key goes to archive/<RFC 3339 UTC>.key (0600, in a 0700
 // dir), its retention recorded first in archive.json under the rotation's id, so a
 // redo after a crash rewrites the same file instead of archiving the key twice.
-func (h *Host) archive(old ed25519.PrivateKey, rec record) (string, time.Time, error) {
+func (h *Host) archive(b *keystore.Batch, old ed25519.PrivateKey, rec record) (string, time.Time, error) {
 	adir, err := h.cfg.Dir.Sub(keystore.ArchiveDir)
 	if err != nil {
 		return "", time.Time{}, err
@@ -110,11 +112,15 @@ func (h *Host) archive(old ed25519.PrivateKey, rec record) (string, time.Time, e
 			DeleteAfter:    now.Add(rec.keepOld()),
 		})
 		entry = &idx.Keys[len(idx.Keys)-1]
-		if err := h.writeIndex(idx); err != nil {
+		if err := h.writeIndex(b, idx); err != nil {
 			return "", time.Time{}, err
 		}
 	}
-	if err := adir.WriteKey(entry.File, old); err != nil {
+	ab := adir.Batch()
+	if err := ab.WriteKey(entry.File, old); err != nil {
+		return "", time.Time{}, err
+	}
+	if err := ab.Sync(); err != nil {
 		return "", time.Time{}, err
 	}
 	return adir.File(entry.File), entry.DeleteAfter, nil
@@ -201,7 +207,11 @@ func (h *Host) Housekeep(ctx context.Context) ([]string, error) {
 	}
 	if len(kept) != len(byFile) || len(deleted) > 0 {
 		sort.Slice(kept, func(i, j int) bool { return kept[i].ArchivedAt.Before(kept[j].ArchivedAt) })
-		if err := h.writeIndex(archiveIndex{Keys: kept}); err != nil {
+		b := h.cfg.Dir.Batch()
+		if err := h.writeIndex(b, archiveIndex{Keys: kept}); err != nil {
+			return deleted, err
+		}
+		if err := b.Sync(); err != nil {
 			return deleted, err
 		}
 	}

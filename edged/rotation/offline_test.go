@@ -117,11 +117,15 @@ func TestReconcileFinishesACommittedRotationOffline(t *testing.T) {
 		h := offlineHost(d, clk)
 		r := rec("11111111-1111-4111-8111-111111111111", 2*time.Hour, old, next)
 		must(t, d.WriteKey(keystore.KeyNextFile, next))
-		must(t, h.writeRecord(r))
+		must(t, h.writeRecord(d.Batch(), r))
 		tok := tokenFor(t, next)
 		must(t, d.WriteFile(keystore.TokenNextFile, []byte(tok+"\n")))
 		if crashAfterArchive {
-			if _, _, err := h.archive(old, r); err != nil {
+			b := d.Batch()
+			if _, _, err := h.archive(b, old, r); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Sync(); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -199,12 +203,14 @@ func TestArchiveNames(t *testing.T) {
 	d, old := stateDir(t)
 	clk := &clock{time.Date(2026, 4, 28, 14, 32, 11, 500, time.UTC)}
 	h := offlineHost(d, clk)
-	p1, _, err := h.archive(old, rec("a", time.Hour, old, old))
+	b := d.Batch()
+	p1, _, err := h.archive(b, old, rec("a", time.Hour, old, old))
 	must(t, err)
-	p1again, _, err := h.archive(old, rec("a", time.Hour, old, old))
+	p1again, _, err := h.archive(b, old, rec("a", time.Hour, old, old))
 	must(t, err)
-	p2, _, err := h.archive(newKey(t), rec("b", time.Hour, old, old))
+	p2, _, err := h.archive(b, newKey(t), rec("b", time.Hour, old, old))
 	must(t, err)
+	must(t, b.Sync())
 	if filepath.Base(p1) != "2026-04-28T14:32:11Z.key" || p1again != p1 || p2 == p1 {
 		t.Fatalf("names %s %s %s", p1, p1again, p2)
 	}
@@ -220,10 +226,10 @@ func TestHousekeep(t *testing.T) {
 	t0 := time.Date(2026, 4, 28, 14, 0, 0, 0, time.UTC)
 	clk := &clock{t0}
 	h := offlineHost(d, clk)
-	short, _, err := h.archive(old, rec("short", time.Hour, old, old))
+	short, _, err := h.archive(d.Batch(), old, rec("short", time.Hour, old, old))
 	must(t, err)
 	clk.t = t0.Add(time.Second)
-	long, _, err := h.archive(newKey(t), rec("long", 48*time.Hour, old, old))
+	long, _, err := h.archive(d.Batch(), newKey(t), rec("long", 48*time.Hour, old, old))
 	must(t, err)
 	adir := keystore.Open(d.File(keystore.ArchiveDir))
 	must(t, adir.WriteKey("2026-04-28T13:00:00Z.key", newKey(t))) // put there by hand
@@ -263,7 +269,7 @@ func TestHousekeep(t *testing.T) {
 func TestLogoutOffline(t *testing.T) {
 	d, old := stateDir(t)
 	h := New(Config{Dir: d, Client: DialHTTP(&http.Client{}, "https://127.0.0.1:1"), LogoutTimeout: 2 * time.Second})
-	_, _, err := h.archive(old, rec("a", time.Hour, old, old))
+	_, _, err := h.archive(d.Batch(), old, rec("a", time.Hour, old, old))
 	must(t, err)
 	must(t, d.WriteKey(keystore.KeyNextFile, newKey(t)))
 	res, err := h.Logout(context.Background())

@@ -329,12 +329,14 @@ func (r record) keepOld() time.Duration {
 	return d
 }
 
-func (h *Host) writeRecord(r record) error {
+// writeRecord writes rotation.json as part of b (data fsynced; b.Sync makes the
+// entry durable).
+func (h *Host) writeRecord(b *keystore.Batch, r record) error {
 	raw, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	return h.cfg.Dir.WriteFile(keystore.RotationFile, append(raw, '\n'))
+	return b.WriteFile(keystore.RotationFile, append(raw, '\n'))
 }
 
 // readRecord returns rotation.json; ok is false when it is absent or unreadable.
