@@ -272,13 +272,10 @@ type prechecked struct {
 
 // precheck runs the envelope checks of a stream's first envelope (under the node's
 // current key and a token bound to it), the new key's checks, and issues the new
-// token, all outside any transaction. A rotation_id already committed needs none of
-// it (its retry carries a token that is blacklisted by now): the transaction
-// replays it.
+// token, all outside any transaction. Its refusal counts only when the rotation_id
+// is not committed yet: a retry of a committed one carries a token blacklisted by
+// now, and the transaction replays it instead.
 func (s *Service) precheck(ctx context.Context, req Request, now time.Time) (prechecked, error) {
-	if _, err := s.cfg.Store.GetRotation(ctx, req.RotationID); err == nil {
-		return prechecked{}, nil
-	}
 	v, err := s.cfg.Auth.CheckUnary(ctx, s.cfg.Store, edgev1.EnvelopeKind_ENVELOPE_KIND_ROTATE_KEY, req.Envelope)
 	if err != nil {
 		return prechecked{}, err

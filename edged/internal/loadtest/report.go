@@ -60,9 +60,12 @@ type Summary struct {
 	Concurrency int           `json:"concurrency,omitempty"`
 	Levels      []RotateLevel `json:"levels,omitempty"`
 	// fleet
-	Batch   int          `json:"batch,omitempty"`
-	Waves   int          `json:"waves,omitempty"`
-	Results *FleetCounts `json:"results,omitempty"`
+	Batch int `json:"batch,omitempty"`
+	// HostP50Ms and HostP99Ms: how long one host took, from its start to its result.
+	HostP50Ms float64      `json:"host_p50_ms,omitempty"`
+	HostP99Ms float64      `json:"host_p99_ms,omitempty"`
+	Waves     int          `json:"waves,omitempty"`
+	Results   *FleetCounts `json:"results,omitempty"`
 	// LostResults and DuplicateResults count hosts with no result event, and result
 	// events beyond one per host: both must be 0.
 	LostResults      int `json:"lost_results"`

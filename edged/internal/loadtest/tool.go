@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ var commonFlags = []cli.Flag{
 	&cli.StringFlag{Name: "database-url", Usage: "run the control plane on this PostgreSQL database (`URL`); the tool creates a schema of its own there and drops it afterwards. Default: a fresh SQLite file in a temporary directory"},
 	&cli.StringFlag{Name: "controlplane-bin", Usage: "the controlplane binary to start (`PATH`; default: beside aegis-loadtest, else on PATH)"},
 	&cli.StringFlag{Name: "work-dir", Usage: "`DIR` for the control plane's data and the hosts' state (default: a new temporary directory, removed afterwards)"},
+	&cli.StringFlag{Name: "hosts-dir", Usage: "`DIR` for the simulated hosts' state directories (default: a new directory in /dev/shm when it exists, else under the work dir). Every host here shares one disk, which no real fleet does: on disk, the hosts' own fsyncs (7 per rotation each) bound a fleet run long before the control plane does. The control plane's data always stays on disk"},
 	&cli.StringSliceFlag{Name: "server-arg", Usage: "extra flag for `controlplane serve` (repeat: --server-arg=--database-max-conns=64)"},
 	&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text, or json: the last line of stdout is one JSON object with the figures"},
 	&cli.BoolFlag{Name: "verbose", Usage: "copy the control plane's log to stderr"},
@@ -208,10 +210,12 @@ func runScenario(c *cli.Context, scenario string) error {
 	defer cp.Stop()
 
 	setup := time.Now()
-	hostsDir := filepath.Join(dir, "hosts")
-	if err := os.Mkdir(hostsDir, 0o700); err != nil {
+	hostsDir, cleanup, err := makeHostsDir(c.String("hosts-dir"), dir)
+	if err != nil {
 		return err
 	}
+	defer cleanup()
+	p.say("hosts' state directories in %s", hostsDir)
 	hosts, throttled, err := enrollHosts(ctx, cp, hostsDir, s.hosts, 16, "load", p)
 	if err != nil {
 		return err
@@ -324,13 +328,21 @@ func fleetScenario(ctx context.Context, s settings, cp *controlPlane, hosts []*h
 				sum.DuplicateResults += n - 1
 			}
 		}
+		var took []time.Duration
+		for _, h := range out.final.GetHosts() {
+			if h.GetStartedAt() != nil && h.GetFinishedAt() != nil {
+				took = append(took, h.GetFinishedAt().AsTime().Sub(h.GetStartedAt().AsTime()))
+			}
+		}
+		slices.Sort(took)
+		sum.HostP50Ms, sum.HostP99Ms = pct(took, 0.5), pct(took, 0.99)
 		bad, err := verifyRotated(ctx, cp, hosts, before)
 		if err != nil {
 			return err
 		}
 		sum.Errors += bad
-		p.say("run %d: %d hosts in %d waves in %.1fs = %.0f hosts/s; %d succeeded, %d failed, %d skipped; %d not verified on a new key",
-			run, counts.GetTotal(), out.waves, out.seconds, float64(counts.GetTotal())/out.seconds,
+		p.say("run %d: %d hosts in %d waves in %.1fs = %.0f hosts/s (each host p50 %.0fms, p99 %.0fms); %d succeeded, %d failed, %d skipped; %d not verified on a new key",
+			run, counts.GetTotal(), out.waves, out.seconds, float64(counts.GetTotal())/out.seconds, sum.HostP50Ms, sum.HostP99Ms,
 			counts.GetSucceeded(), counts.GetFailed(), counts.GetSkipped(), bad)
 	}
 	sum.PerSecond = float64(len(hosts)*s.runs) / sum.Seconds
@@ -382,6 +394,24 @@ func printSummary(w io.Writer, s settings, sum Summary) {
 			sum.Results.Succeeded, sum.Results.Failed, sum.Results.Skipped, sum.LostResults, sum.DuplicateResults, sum.Errors)
 	}
 	fmt.Fprintf(w, "setup %.1fs; control plane CPU %.1fs during the measured part\n", sum.SetupSeconds, sum.ServerCPUSeconds)
+}
+
+// makeHostsDir makes the directory holding every simulated host's state dir.
+func makeHostsDir(flag, workDir string) (string, func(), error) {
+	if flag != "" {
+		d, err := os.MkdirTemp(flag, "aegis-loadtest-hosts-*")
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: --hosts-dir: %v", ErrBadInput, err)
+		}
+		return d, func() { os.RemoveAll(d) }, nil
+	}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "aegis-loadtest-hosts-*"); err == nil {
+			return d, func() { os.RemoveAll(d) }, nil
+		}
+	}
+	d := filepath.Join(workDir, "hosts")
+	return d, func() {}, os.Mkdir(d, 0o700)
 }
 
 func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }

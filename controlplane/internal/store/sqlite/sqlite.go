@@ -28,8 +28,10 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
-// readConns bounds the read pool; reads are short and the machines are small.
-const readConns = 4
+// readConns bounds the read pool. WAL readers do not block each other or the
+// writer, and every stream reloads its node's record after a key change: a fleet
+// wave of rotations reads a burst of them at once, which 4 connections queued.
+const readConns = 16
 
 // Store is a store.Store on one SQLite file.
 type Store struct {
