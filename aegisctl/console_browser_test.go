@@ -336,6 +336,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	until("web-1 still Connected", fmt.Sprintf(`(document.querySelector(%q) || {}).textContent === "Connected"`, row(nodes[0])+" td[data-status]"))
 
+	// web-1's page: the new key, a token expiry, the rotation in its history.
+	do("open web-1", chromedp.Navigate(server+"/ui/hosts/"+nodes[0]), chromedp.WaitVisible(chromedp.ID("host-fp")))
+	if fp, exp, hist := text("#host-fp"), text("#token-expires"), text("#rotation-history"); fp != st.FP ||
+		!regexp.MustCompile(`^20[0-9]{2}-[0-9]{2}-[0-9]{2}T`).MatchString(exp) || !strings.Contains(hist, "ok") {
+		t.Fatalf("web-1's page: key %s, token expires %q, rotations %q", fp, exp, hist)
+	}
+
 	// Revoke web-2 from its page, confirmed by name: Revoked there and in the CLI.
 	do("open web-2", chromedp.Navigate(server+"/ui/hosts/"+nodes[1]), chromedp.Click(chromedp.ID("revoke")), chromedp.WaitVisible(chromedp.ID("confirm-text")))
 	if c := text("#confirm-text"); !strings.Contains(c, "web-2 ("+nodes[1]+")") {

@@ -230,6 +230,7 @@ func hostPB(h hosts.Host) *edgev1.Host {
 		Hostname:        d.Hostname,
 		Os:              d.OS,
 		SecurityContext: d.SecurityContext,
+		TokenExpiresAt:  ts(h.TokenExpiresAt),
 	}
 }
 
