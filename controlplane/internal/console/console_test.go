@@ -39,13 +39,13 @@ func (c *clock) Add(d time.Duration) {
 // browser is an HTTPS client with its own cookie jar that does not follow
 // redirects, so each answer can be looked at.
 type browser struct {
-	t   *testing.T
+	t   testing.TB
 	cp  *cptest.Server
 	hc  *http.Client
 	jar *cookiejar.Jar
 }
 
-func newBrowser(t *testing.T, cp *cptest.Server) *browser {
+func newBrowser(t testing.TB, cp *cptest.Server) *browser {
 	jar, _ := cookiejar.New(nil)
 	base := cp.HTTPClient()
 	return &browser{t: t, cp: cp, jar: jar, hc: &http.Client{
@@ -122,7 +122,7 @@ func pubkey(s string) []byte {
 	return h[:]
 }
 
-func tenantOf(t *testing.T, cp *cptest.Server) string {
+func tenantOf(t testing.TB, cp *cptest.Server) string {
 	t.Helper()
 	who, err := cp.AdminClient().WhoAmI(context.Background(), connect.NewRequest(&edgev1.WhoAmIRequest{}))
 	if err != nil {
@@ -131,7 +131,7 @@ func tenantOf(t *testing.T, cp *cptest.Server) string {
 	return who.Msg.GetTenant().GetId()
 }
 
-func addHosts(t *testing.T, cp *cptest.Server, tenant, prefix string, n int, tags ...string) []string {
+func addHosts(t testing.TB, cp *cptest.Server, tenant, prefix string, n int, tags ...string) []string {
 	t.Helper()
 	var ids []string
 	err := cp.Store.InTx(context.Background(), func(tx store.Tx) error {
@@ -541,4 +541,24 @@ func readEvents(r io.Reader) <-chan string {
 		}
 	}()
 	return out
+}
+
+// BenchmarkHostsPage is one hosts page (50 rows, the console's default) of a
+// tenant with 100 and with 10,000 hosts: the cost of a page load and of each tick
+// of a live page.
+func BenchmarkHostsPage(b *testing.B) {
+	for _, n := range []int{100, 10000} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
+			cp := cptest.Start(b, cptest.Options{})
+			addHosts(b, cp, tenantOf(b, cp), "web", n, "prod")
+			br := newBrowser(b, cp)
+			br.signIn(cp.AdminToken)
+			b.ResetTimer()
+			for b.Loop() {
+				if a := br.get("/ui/hosts?target=" + url.QueryEscape("tags=AnyOf(prod)")); a.StatusCode != http.StatusOK {
+					b.Fatalf("%d", a.StatusCode)
+				}
+			}
+		})
+	}
 }
