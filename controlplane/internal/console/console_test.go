@@ -344,7 +344,11 @@ func TestCSRFAndCrossOrigin(t *testing.T) {
 }
 
 func TestViewerAndTenantScope(t *testing.T) {
-	cp := cptest.Start(t, cptest.Options{})
+	cptest.ForEachStore(t, testViewerAndTenantScope)
+}
+
+func testViewerAndTenantScope(t *testing.T, opts cptest.Options) {
+	cp := cptest.Start(t, opts)
 	tenant := tenantOf(t, cp)
 	id := addHosts(t, cp, tenant, "web", 1)[0]
 	other, err := cp.AdminClient().CreateTenant(context.Background(), connect.NewRequest(&edgev1.CreateTenantRequest{Name: "other", Kind: "team"}))
@@ -384,6 +388,11 @@ func TestViewerAndTenantScope(t *testing.T) {
 	if l := op.get("/ui/hosts"); strings.Contains(l.body, otherID) || !strings.Contains(l.body, id) {
 		t.Fatal("the operator's host list is not its tenant's")
 	}
+	// Fleet runs: a viewer may not cancel one; another tenant's (or no) run is not found.
+	mustStatus(t, viewer.do("POST", "/ui/fleet/fr-0000000000000000/cancel", url.Values{"csrf": {csrf}}, nil), http.StatusForbidden, console.ReasonPermission)
+	mustStatus(t, op.do("POST", "/ui/fleet/fr-0000000000000000/cancel", url.Values{"csrf": {ocsrf}}, nil), http.StatusNotFound, console.ReasonNotFound)
+	mustStatus(t, op.get("/ui/fleet/fr-0000000000000000"), http.StatusNotFound, console.ReasonNotFound)
+
 	// Tags: an operator may; a bad tag is refused with the API's reason, changing nothing.
 	mustStatus(t, op.do("POST", "/ui/hosts/"+id+"/tags", url.Values{"csrf": {ocsrf}, "add": {"bad tag"}}, nil), http.StatusBadRequest, console.ReasonInvalid)
 	if a := op.do("POST", "/ui/hosts/"+id+"/tags", url.Values{"csrf": {ocsrf}, "add": {"prod, web"}}, nil); a.StatusCode != http.StatusSeeOther {
@@ -420,10 +429,11 @@ var nextRE = regexp.MustCompile(`<a href="([^"]+)" id="next-page"`)
 // TestPagingTenThousandHosts pages through 10,000 hosts in the console and the API:
 // every host once, in order, with counts over all of them.
 func TestPagingTenThousandHosts(t *testing.T) {
-	if testing.Short() {
-		t.Skip("10,000 hosts: not in -short")
-	}
-	cp := cptest.Start(t, cptest.Options{})
+	cptest.ForEachStore(t, testPagingTenThousandHosts)
+}
+
+func testPagingTenThousandHosts(t *testing.T, opts cptest.Options) {
+	cp := cptest.Start(t, opts)
 	tenant := tenantOf(t, cp)
 	addHosts(t, cp, tenant, "web", 10000, "prod")
 	addHosts(t, cp, tenant, "db", 10)
