@@ -423,6 +423,30 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatal("a finished run still offers cancel")
 	}
 
+	// Cancel from the page: db-1 (in flight, waiting on a second gate) finishes,
+	// web-1 (the next wave) is not started.
+	gate2 := filepath.Join(root, "gate2")
+	cancelID := op.run("edge", "fleet", "run", "--target", "nodes="+nodes[2]+","+nodes[0], "--mode", "sequential", "--detach", "--",
+		"/bin/sh", "-c", "while [ ! -e "+gate2+" ]; do sleep 0.05; done")
+	do("open the run to cancel", chromedp.Navigate(server+"/ui/fleet/"+cancelID), chromedp.WaitVisible(chromedp.ID("cancel-run")))
+	until("its first wave", `document.getElementById('run-lines').textContent.includes("[wave 1] starting 1 of 2 nodes")`)
+	{
+		// The form posts and the page navigates back to the run: wait for that.
+		ctx, cancel := step()
+		if resp, err := chromedp.RunResponse(ctx, chromedp.Click(chromedp.ID("cancel-run"))); err != nil || resp.Status != http.StatusOK {
+			failAt("cancel", fmt.Errorf("%v (response %+v)", err, resp))
+		}
+		cancel()
+	}
+	do("the run page after cancel", chromedp.WaitVisible(chromedp.ID("run-lines")))
+	writeSecret(t, gate2, "go")
+	until("the cancelled run's summary", `document.getElementById('run-lines').dataset.done === "true"`)
+	if l, sum := text("#run-lines"), text("#run-summary"); !strings.Contains(l, "run cancelled") ||
+		!strings.Contains(l, "["+nodes[0]+" web-1] - not started (cancelled)") ||
+		!regexp.MustCompile(`^done in [0-9.]+s: 1 succeeded, 0 failed, 0 skipped, 1 not started$`).MatchString(sum) {
+		t.Fatalf("cancelled run page:\n%s\n%s", l, sum)
+	}
+
 	// The viewer: no revoke button, and a forged revoke POST (with the page's own
 	// CSRF token) is refused by the API's role check.
 	do("sign out", chromedp.Navigate(server+"/ui/hosts"), chromedp.Click(chromedp.CSS("header form.who button")), chromedp.WaitVisible(chromedp.ID("token")))
