@@ -322,6 +322,8 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// Rotate web-1 beside the open page: its fingerprint changes there, no reload.
 	evalString("mark the page", `window.aegisNoReload = "still the same page"`)
+	// Keyboard focus on web-1's link must survive the live updates.
+	evalString("focus web-1", fmt.Sprintf(`document.querySelector(%q).focus(); "ok"`, row(nodes[0])+" a"))
 	oldFP := text(row(nodes[0]) + " code.fp")
 	admin.run("edge", "keys", "rotate", "--state-dir", stateDirs[0])
 	var st struct {
@@ -333,6 +335,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	until("the new fingerprint on the open page", fmt.Sprintf(`(document.querySelector(%q) || {}).textContent === %q`, row(nodes[0])+" code.fp", st.FP))
 	if same := evalString("no reload", `window.aegisNoReload || "reloaded"`); same != "still the same page" {
 		t.Fatalf("the page was reloaded (%q)", same)
+	}
+	if f := evalString("focus after updates", `(document.activeElement.closest("tr") || {dataset: {}}).dataset.node || "lost"`); f != nodes[0] {
+		t.Fatalf("keyboard focus after a live update: %q, want web-1's row", f)
 	}
 	until("web-1 still Connected", fmt.Sprintf(`(document.querySelector(%q) || {}).textContent === "Connected"`, row(nodes[0])+" td[data-status]"))
 

@@ -51,7 +51,14 @@
         tr.appendChild(td);
         rows.push(tr);
       }
+      // Keep the keyboard where it was: re-focus the same host's link.
+      const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("tr[data-node]") : null;
+      const focusedNode = focused && body.contains(focused) ? focused.dataset.node : null;
       body.replaceChildren.apply(body, rows);
+      if (focusedNode) {
+        const again = body.querySelector('tr[data-node="' + CSS.escape(focusedNode) + '"] a');
+        if (again) again.focus();
+      }
       for (const k of ["total", "connected", "disconnected", "revoked"]) {
         const el = document.getElementById("count-" + k);
         if (el) el.textContent = String(list[k]);
