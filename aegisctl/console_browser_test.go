@@ -347,6 +347,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		!regexp.MustCompile(`^20[0-9]{2}-[0-9]{2}-[0-9]{2}T`).MatchString(exp) || !strings.Contains(hist, "ok") {
 		t.Fatalf("web-1's page: key %s, token expires %q, rotations %q", fp, exp, hist)
 	}
+	screenshot("host.png")
 
 	// Revoke web-2 from its page, confirmed by name: Revoked there and in the CLI.
 	do("open web-2", chromedp.Navigate(server+"/ui/hosts/"+nodes[1]), chromedp.Click(chromedp.ID("revoke")), chromedp.WaitVisible(chromedp.ID("confirm-text")))

@@ -484,6 +484,34 @@ func testPagingTenThousandHosts(t *testing.T, opts cptest.Options) {
 	if err != nil || len(all.Msg.GetHosts()) != 10010 || all.Msg.GetNextPageToken() != "" {
 		t.Fatalf("unpaged: %v, %d hosts", err, len(all.Msg.GetHosts()))
 	}
+	// Hosts of one name page by node id: one a page, each once.
+	err = cp.Store.InTx(ctx, func(tx store.Tx) error {
+		for _, id := range []string{"n-dup3", "n-dup1", "n-dup2"} {
+			if err := tx.InsertDaemon(ctx, store.Daemon{NodeID: id, TenantID: tenant, DisplayName: "dup", PublicKey: pubkey(id), Status: store.DaemonActive}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for token := ""; ; {
+		r, err := api.ListHosts(ctx, connect.NewRequest(&edgev1.ListHostsRequest{Target: "name=dup", PageSize: 1, PageToken: token}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range r.Msg.GetHosts() {
+			got = append(got, h.GetNodeId())
+		}
+		if token = r.Msg.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if strings.Join(got, " ") != "n-dup1 n-dup2 n-dup3" {
+		t.Fatalf("hosts named dup, one a page: %v", got)
+	}
 	if _, err := api.ListHosts(ctx, connect.NewRequest(&edgev1.ListHostsRequest{PageSize: 10, PageToken: "%%%"})); connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "start again from the first page") {
 		t.Fatalf("forged page token: %v", err)
 	}
