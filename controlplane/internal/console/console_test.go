@@ -11,6 +11,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -598,5 +599,62 @@ func BenchmarkHostsPage(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+var auditRowRE = regexp.MustCompile(`<tr><td>([0-9]+)</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>`)
+
+// TestAuditNewestFirst: the audit page shows a tenant's newest entries first, across
+// windows of the global chain, filtered by action, never another tenant's.
+func TestAuditNewestFirst(t *testing.T) {
+	cp := cptest.Start(t, cptest.Options{})
+	ctx := context.Background()
+	tenant := tenantOf(t, cp)
+	other, err := cp.AdminClient().CreateTenant(ctx, connect.NewRequest(&edgev1.CreateTenantRequest{Name: "other", Kind: "team"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opToken := apiToken(t, cp, tenant, "operator")
+	var newestMine int64
+	err = cp.Store.InTx(ctx, func(tx store.Tx) error {
+		for i := range 2500 {
+			tn, action := tenant, "bulk.mine"
+			if i%3 == 0 {
+				tn, action = other.Msg.GetTenant().GetId(), "bulk.other"
+			}
+			e, err := tx.AppendAudit(ctx, store.AuditEntry{At: time.Now().UTC(), TenantID: tn, Actor: "system", Action: action, Result: "ok"})
+			if err != nil {
+				return err
+			}
+			if tn == tenant {
+				newestMine = e.ID
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := newBrowser(t, cp)
+	op.signIn(opToken)
+	a := op.get("/ui/audit")
+	rows := auditRowRE.FindAllStringSubmatch(a.body, -1)
+	if len(rows) != 500 || rows[0][1] != strconv.FormatInt(newestMine, 10) {
+		t.Fatalf("audit page: %d rows, first %v, want 500 from id %d", len(rows), rows[0], newestMine)
+	}
+	prev := int64(1 << 62)
+	for _, r := range rows {
+		id, _ := strconv.ParseInt(r[1], 10, 64)
+		if id >= prev || r[2] != tenant {
+			t.Fatalf("row %v after id %d: not newest first, or not the operator's tenant", r, prev)
+		}
+		prev = id
+	}
+	// A filter on the action finds the token's minting, older than every bulk entry.
+	if rows := auditRowRE.FindAllStringSubmatch(op.get("/ui/audit?action=api_token").body, -1); len(rows) != 1 || rows[0][4] != "api_token.create" {
+		t.Fatalf("api_token entries: %v", rows)
+	}
+	if rows := auditRowRE.FindAllStringSubmatch(op.get("/ui/audit?action=bulk.other").body, -1); len(rows) != 0 {
+		t.Fatalf("another tenant's entries: %v", rows)
 	}
 }
