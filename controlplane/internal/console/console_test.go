@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -656,5 +657,48 @@ func TestAuditNewestFirst(t *testing.T) {
 	}
 	if rows := auditRowRE.FindAllStringSubmatch(op.get("/ui/audit?action=bulk.other").body, -1); len(rows) != 0 {
 		t.Fatalf("another tenant's entries: %v", rows)
+	}
+}
+
+// syncBuffer is a log sink tests may read while the server writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestShutdownEndsLiveStreams: an open live page does not hold the server's
+// graceful shutdown (which would end in a forced close, logged as an error).
+func TestShutdownEndsLiveStreams(t *testing.T) {
+	var logs syncBuffer
+	cp := cptest.Start(t, cptest.Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	addHosts(t, cp, tenantOf(t, cp), "web", 1)
+	b := newBrowser(t, cp)
+	b.signIn(cp.AdminToken)
+	req, _ := http.NewRequest("GET", cp.URL+"/ui/events/hosts", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := readEvents(resp.Body)
+	<-events
+	cp.Stop()
+	for range events {
+	}
+	if l := logs.String(); strings.Contains(l, "stopped with an error") || strings.Contains(l, "http shutdown") {
+		t.Fatalf("shutdown with a live page open:\n%s", l)
 	}
 }
