@@ -261,7 +261,7 @@ func TestRevokedTokenEndsSession(t *testing.T) {
 
 var (
 	scriptTag   = regexp.MustCompile(`(?i)<script[^>]*>[^<]*`)
-	inlineOther = regexp.MustCompile(`(?i)\son[a-z]+=|\sstyle=|<style|javascript:`)
+	inlineOther = regexp.MustCompile(`(?i)<[a-z][^>]*\s(on[a-z]+|style)=|<style|javascript:`)
 )
 
 // inlineScript finds a script with a body or without src, an event handler
@@ -297,8 +297,21 @@ func TestCSPAndNoInlineScript(t *testing.T) {
 			t.Fatalf("%s: inline script or style %q", a.Request.URL.Path, m)
 		}
 	}
+	// A host named with markup (names come from enrollment): shown as text.
+	err := cp.Store.InTx(context.Background(), func(tx store.Tx) error {
+		return tx.InsertDaemon(context.Background(), store.Daemon{NodeID: "n-xss", TenantID: tenant, DisplayName: `<script>alert(1)</script><img src=x onerror=alert(2)>`,
+			PublicKey: pubkey("n-xss"), Status: store.DaemonActive})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	check(b.get("/ui/login"))
 	b.signIn(cp.AdminToken)
+	for _, p := range []string{"/ui/hosts", "/ui/hosts/n-xss", "/ui/hosts/n-xss/revoke"} {
+		if a := b.get(p); strings.Contains(a.body, "<script>alert") || strings.Contains(a.body, "<img") || !strings.Contains(a.body, "&lt;script&gt;alert(1)") {
+			t.Fatalf("%s: the host's name is not escaped", p)
+		}
+	}
 	for _, p := range []string{"/ui/hosts", "/ui/hosts?target=tags%3DAnyOf(prod", "/ui/hosts/" + ids[0], "/ui/hosts/" + ids[0] + "/revoke",
 		"/ui/fleet", "/ui/audit", "/ui/hosts/n-nosuch", "/ui/static/app.js", "/ui/static/app.css"} {
 		check(b.get(p))

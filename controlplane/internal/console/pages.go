@@ -39,6 +39,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		if code := connect.CodeOf(err); code != connect.CodeUnauthenticated {
 			status, msg = http.StatusServiceUnavailable, "the token could not be checked right now: retry in a moment"
 		}
+		c.cfg.Logger.Info("console: sign-in refused", "code", connect.CodeOf(err).String(), "reason", ReasonUnauthorized)
 		w.Header().Set("X-Aegis-Refused", ReasonUnauthorized)
 		c.render(w, r, nil, status, "login", loginView{Error: msg})
 		return
