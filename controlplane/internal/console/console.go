@@ -71,7 +71,6 @@ type Console struct {
 	api      edgev1connect.EdgeAdminServiceClient
 	sessions sessions
 	pages    map[string]*template.Template
-	mux      *http.ServeMux
 	handler  http.Handler
 	// closing ends the live streams when the server shuts down.
 	closing context.Context
@@ -129,7 +128,6 @@ func New(cfg Config) (*Console, error) {
 	m.HandleFunc("GET /ui/audit", c.authed(c.auditPage))
 	m.HandleFunc("GET /ui/events/hosts", c.authed(c.hostEvents))
 	m.HandleFunc("GET /ui/events/fleet/{run}", c.authed(c.runEvents))
-	c.mux = m
 
 	// Cross-origin unsafe requests (Sec-Fetch-Site or Origin not this origin) are
 	// refused before anything runs, sign-in included; the session's CSRF token is
@@ -164,9 +162,6 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.handler.
 // Close ends every live stream (call it when the server shuts down, so a browser's
 // open page does not hold the shutdown).
 func (c *Console) Close() { c.once.Do(c.close) }
-
-// Sessions is how many sessions are signed in (for tests).
-func (c *Console) Sessions() int { return c.sessions.len() }
 
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -219,7 +214,7 @@ func (c *Console) authed(h handlerFunc) http.HandlerFunc {
 	}
 }
 
-// call runs fn with the session's API token on the request.
+// bearer is an API request carrying the session's API token.
 func bearer[T any](s *session, m *T) *connect.Request[T] {
 	req := connect.NewRequest(m)
 	req.Header().Set("Authorization", "Bearer "+s.token)

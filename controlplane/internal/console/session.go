@@ -117,12 +117,6 @@ func (t *sessions) dropToken(tokenID string) {
 	}
 }
 
-func (t *sessions) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.byID)
-}
-
 // checkCSRF reports whether the request carries the session's CSRF token, in the
 // form field "csrf" or the X-CSRF-Token header (for scripts).
 func (s *session) checkCSRF(r *http.Request) bool {
