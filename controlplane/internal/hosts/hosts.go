@@ -40,6 +40,9 @@ type Host struct {
 	Tenant   store.Tenant
 	Status   Status
 	LastSeen time.Time
+	// TokenExpiresAt is when the host's newest active token expires; set by Get
+	// only (zero when it holds none).
+	TokenExpiresAt time.Time
 }
 
 // Config wires a Service.
@@ -104,7 +107,18 @@ func (s *Service) Get(ctx context.Context, p apitoken.Principal, nodeID string) 
 	if err != nil {
 		return Host{}, fmt.Errorf("tenant of host: %w", err)
 	}
-	return s.host(d, t, s.cfg.Now()), nil
+	now := s.cfg.Now()
+	h := s.host(d, t, now)
+	toks, err := s.cfg.Store.ActiveNodeTokens(ctx, nodeID, now)
+	if err != nil {
+		return Host{}, fmt.Errorf("tokens of host: %w", err)
+	}
+	for _, tok := range toks {
+		if tok.ExpiresAt.After(h.TokenExpiresAt) {
+			h.TokenExpiresAt = tok.ExpiresAt
+		}
+	}
+	return h, nil
 }
 
 func (s *Service) tenants(ctx context.Context) (map[string]store.Tenant, error) {

@@ -140,12 +140,34 @@ func (a *Admin) ListHosts(ctx context.Context, req *connect.Request[edgev1.ListH
 	if err != nil {
 		return nil, err
 	}
-	list, err := a.cfg.Hosts.List(ctx, p, req.Msg.GetTarget())
+	m := req.Msg
+	var pg hosts.Page
+	if m.GetPageSize() == 0 && m.GetPageToken() == "" {
+		// Clients from before paging: every host at once.
+		var list []hosts.Host
+		if list, err = a.cfg.Hosts.List(ctx, p, m.GetTarget()); err == nil {
+			pg = hosts.WholePage(list)
+		}
+	} else {
+		size := int(m.GetPageSize())
+		if size <= 0 || size > hosts.MaxPageSize {
+			size = hosts.MaxPageSize
+		}
+		pg, err = a.cfg.Hosts.ListPage(ctx, p, m.GetTarget(), size, m.GetPageToken())
+	}
 	if err != nil {
 		return nil, a.fail(ctx, "ListHosts", err)
 	}
-	out := &edgev1.ListHostsResponse{}
-	for _, h := range list {
+	out := &edgev1.ListHostsResponse{
+		NextPageToken: pg.Next,
+		TotalCount:    int32(pg.Counts.Total),
+		Counts: &edgev1.HostStatusCounts{
+			Connected:    int32(pg.Counts.Connected),
+			Disconnected: int32(pg.Counts.Disconnected),
+			Revoked:      int32(pg.Counts.Revoked),
+		},
+	}
+	for _, h := range pg.Hosts {
 		out.Hosts = append(out.Hosts, hostPB(h))
 	}
 	return connect.NewResponse(out), nil
@@ -208,6 +230,7 @@ func hostPB(h hosts.Host) *edgev1.Host {
 		Hostname:        d.Hostname,
 		Os:              d.OS,
 		SecurityContext: d.SecurityContext,
+		TokenExpiresAt:  ts(h.TokenExpiresAt),
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/broadcast"
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/config"
+	"github.com/aegis-edge/aegis/controlplane/internal/console"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
@@ -93,6 +94,9 @@ type Options struct {
 	// FleetLeaseDuration is how long a fleet run's lease lasts unrenewed; 0 means
 	// fleet.DefaultLeaseDuration.
 	FleetLeaseDuration time.Duration
+	// ConsolePollInterval is how often the web console's live pages look for
+	// changes; 0 means console.DefaultPollInterval.
+	ConsolePollInterval time.Duration
 }
 
 // Server is a running control plane.
@@ -331,7 +335,15 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	small := connect.WithCompressMinBytes(compressMinBytes)
 	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits, small))
 	// Metrics outermost, so refused authentications are counted too.
-	mux.Handle(edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small))
+	adminPath, adminHandler := edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small)
+	mux.Handle(adminPath, adminHandler)
+	// The web console calls the same handler in process, so it is scoped and
+	// role-checked exactly as the API.
+	ui, err := console.New(console.Config{API: adminHandler, Now: s.now, Rand: rnd, Logger: s.log, PollInterval: opts.ConsolePollInterval})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle("/ui/", ui)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -350,6 +362,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	s.http.RegisterOnShutdown(ui.Close)
 	return s, nil
 }
 

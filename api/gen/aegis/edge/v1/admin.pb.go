@@ -594,8 +594,11 @@ type Host struct {
 	Hostname        string                 `protobuf:"bytes,10,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	Os              string                 `protobuf:"bytes,11,opt,name=os,proto3" json:"os,omitempty"`
 	SecurityContext string                 `protobuf:"bytes,12,opt,name=security_context,json=securityContext,proto3" json:"security_context,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When the host's newest unrevoked token expires (GetHost only; unset in lists,
+	// and when it holds none).
+	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -712,10 +715,22 @@ func (x *Host) GetSecurityContext() string {
 	return ""
 }
 
+func (x *Host) GetTokenExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpiresAt
+	}
+	return nil
+}
+
 type ListHostsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A target selector; empty or "all" means every host of the tenant.
-	Target        string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// At most this many hosts in one answer, ordered by name then node id; 0 means
+	// every matching host at once (what clients before paging get). At most 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous answer, for the page after it.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -757,9 +772,29 @@ func (x *ListHostsRequest) GetTarget() string {
 	return ""
 }
 
+func (x *ListHostsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListHostsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListHostsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hosts         []*Host                `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Hosts []*Host                `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Set when more hosts follow this page: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// How many hosts match the target across all pages, and how many of them are in
+	// each status.
+	TotalCount    int32             `protobuf:"varint,3,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	Counts        *HostStatusCounts `protobuf:"bytes,4,opt,name=counts,proto3" json:"counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -801,6 +836,87 @@ func (x *ListHostsResponse) GetHosts() []*Host {
 	return nil
 }
 
+func (x *ListHostsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListHostsResponse) GetTotalCount() int32 {
+	if x != nil {
+		return x.TotalCount
+	}
+	return 0
+}
+
+func (x *ListHostsResponse) GetCounts() *HostStatusCounts {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+type HostStatusCounts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connected     int32                  `protobuf:"varint,1,opt,name=connected,proto3" json:"connected,omitempty"`
+	Disconnected  int32                  `protobuf:"varint,2,opt,name=disconnected,proto3" json:"disconnected,omitempty"`
+	Revoked       int32                  `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostStatusCounts) Reset() {
+	*x = HostStatusCounts{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostStatusCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostStatusCounts) ProtoMessage() {}
+
+func (x *HostStatusCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostStatusCounts.ProtoReflect.Descriptor instead.
+func (*HostStatusCounts) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HostStatusCounts) GetConnected() int32 {
+	if x != nil {
+		return x.Connected
+	}
+	return 0
+}
+
+func (x *HostStatusCounts) GetDisconnected() int32 {
+	if x != nil {
+		return x.Disconnected
+	}
+	return 0
+}
+
+func (x *HostStatusCounts) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
 type GetHostRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -810,7 +926,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[12]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +938,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[12]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +951,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetHostRequest) GetNodeId() string {
@@ -854,7 +970,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[13]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +982,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[13]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +995,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -898,7 +1014,7 @@ type RevokeHostRequest struct {
 
 func (x *RevokeHostRequest) Reset() {
 	*x = RevokeHostRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[14]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1026,7 @@ func (x *RevokeHostRequest) String() string {
 func (*RevokeHostRequest) ProtoMessage() {}
 
 func (x *RevokeHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[14]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1039,7 @@ func (x *RevokeHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeHostRequest.ProtoReflect.Descriptor instead.
 func (*RevokeHostRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeHostRequest) GetNodeId() string {
@@ -946,7 +1062,7 @@ type RevokeHostResponse struct {
 
 func (x *RevokeHostResponse) Reset() {
 	*x = RevokeHostResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[15]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1074,7 @@ func (x *RevokeHostResponse) String() string {
 func (*RevokeHostResponse) ProtoMessage() {}
 
 func (x *RevokeHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[15]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1087,7 @@ func (x *RevokeHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeHostResponse.ProtoReflect.Descriptor instead.
 func (*RevokeHostResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeHostResponse) GetHost() *Host {
@@ -1008,7 +1124,7 @@ type SetHostSecurityContextRequest struct {
 
 func (x *SetHostSecurityContextRequest) Reset() {
 	*x = SetHostSecurityContextRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[16]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1136,7 @@ func (x *SetHostSecurityContextRequest) String() string {
 func (*SetHostSecurityContextRequest) ProtoMessage() {}
 
 func (x *SetHostSecurityContextRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[16]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1149,7 @@ func (x *SetHostSecurityContextRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostSecurityContextRequest.ProtoReflect.Descriptor instead.
 func (*SetHostSecurityContextRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetHostSecurityContextRequest) GetNodeId() string {
@@ -1068,7 +1184,7 @@ type SetHostSecurityContextResponse struct {
 
 func (x *SetHostSecurityContextResponse) Reset() {
 	*x = SetHostSecurityContextResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[17]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1196,7 @@ func (x *SetHostSecurityContextResponse) String() string {
 func (*SetHostSecurityContextResponse) ProtoMessage() {}
 
 func (x *SetHostSecurityContextResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[17]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1209,7 @@ func (x *SetHostSecurityContextResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostSecurityContextResponse.ProtoReflect.Descriptor instead.
 func (*SetHostSecurityContextResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetHostSecurityContextResponse) GetHost() *Host {
@@ -1124,7 +1240,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[18]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1252,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[18]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1265,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecRequest) GetNodeId() string {
@@ -1203,7 +1319,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[19]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1331,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[19]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1344,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -1298,7 +1414,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[20]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1426,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[20]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1439,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExecStarted) GetCommandId() string {
@@ -1358,7 +1474,7 @@ type UpdateHostTagsRequest struct {
 
 func (x *UpdateHostTagsRequest) Reset() {
 	*x = UpdateHostTagsRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1486,7 @@ func (x *UpdateHostTagsRequest) String() string {
 func (*UpdateHostTagsRequest) ProtoMessage() {}
 
 func (x *UpdateHostTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1499,7 @@ func (x *UpdateHostTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateHostTagsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateHostTagsRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateHostTagsRequest) GetNodeId() string {
@@ -1416,7 +1532,7 @@ type UpdateHostTagsResponse struct {
 
 func (x *UpdateHostTagsResponse) Reset() {
 	*x = UpdateHostTagsResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1544,7 @@ func (x *UpdateHostTagsResponse) String() string {
 func (*UpdateHostTagsResponse) ProtoMessage() {}
 
 func (x *UpdateHostTagsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1557,7 @@ func (x *UpdateHostTagsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateHostTagsResponse.ProtoReflect.Descriptor instead.
 func (*UpdateHostTagsResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpdateHostTagsResponse) GetHost() *Host {
@@ -1460,7 +1576,7 @@ type PlanFleetRunRequest struct {
 
 func (x *PlanFleetRunRequest) Reset() {
 	*x = PlanFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1588,7 @@ func (x *PlanFleetRunRequest) String() string {
 func (*PlanFleetRunRequest) ProtoMessage() {}
 
 func (x *PlanFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1601,7 @@ func (x *PlanFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*PlanFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PlanFleetRunRequest) GetSpec() *FleetRunSpec {
@@ -1504,7 +1620,7 @@ type PlanFleetRunResponse struct {
 
 func (x *PlanFleetRunResponse) Reset() {
 	*x = PlanFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1632,7 @@ func (x *PlanFleetRunResponse) String() string {
 func (*PlanFleetRunResponse) ProtoMessage() {}
 
 func (x *PlanFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1645,7 @@ func (x *PlanFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*PlanFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PlanFleetRunResponse) GetPlan() *FleetPlan {
@@ -1548,7 +1664,7 @@ type StartFleetRunRequest struct {
 
 func (x *StartFleetRunRequest) Reset() {
 	*x = StartFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1676,7 @@ func (x *StartFleetRunRequest) String() string {
 func (*StartFleetRunRequest) ProtoMessage() {}
 
 func (x *StartFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1689,7 @@ func (x *StartFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*StartFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StartFleetRunRequest) GetSpec() *FleetRunSpec {
@@ -1593,7 +1709,7 @@ type StartFleetRunResponse struct {
 
 func (x *StartFleetRunResponse) Reset() {
 	*x = StartFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1721,7 @@ func (x *StartFleetRunResponse) String() string {
 func (*StartFleetRunResponse) ProtoMessage() {}
 
 func (x *StartFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1734,7 @@ func (x *StartFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*StartFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StartFleetRunResponse) GetRun() *FleetRun {
@@ -1645,7 +1761,7 @@ type WatchFleetRunRequest struct {
 
 func (x *WatchFleetRunRequest) Reset() {
 	*x = WatchFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1773,7 @@ func (x *WatchFleetRunRequest) String() string {
 func (*WatchFleetRunRequest) ProtoMessage() {}
 
 func (x *WatchFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1786,7 @@ func (x *WatchFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchFleetRunRequest) GetRunId() string {
@@ -1696,7 +1812,7 @@ type WatchFleetRunResponse struct {
 
 func (x *WatchFleetRunResponse) Reset() {
 	*x = WatchFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +1824,7 @@ func (x *WatchFleetRunResponse) String() string {
 func (*WatchFleetRunResponse) ProtoMessage() {}
 
 func (x *WatchFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1837,7 @@ func (x *WatchFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchFleetRunResponse) GetEvent() *FleetEvent {
@@ -1740,7 +1856,7 @@ type CancelFleetRunRequest struct {
 
 func (x *CancelFleetRunRequest) Reset() {
 	*x = CancelFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +1868,7 @@ func (x *CancelFleetRunRequest) String() string {
 func (*CancelFleetRunRequest) ProtoMessage() {}
 
 func (x *CancelFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +1881,7 @@ func (x *CancelFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CancelFleetRunRequest) GetRunId() string {
@@ -1784,7 +1900,7 @@ type CancelFleetRunResponse struct {
 
 func (x *CancelFleetRunResponse) Reset() {
 	*x = CancelFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1912,7 @@ func (x *CancelFleetRunResponse) String() string {
 func (*CancelFleetRunResponse) ProtoMessage() {}
 
 func (x *CancelFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1925,7 @@ func (x *CancelFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CancelFleetRunResponse) GetRun() *FleetRun {
@@ -1827,7 +1943,7 @@ type ListFleetRunsRequest struct {
 
 func (x *ListFleetRunsRequest) Reset() {
 	*x = ListFleetRunsRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +1955,7 @@ func (x *ListFleetRunsRequest) String() string {
 func (*ListFleetRunsRequest) ProtoMessage() {}
 
 func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +1968,7 @@ func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFleetRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListFleetRunsRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 type ListFleetRunsResponse struct {
@@ -1864,7 +1980,7 @@ type ListFleetRunsResponse struct {
 
 func (x *ListFleetRunsResponse) Reset() {
 	*x = ListFleetRunsResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +1992,7 @@ func (x *ListFleetRunsResponse) String() string {
 func (*ListFleetRunsResponse) ProtoMessage() {}
 
 func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +2005,7 @@ func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFleetRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListFleetRunsResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListFleetRunsResponse) GetRuns() []*FleetRun {
@@ -1908,7 +2024,7 @@ type GetFleetRunRequest struct {
 
 func (x *GetFleetRunRequest) Reset() {
 	*x = GetFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2036,7 @@ func (x *GetFleetRunRequest) String() string {
 func (*GetFleetRunRequest) ProtoMessage() {}
 
 func (x *GetFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2049,7 @@ func (x *GetFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetFleetRunRequest) GetRunId() string {
@@ -1954,7 +2070,7 @@ type GetFleetRunResponse struct {
 
 func (x *GetFleetRunResponse) Reset() {
 	*x = GetFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2082,7 @@ func (x *GetFleetRunResponse) String() string {
 func (*GetFleetRunResponse) ProtoMessage() {}
 
 func (x *GetFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2095,7 @@ func (x *GetFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetFleetRunResponse) GetRun() *FleetRun {
@@ -2018,7 +2134,7 @@ type APIToken struct {
 
 func (x *APIToken) Reset() {
 	*x = APIToken{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2146,7 @@ func (x *APIToken) String() string {
 func (*APIToken) ProtoMessage() {}
 
 func (x *APIToken) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2159,7 @@ func (x *APIToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use APIToken.ProtoReflect.Descriptor instead.
 func (*APIToken) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *APIToken) GetId() string {
@@ -2101,7 +2217,7 @@ type CreateAPITokenRequest struct {
 
 func (x *CreateAPITokenRequest) Reset() {
 	*x = CreateAPITokenRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2229,7 @@ func (x *CreateAPITokenRequest) String() string {
 func (*CreateAPITokenRequest) ProtoMessage() {}
 
 func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2242,7 @@ func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPITokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateAPITokenRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateAPITokenRequest) GetTenantId() string {
@@ -2161,7 +2277,7 @@ type CreateAPITokenResponse struct {
 
 func (x *CreateAPITokenResponse) Reset() {
 	*x = CreateAPITokenResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2289,7 @@ func (x *CreateAPITokenResponse) String() string {
 func (*CreateAPITokenResponse) ProtoMessage() {}
 
 func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2302,7 @@ func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPITokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateAPITokenResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateAPITokenResponse) GetToken() string {
@@ -2211,7 +2327,7 @@ type ListAPITokensRequest struct {
 
 func (x *ListAPITokensRequest) Reset() {
 	*x = ListAPITokensRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2339,7 @@ func (x *ListAPITokensRequest) String() string {
 func (*ListAPITokensRequest) ProtoMessage() {}
 
 func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2352,7 @@ func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAPITokensRequest.ProtoReflect.Descriptor instead.
 func (*ListAPITokensRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type ListAPITokensResponse struct {
@@ -2248,7 +2364,7 @@ type ListAPITokensResponse struct {
 
 func (x *ListAPITokensResponse) Reset() {
 	*x = ListAPITokensResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2376,7 @@ func (x *ListAPITokensResponse) String() string {
 func (*ListAPITokensResponse) ProtoMessage() {}
 
 func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2389,7 @@ func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAPITokensResponse.ProtoReflect.Descriptor instead.
 func (*ListAPITokensResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListAPITokensResponse) GetApiTokens() []*APIToken {
@@ -2292,7 +2408,7 @@ type RevokeAPITokenRequest struct {
 
 func (x *RevokeAPITokenRequest) Reset() {
 	*x = RevokeAPITokenRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2420,7 @@ func (x *RevokeAPITokenRequest) String() string {
 func (*RevokeAPITokenRequest) ProtoMessage() {}
 
 func (x *RevokeAPITokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2433,7 @@ func (x *RevokeAPITokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAPITokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAPITokenRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RevokeAPITokenRequest) GetId() string {
@@ -2336,7 +2452,7 @@ type RevokeAPITokenResponse struct {
 
 func (x *RevokeAPITokenResponse) Reset() {
 	*x = RevokeAPITokenResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2348,7 +2464,7 @@ func (x *RevokeAPITokenResponse) String() string {
 func (*RevokeAPITokenResponse) ProtoMessage() {}
 
 func (x *RevokeAPITokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2361,7 +2477,7 @@ func (x *RevokeAPITokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAPITokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAPITokenResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RevokeAPITokenResponse) GetApiToken() *APIToken {
@@ -2382,7 +2498,7 @@ type CreateTenantRequest struct {
 
 func (x *CreateTenantRequest) Reset() {
 	*x = CreateTenantRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2394,7 +2510,7 @@ func (x *CreateTenantRequest) String() string {
 func (*CreateTenantRequest) ProtoMessage() {}
 
 func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2407,7 +2523,7 @@ func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTenantRequest.ProtoReflect.Descriptor instead.
 func (*CreateTenantRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CreateTenantRequest) GetName() string {
@@ -2433,7 +2549,7 @@ type CreateTenantResponse struct {
 
 func (x *CreateTenantResponse) Reset() {
 	*x = CreateTenantResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2561,7 @@ func (x *CreateTenantResponse) String() string {
 func (*CreateTenantResponse) ProtoMessage() {}
 
 func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2574,7 @@ func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTenantResponse.ProtoReflect.Descriptor instead.
 func (*CreateTenantResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateTenantResponse) GetTenant() *Tenant {
@@ -2476,7 +2592,7 @@ type ListTenantsRequest struct {
 
 func (x *ListTenantsRequest) Reset() {
 	*x = ListTenantsRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2604,7 @@ func (x *ListTenantsRequest) String() string {
 func (*ListTenantsRequest) ProtoMessage() {}
 
 func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2617,7 @@ func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
 func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 type ListTenantsResponse struct {
@@ -2513,7 +2629,7 @@ type ListTenantsResponse struct {
 
 func (x *ListTenantsResponse) Reset() {
 	*x = ListTenantsResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2641,7 @@ func (x *ListTenantsResponse) String() string {
 func (*ListTenantsResponse) ProtoMessage() {}
 
 func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2654,7 @@ func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
 func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListTenantsResponse) GetTenants() []*Tenant {
@@ -2569,7 +2685,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2581,7 +2697,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2594,7 +2710,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *AuditEntry) GetId() int64 {
@@ -2681,7 +2797,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +2809,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +2822,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListAuditRequest) GetAfterId() int64 {
@@ -2739,7 +2855,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2867,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2880,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -2782,7 +2898,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2794,7 +2910,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2807,7 +2923,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 type VerifyAuditResponse struct {
@@ -2824,7 +2940,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +2952,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +2965,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -2920,7 +3036,7 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x11enrollment_tokens\x18\x01 \x03(\v2\x1e.aegis.edge.v1.EnrollmentTokenR\x10enrollmentTokens\".\n" +
 	"\x1cRevokeEnrollmentTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1f\n" +
-	"\x1dRevokeEnrollmentTokenResponse\"\xe6\x03\n" +
+	"\x1dRevokeEnrollmentTokenResponse\"\xac\x04\n" +
 	"\x04Host\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12-\n" +
@@ -2936,11 +3052,23 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\bhostname\x18\n" +
 	" \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\v \x01(\tR\x02os\x12)\n" +
-	"\x10security_context\x18\f \x01(\tR\x0fsecurityContext\"*\n" +
+	"\x10security_context\x18\f \x01(\tR\x0fsecurityContext\x12D\n" +
+	"\x10token_expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\"f\n" +
 	"\x10ListHostsRequest\x12\x16\n" +
-	"\x06target\x18\x01 \x01(\tR\x06target\">\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xc0\x01\n" +
 	"\x11ListHostsResponse\x12)\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x13.aegis.edge.v1.HostR\x05hosts\")\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x13.aegis.edge.v1.HostR\x05hosts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1f\n" +
+	"\vtotal_count\x18\x03 \x01(\x05R\n" +
+	"totalCount\x127\n" +
+	"\x06counts\x18\x04 \x01(\v2\x1f.aegis.edge.v1.HostStatusCountsR\x06counts\"n\n" +
+	"\x10HostStatusCounts\x12\x1c\n" +
+	"\tconnected\x18\x01 \x01(\x05R\tconnected\x12\"\n" +
+	"\fdisconnected\x18\x02 \x01(\x05R\fdisconnected\x12\x18\n" +
+	"\arevoked\x18\x03 \x01(\x05R\arevoked\")\n" +
 	"\x0eGetHostRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\":\n" +
 	"\x0fGetHostResponse\x12'\n" +
@@ -3116,7 +3244,7 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
 	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
@@ -3131,153 +3259,156 @@ var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(*Host)(nil),                           // 10: aegis.edge.v1.Host
 	(*ListHostsRequest)(nil),               // 11: aegis.edge.v1.ListHostsRequest
 	(*ListHostsResponse)(nil),              // 12: aegis.edge.v1.ListHostsResponse
-	(*GetHostRequest)(nil),                 // 13: aegis.edge.v1.GetHostRequest
-	(*GetHostResponse)(nil),                // 14: aegis.edge.v1.GetHostResponse
-	(*RevokeHostRequest)(nil),              // 15: aegis.edge.v1.RevokeHostRequest
-	(*RevokeHostResponse)(nil),             // 16: aegis.edge.v1.RevokeHostResponse
-	(*SetHostSecurityContextRequest)(nil),  // 17: aegis.edge.v1.SetHostSecurityContextRequest
-	(*SetHostSecurityContextResponse)(nil), // 18: aegis.edge.v1.SetHostSecurityContextResponse
-	(*ExecRequest)(nil),                    // 19: aegis.edge.v1.ExecRequest
-	(*ExecResponse)(nil),                   // 20: aegis.edge.v1.ExecResponse
-	(*ExecStarted)(nil),                    // 21: aegis.edge.v1.ExecStarted
-	(*UpdateHostTagsRequest)(nil),          // 22: aegis.edge.v1.UpdateHostTagsRequest
-	(*UpdateHostTagsResponse)(nil),         // 23: aegis.edge.v1.UpdateHostTagsResponse
-	(*PlanFleetRunRequest)(nil),            // 24: aegis.edge.v1.PlanFleetRunRequest
-	(*PlanFleetRunResponse)(nil),           // 25: aegis.edge.v1.PlanFleetRunResponse
-	(*StartFleetRunRequest)(nil),           // 26: aegis.edge.v1.StartFleetRunRequest
-	(*StartFleetRunResponse)(nil),          // 27: aegis.edge.v1.StartFleetRunResponse
-	(*WatchFleetRunRequest)(nil),           // 28: aegis.edge.v1.WatchFleetRunRequest
-	(*WatchFleetRunResponse)(nil),          // 29: aegis.edge.v1.WatchFleetRunResponse
-	(*CancelFleetRunRequest)(nil),          // 30: aegis.edge.v1.CancelFleetRunRequest
-	(*CancelFleetRunResponse)(nil),         // 31: aegis.edge.v1.CancelFleetRunResponse
-	(*ListFleetRunsRequest)(nil),           // 32: aegis.edge.v1.ListFleetRunsRequest
-	(*ListFleetRunsResponse)(nil),          // 33: aegis.edge.v1.ListFleetRunsResponse
-	(*GetFleetRunRequest)(nil),             // 34: aegis.edge.v1.GetFleetRunRequest
-	(*GetFleetRunResponse)(nil),            // 35: aegis.edge.v1.GetFleetRunResponse
-	(*APIToken)(nil),                       // 36: aegis.edge.v1.APIToken
-	(*CreateAPITokenRequest)(nil),          // 37: aegis.edge.v1.CreateAPITokenRequest
-	(*CreateAPITokenResponse)(nil),         // 38: aegis.edge.v1.CreateAPITokenResponse
-	(*ListAPITokensRequest)(nil),           // 39: aegis.edge.v1.ListAPITokensRequest
-	(*ListAPITokensResponse)(nil),          // 40: aegis.edge.v1.ListAPITokensResponse
-	(*RevokeAPITokenRequest)(nil),          // 41: aegis.edge.v1.RevokeAPITokenRequest
-	(*RevokeAPITokenResponse)(nil),         // 42: aegis.edge.v1.RevokeAPITokenResponse
-	(*CreateTenantRequest)(nil),            // 43: aegis.edge.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),           // 44: aegis.edge.v1.CreateTenantResponse
-	(*ListTenantsRequest)(nil),             // 45: aegis.edge.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),            // 46: aegis.edge.v1.ListTenantsResponse
-	(*AuditEntry)(nil),                     // 47: aegis.edge.v1.AuditEntry
-	(*ListAuditRequest)(nil),               // 48: aegis.edge.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),              // 49: aegis.edge.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),             // 50: aegis.edge.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),            // 51: aegis.edge.v1.VerifyAuditResponse
-	nil,                                    // 52: aegis.edge.v1.AuditEntry.DetailsEntry
-	(*Tenant)(nil),                         // 53: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),          // 54: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 55: google.protobuf.Duration
-	(*CommandProgress)(nil),                // 56: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),                  // 57: aegis.edge.v1.CommandResult
-	(*FleetRunSpec)(nil),                   // 58: aegis.edge.v1.FleetRunSpec
-	(*FleetPlan)(nil),                      // 59: aegis.edge.v1.FleetPlan
-	(*FleetRun)(nil),                       // 60: aegis.edge.v1.FleetRun
-	(*FleetEvent)(nil),                     // 61: aegis.edge.v1.FleetEvent
-	(*FleetHostResult)(nil),                // 62: aegis.edge.v1.FleetHostResult
+	(*HostStatusCounts)(nil),               // 13: aegis.edge.v1.HostStatusCounts
+	(*GetHostRequest)(nil),                 // 14: aegis.edge.v1.GetHostRequest
+	(*GetHostResponse)(nil),                // 15: aegis.edge.v1.GetHostResponse
+	(*RevokeHostRequest)(nil),              // 16: aegis.edge.v1.RevokeHostRequest
+	(*RevokeHostResponse)(nil),             // 17: aegis.edge.v1.RevokeHostResponse
+	(*SetHostSecurityContextRequest)(nil),  // 18: aegis.edge.v1.SetHostSecurityContextRequest
+	(*SetHostSecurityContextResponse)(nil), // 19: aegis.edge.v1.SetHostSecurityContextResponse
+	(*ExecRequest)(nil),                    // 20: aegis.edge.v1.ExecRequest
+	(*ExecResponse)(nil),                   // 21: aegis.edge.v1.ExecResponse
+	(*ExecStarted)(nil),                    // 22: aegis.edge.v1.ExecStarted
+	(*UpdateHostTagsRequest)(nil),          // 23: aegis.edge.v1.UpdateHostTagsRequest
+	(*UpdateHostTagsResponse)(nil),         // 24: aegis.edge.v1.UpdateHostTagsResponse
+	(*PlanFleetRunRequest)(nil),            // 25: aegis.edge.v1.PlanFleetRunRequest
+	(*PlanFleetRunResponse)(nil),           // 26: aegis.edge.v1.PlanFleetRunResponse
+	(*StartFleetRunRequest)(nil),           // 27: aegis.edge.v1.StartFleetRunRequest
+	(*StartFleetRunResponse)(nil),          // 28: aegis.edge.v1.StartFleetRunResponse
+	(*WatchFleetRunRequest)(nil),           // 29: aegis.edge.v1.WatchFleetRunRequest
+	(*WatchFleetRunResponse)(nil),          // 30: aegis.edge.v1.WatchFleetRunResponse
+	(*CancelFleetRunRequest)(nil),          // 31: aegis.edge.v1.CancelFleetRunRequest
+	(*CancelFleetRunResponse)(nil),         // 32: aegis.edge.v1.CancelFleetRunResponse
+	(*ListFleetRunsRequest)(nil),           // 33: aegis.edge.v1.ListFleetRunsRequest
+	(*ListFleetRunsResponse)(nil),          // 34: aegis.edge.v1.ListFleetRunsResponse
+	(*GetFleetRunRequest)(nil),             // 35: aegis.edge.v1.GetFleetRunRequest
+	(*GetFleetRunResponse)(nil),            // 36: aegis.edge.v1.GetFleetRunResponse
+	(*APIToken)(nil),                       // 37: aegis.edge.v1.APIToken
+	(*CreateAPITokenRequest)(nil),          // 38: aegis.edge.v1.CreateAPITokenRequest
+	(*CreateAPITokenResponse)(nil),         // 39: aegis.edge.v1.CreateAPITokenResponse
+	(*ListAPITokensRequest)(nil),           // 40: aegis.edge.v1.ListAPITokensRequest
+	(*ListAPITokensResponse)(nil),          // 41: aegis.edge.v1.ListAPITokensResponse
+	(*RevokeAPITokenRequest)(nil),          // 42: aegis.edge.v1.RevokeAPITokenRequest
+	(*RevokeAPITokenResponse)(nil),         // 43: aegis.edge.v1.RevokeAPITokenResponse
+	(*CreateTenantRequest)(nil),            // 44: aegis.edge.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),           // 45: aegis.edge.v1.CreateTenantResponse
+	(*ListTenantsRequest)(nil),             // 46: aegis.edge.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),            // 47: aegis.edge.v1.ListTenantsResponse
+	(*AuditEntry)(nil),                     // 48: aegis.edge.v1.AuditEntry
+	(*ListAuditRequest)(nil),               // 49: aegis.edge.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),              // 50: aegis.edge.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),             // 51: aegis.edge.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 52: aegis.edge.v1.VerifyAuditResponse
+	nil,                                    // 53: aegis.edge.v1.AuditEntry.DetailsEntry
+	(*Tenant)(nil),                         // 54: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 55: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 56: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 57: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 58: aegis.edge.v1.CommandResult
+	(*FleetRunSpec)(nil),                   // 59: aegis.edge.v1.FleetRunSpec
+	(*FleetPlan)(nil),                      // 60: aegis.edge.v1.FleetPlan
+	(*FleetRun)(nil),                       // 61: aegis.edge.v1.FleetRun
+	(*FleetEvent)(nil),                     // 62: aegis.edge.v1.FleetEvent
+	(*FleetHostResult)(nil),                // 63: aegis.edge.v1.FleetHostResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	53, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	54, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	55, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	54, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	55, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	56, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	54, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	54, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	54, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	54, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	55, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	55, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	55, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	55, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	53, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	54, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	54, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	54, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	54, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
-	10, // 14: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
-	10, // 15: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
-	10, // 16: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
-	10, // 17: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
-	55, // 18: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
-	21, // 19: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
-	56, // 20: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
-	57, // 21: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
-	10, // 22: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
-	58, // 23: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	59, // 24: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	58, // 25: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	60, // 26: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	59, // 27: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	61, // 28: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
-	60, // 29: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	60, // 30: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
-	60, // 31: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	59, // 32: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	62, // 33: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
-	54, // 34: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	54, // 35: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
-	36, // 36: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	36, // 37: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
-	36, // 38: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	53, // 39: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	53, // 40: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
-	54, // 41: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	52, // 42: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
-	47, // 43: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
-	1,  // 44: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 45: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 46: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 47: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 48: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	13, // 49: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	15, // 50: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	17, // 51: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
-	19, // 52: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
-	22, // 53: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
-	24, // 54: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
-	26, // 55: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
-	28, // 56: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
-	30, // 57: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
-	32, // 58: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
-	34, // 59: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
-	37, // 60: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
-	39, // 61: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
-	41, // 62: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
-	43, // 63: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
-	45, // 64: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
-	48, // 65: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
-	50, // 66: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
-	2,  // 67: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 68: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 69: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 70: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 71: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	14, // 72: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	16, // 73: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	18, // 74: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
-	20, // 75: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
-	23, // 76: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
-	25, // 77: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
-	27, // 78: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
-	29, // 79: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
-	31, // 80: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
-	33, // 81: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
-	35, // 82: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
-	38, // 83: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
-	40, // 84: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
-	42, // 85: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
-	44, // 86: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
-	46, // 87: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
-	49, // 88: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
-	51, // 89: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
-	67, // [67:90] is the sub-list for method output_type
-	44, // [44:67] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	55, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	55, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	55, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	55, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
+	10, // 15: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
+	13, // 16: aegis.edge.v1.ListHostsResponse.counts:type_name -> aegis.edge.v1.HostStatusCounts
+	10, // 17: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
+	10, // 18: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
+	10, // 19: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
+	56, // 20: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	22, // 21: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
+	57, // 22: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	58, // 23: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	10, // 24: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
+	59, // 25: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	60, // 26: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	59, // 27: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	61, // 28: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	60, // 29: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	62, // 30: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
+	61, // 31: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	61, // 32: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
+	61, // 33: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	60, // 34: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	63, // 35: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
+	55, // 36: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	55, // 37: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
+	37, // 38: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	37, // 39: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
+	37, // 40: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	54, // 41: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	54, // 42: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
+	55, // 43: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	53, // 44: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
+	48, // 45: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
+	1,  // 46: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 47: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 48: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 49: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 50: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	14, // 51: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	16, // 52: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	18, // 53: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	20, // 54: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	23, // 55: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
+	25, // 56: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
+	27, // 57: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
+	29, // 58: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
+	31, // 59: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
+	33, // 60: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
+	35, // 61: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
+	38, // 62: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
+	40, // 63: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
+	42, // 64: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
+	44, // 65: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
+	46, // 66: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
+	49, // 67: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
+	51, // 68: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
+	2,  // 69: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 70: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 71: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 72: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 73: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	15, // 74: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	17, // 75: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	19, // 76: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	21, // 77: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	24, // 78: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
+	26, // 79: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
+	28, // 80: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
+	30, // 81: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
+	32, // 82: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
+	34, // 83: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
+	36, // 84: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
+	39, // 85: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
+	41, // 86: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
+	43, // 87: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
+	45, // 88: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
+	47, // 89: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
+	50, // 90: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
+	52, // 91: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
+	69, // [69:92] is the sub-list for method output_type
+	46, // [46:69] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -3287,7 +3418,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 	}
 	file_aegis_edge_v1_cluster_proto_init()
 	file_aegis_edge_v1_fleet_proto_init()
-	file_aegis_edge_v1_admin_proto_msgTypes[19].OneofWrappers = []any{
+	file_aegis_edge_v1_admin_proto_msgTypes[20].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Output)(nil),
 		(*ExecResponse_Result)(nil),
@@ -3298,7 +3429,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   52,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
