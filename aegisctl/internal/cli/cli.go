@@ -7,7 +7,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -70,7 +69,7 @@ func RunEnv(ctx context.Context, args []string, env Env) int {
 	if len(args) == 0 {
 		args = []string{name}
 	}
-	err := root.RunContext(ctx, args)
+	err := root.RunContext(ctx, normalizeArgs(root, args))
 	if err == nil {
 		return exitOK
 	}
@@ -218,8 +217,7 @@ func outputFormatValue(o string) (string, error) {
 	}
 }
 
-// noArgs refuses stray positional arguments, which urfave/cli would otherwise
-// ignore; a flag after a positional argument lands here too.
+// noArgs refuses stray positional arguments, which urfave/cli would otherwise ignore.
 func noArgs(c *ucli.Context) error {
 	if c.Args().Present() {
 		return usagef("unexpected argument %q: run `%s --help`", c.Args().First(), c.Command.HelpName)
@@ -236,57 +234,8 @@ func oneArg(c *ucli.Context, what string) (string, error) {
 		return c.Args().First(), nil
 	default:
 		extra := c.Args().Get(1)
-		if strings.HasPrefix(extra, "-") {
-			return "", usagef("flags go before %s: %s [flags] %s", what, c.Command.HelpName, what)
-		}
 		return "", usagef("unexpected argument %q: run `%s --help`", extra, c.Command.HelpName)
 	}
-}
-
-// oneArgThenFlags is oneArg for commands whose documented form puts flags after the
-// argument (`hosts tag NODE_ID --add a,b`, `fleet runs watch ID -o json`): urfave/cli
-// stops parsing flags at the first argument, so what follows it is parsed here with
-// the command's own flags. It returns every flag's value by its first name, whichever
-// side of the argument it was given on.
-func oneArgThenFlags(c *ucli.Context, what string) (string, map[string]string, error) {
-	args := c.Args().Slice()
-	if len(args) == 0 {
-		return "", nil, usagef("missing %s: run `%s --help`", what, c.Command.HelpName)
-	}
-	fs := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	for _, f := range c.Command.Flags {
-		if err := f.Apply(fs); err != nil {
-			return "", nil, err
-		}
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			ucli.HelpPrinter(c.App.Writer, ucli.CommandHelpTemplate, c.Command)
-			return "", nil, exitStatus{code: exitOK}
-		}
-		return "", nil, usagef("%v: run `%s --help`", err, c.Command.HelpName)
-	}
-	if fs.NArg() > 0 {
-		return "", nil, usagef("unexpected argument %q: run `%s --help`", fs.Arg(0), c.Command.HelpName)
-	}
-	late := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { late[f.Name] = true })
-	if late["help"] || late["h"] {
-		ucli.HelpPrinter(c.App.Writer, ucli.CommandHelpTemplate, c.Command)
-		return "", nil, exitStatus{code: exitOK}
-	}
-	values := map[string]string{}
-	for _, f := range c.Command.Flags {
-		names := f.Names()
-		values[names[0]] = c.String(names[0])
-		for _, n := range names {
-			if late[n] {
-				values[names[0]] = fs.Lookup(n).Value.String()
-			}
-		}
-	}
-	return args[0], values, nil
 }
 
 // formatTime is the one way times are shown: RFC 3339 in UTC, second precision.

@@ -286,7 +286,9 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"bogus"}, exitUsage, `aegisctl: unknown command "bogus"`},
 		{[]string{"edge", "hosts", "list"}, exitError, "aegisctl: not logged in: run `aegisctl login --server URL --token-file F`"},
 		{[]string{"edge", "status", "--state-dir", t.TempDir()}, exitError, "aegisctl: this host is not enrolled"},
-		{[]string{"edge", "hosts", "get", "n-1", "-o", "json"}, exitUsage, "aegisctl: flags go before NODE_ID"},
+		{[]string{"edge", "hosts", "get", "n-1", "-o", "yaml"}, exitUsage, `aegisctl: -o must be text or json (got "yaml")`},
+		{[]string{"edge", "hosts", "get", "n-1", "--bogus"}, exitUsage, "aegisctl: flag provided but not defined: -bogus"},
+		{[]string{"edge", "hosts", "get", "n-1", "n-2"}, exitUsage, `aegisctl: unexpected argument "n-2"`},
 	}
 	for _, c := range cases {
 		out, errOut, code := f.run(t, "", nil, c.args...)

@@ -873,11 +873,11 @@ func (a *app) listFleetRuns(c *ucli.Context) error {
 }
 
 func (a *app) watchFleetRunCmd(c *ucli.Context) error {
-	id, flags, err := oneArgThenFlags(c, "ID")
+	id, err := oneArg(c, "ID")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}
@@ -885,11 +885,11 @@ func (a *app) watchFleetRunCmd(c *ucli.Context) error {
 }
 
 func (a *app) cancelFleetRun(c *ucli.Context) error {
-	id, flags, err := oneArgThenFlags(c, "ID")
+	id, err := oneArg(c, "ID")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}

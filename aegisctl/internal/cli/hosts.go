@@ -263,15 +263,15 @@ func (a *app) setHost(c *ucli.Context) error {
 }
 
 func (a *app) tagHost(c *ucli.Context) error {
-	id, flags, err := oneArgThenFlags(c, "NODE_ID")
+	id, err := oneArg(c, "NODE_ID")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}
-	add, remove := splitTags(flags["add"]), splitTags(flags["remove"])
+	add, remove := splitTags(c.String("add")), splitTags(c.String("remove"))
 	if len(add) == 0 && len(remove) == 0 {
 		return usagef("nothing to change: give --add a,b and/or --remove c (see `%s --help`)", c.Command.HelpName)
 	}

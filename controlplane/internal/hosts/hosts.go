@@ -20,6 +20,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/selector"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/tags"
 )
 
 // ErrInvalid wraps refusals of malformed requests.
@@ -193,12 +194,8 @@ func (s *Service) SetSecurityContext(ctx context.Context, p apitoken.Principal, 
 	return s.host(d, t, s.cfg.Now()), refreshSent, nil
 }
 
-// tagPattern is what a tag may be: selectors match tags literally, and tags
-// travel in tokens and listings, so they stay short and printable.
-var tagPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$`)
-
 // MaxTags bounds a host's tags.
-const MaxTags = 64
+const MaxTags = tags.Max
 
 // UpdateTags adds and then removes tags on nodeID (tags are what selectors select
 // on). A bad tag or too many tags is ErrInvalid and changes nothing; a host p
@@ -208,8 +205,8 @@ func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID s
 		return Host{}, fmt.Errorf("%w: role %q cannot change a host's tags", apitoken.ErrPermissionDenied, p.Role)
 	}
 	for _, t := range append(append([]string(nil), add...), remove...) {
-		if !tagPattern.MatchString(t) {
-			return Host{}, fmt.Errorf("%w: tag %q: a tag is 1-63 letters, digits, '.', '_', ':', '/' or '-', starting with a letter or digit", ErrInvalid, t)
+		if !tags.Valid(t) {
+			return Host{}, fmt.Errorf("%w: tag %q: %s", ErrInvalid, t, tags.Rule)
 		}
 	}
 	var d store.Daemon
@@ -221,24 +218,24 @@ func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID s
 		if err != nil {
 			return fmt.Errorf("host %q: %w", nodeID, err)
 		}
-		tags := slices.Clone(old.Tags)
+		next := slices.Clone(old.Tags)
 		for _, t := range add {
-			if !slices.Contains(tags, t) {
-				tags = append(tags, t)
+			if !slices.Contains(next, t) {
+				next = append(next, t)
 			}
 		}
-		tags = slices.DeleteFunc(tags, func(t string) bool { return slices.Contains(remove, t) })
-		if len(tags) > MaxTags {
-			return fmt.Errorf("%w: a host has at most %d tags; this would give it %d", ErrInvalid, MaxTags, len(tags))
+		next = slices.DeleteFunc(next, func(t string) bool { return slices.Contains(remove, t) })
+		if len(next) > MaxTags {
+			return fmt.Errorf("%w: a host has at most %d next; this would give it %d", ErrInvalid, MaxTags, len(next))
 		}
-		if err := tx.UpdateDaemonTags(ctx, nodeID, tags); err != nil {
+		if err := tx.UpdateDaemonTags(ctx, nodeID, next); err != nil {
 			return err
 		}
 		d = old
-		d.Tags = tags
+		d.Tags = next
 		_, err = tx.AppendAudit(ctx, store.AuditEntry{
 			At: s.cfg.Now().UTC(), TenantID: d.TenantID, Actor: "op:" + p.TokenID, Action: "update_tags", NodeID: nodeID, Result: "ok",
-			Details: map[string]string{"from": strings.Join(old.Tags, ","), "to": strings.Join(tags, ",")},
+			Details: map[string]string{"from": strings.Join(old.Tags, ","), "to": strings.Join(next, ",")},
 		})
 		return err
 	})
