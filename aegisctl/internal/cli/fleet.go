@@ -105,7 +105,9 @@ const fleetOnErrorHelp = "--on-error, what a failed host does to the rest:\n" +
 	"                \"not started (halted)\". When a threshold matters: \"if more than 3 hosts\n" +
 	"                fail, halt and investigate\".\n" +
 	"  fail-fast     stop-after=1. Almost never right for rotation: one transient failure would\n" +
-	"                halt the rest of the fleet.\n"
+	"                halt the rest of the fleet.\n" +
+	"The guide's names work too: ContinueOnError, StopAfter(3), FailFast; and for --mode\n" +
+	"Sequential, Rolling=5, Parallel.\n"
 
 const fleetOutputHelp = "The control plane drives the run; this command starts it and prints its events as they\n" +
 	"happen, one line per host:\n" +
@@ -224,7 +226,8 @@ func (a *app) fleetStartCommand(name string, act fleetAction) *ucli.Command {
 	}
 }
 
-// parseFleetMode reads --mode: sequential, rolling=N or parallel.
+// parseFleetMode reads --mode: sequential, rolling=N or parallel, in any case, so the
+// guide's Sequential, Rolling=5 and Parallel work as written.
 func parseFleetMode(s string) (edgev1.FleetMode, int32, error) {
 	name, arg, hasArg := strings.Cut(strings.TrimSpace(s), "=")
 	switch strings.ToLower(name) {
@@ -246,12 +249,24 @@ func parseFleetMode(s string) (edgev1.FleetMode, int32, error) {
 		}
 		return edgev1.FleetMode_FLEET_MODE_ROLLING, int32(n), nil
 	}
-	return 0, 0, fmt.Errorf("--mode %q: expected sequential, rolling=N or parallel", s)
+	return 0, 0, fmt.Errorf("--mode %q: expected sequential, rolling=N or parallel (any case: Sequential, Rolling=5, Parallel)", s)
 }
 
-// parseFleetOnError reads --on-error: continue, stop-after=N or fail-fast.
+// parseFleetOnError reads --on-error: continue, stop-after=N or fail-fast, or the
+// guide's names for them, ContinueOnError, StopAfter(N) and FailFast.
 func parseFleetOnError(s string) (edgev1.FleetFailurePolicy, int32, error) {
 	name, arg, hasArg := strings.Cut(strings.TrimSpace(s), "=")
+	if !hasArg {
+		if n, a, ok := strings.Cut(name, "("); ok && strings.HasSuffix(a, ")") && strings.EqualFold(n, "StopAfter") {
+			name, arg, hasArg = "stop-after", strings.TrimSuffix(a, ")"), true
+		}
+	}
+	switch strings.ToLower(name) {
+	case "continueonerror":
+		name = "continue"
+	case "failfast":
+		name = "fail-fast"
+	}
 	switch strings.ToLower(name) {
 	case "continue", "fail-fast":
 		if hasArg {
@@ -271,7 +286,7 @@ func parseFleetOnError(s string) (edgev1.FleetFailurePolicy, int32, error) {
 		}
 		return edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_STOP_AFTER, int32(n), nil
 	}
-	return 0, 0, fmt.Errorf("--on-error %q: expected continue, stop-after=N or fail-fast", s)
+	return 0, 0, fmt.Errorf("--on-error %q: expected continue, stop-after=N or fail-fast (or ContinueOnError, StopAfter(N), FailFast)", s)
 }
 
 // formatFleetMode and formatFleetOnError are the flags' spelling of a stored spec.
