@@ -67,7 +67,7 @@ func splitTags(s string) []string {
 type enrollmentTokenJSON struct {
 	ID        string   `json:"id"`
 	Name      string   `json:"name"`
-	TenantID  string   `json:"tenant_id"`
+	TenantID  string   `json:"tenant"`
 	Tags      []string `json:"tags"`
 	State     string   `json:"state"`
 	CreatedAt *string  `json:"created_at"`

@@ -326,6 +326,13 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
+// jsonDuration is the one form of a duration in -o json: Go's duration syntax (what
+// --deadline and --ttl take) rounded to the millisecond, without zero trailing units:
+// "1m", "1m30s", "12.4s", "250ms".
+func jsonDuration(d time.Duration) string {
+	return shortDuration(d.Round(time.Millisecond))
+}
+
 // elapsedText is the summary's "12.4s" (tenths of a second, then minutes as Go spells them).
 func elapsedText(d time.Duration) string {
 	if d < time.Minute {
@@ -502,10 +509,10 @@ func (a *app) printFleetPlan(out string, spec *edgev1.FleetRunSpec, plan *edgev1
 		return writeJSON(a.env.Stdout, j)
 	}
 	w := a.env.Stdout
-	fmt.Fprintf(w, "dry run: %s on %d hosts selected by %s; nothing was started\n", j.Action, j.TotalHosts, j.Target)
-	fmt.Fprintf(w, "mode %s, on-error %s, deadline %s, at most %d hosts at once\n", j.Mode, j.OnError, j.Deadline, j.MaxConcurrency)
+	fmt.Fprintf(w, "dry run: %s on %s selected by %s; nothing was started\n", j.Action, plural(int(j.TotalHosts), "host", "hosts"), j.Target)
+	fmt.Fprintf(w, "mode %s, on-error %s, deadline %s, at most %s at once\n", j.Mode, j.OnError, j.Deadline, plural(int(j.MaxConcurrency), "host", "hosts"))
 	for _, wave := range j.Waves {
-		fmt.Fprintf(w, "[wave %d] %d of %d nodes\n", wave.Wave, len(wave.Hosts), j.TotalHosts)
+		fmt.Fprintf(w, "[wave %d] %d of %s\n", wave.Wave, len(wave.Hosts), plural(int(j.TotalHosts), "node", "nodes"))
 		for _, h := range wave.Hosts {
 			fmt.Fprintf(w, "  %s %s\n", h.NodeID, orDash(h.Name))
 		}
@@ -647,13 +654,13 @@ func (p *fleetPrinter) event(ev *edgev1.FleetEvent) bool {
 		p.act = fleetActionOf(run.GetSpec().GetAction())
 		pj := toFleetPlanJSON(run.GetSpec(), plan)
 		j.Type, j.Plan = "run_started", &pj
-		line = append(line, fmt.Sprintf("fleet run %s: %s on %d hosts selected by %s (mode %s, on-error %s, deadline %s)",
-			orDefault(run.GetId(), ev.GetRunId()), pj.Action, pj.TotalHosts, pj.Target, pj.Mode, pj.OnError, pj.Deadline))
+		line = append(line, fmt.Sprintf("fleet run %s: %s on %s selected by %s (mode %s, on-error %s, deadline %s)",
+			orDefault(run.GetId(), ev.GetRunId()), pj.Action, plural(int(pj.TotalHosts), "host", "hosts"), pj.Target, pj.Mode, pj.OnError, pj.Deadline))
 	case *edgev1.FleetEvent_WaveStarted:
 		w := e.WaveStarted
 		hosts, total := w.GetHosts(), w.GetTotalHosts()
 		j.Type, j.Wave, j.Hosts, j.TotalHosts = "wave_started", w.GetWave(), &hosts, &total
-		line = append(line, fmt.Sprintf("[wave %d] starting %d of %d nodes", w.GetWave(), hosts, total))
+		line = append(line, fmt.Sprintf("[wave %d] starting %d of %s", w.GetWave(), hosts, plural(int(total), "node", "nodes")))
 	case *edgev1.FleetEvent_HostResult:
 		r := e.HostResult
 		reason, msg := r.GetReason(), r.GetMessage()
@@ -675,7 +682,7 @@ func (p *fleetPrinter) event(ev *edgev1.FleetEvent) bool {
 		counts, halted := toFleetCountsJSON(f.GetRun().GetCounts()), f.GetRun().GetHaltedReason()
 		j.Type, j.State, j.Counts, j.HaltedReason = "run_finished", fleetRunStateName(f.GetRun().GetState()), &counts, &halted
 		if f.GetElapsed() != nil {
-			j.Elapsed = f.GetElapsed().AsDuration().Round(time.Millisecond).String()
+			j.Elapsed = jsonDuration(f.GetElapsed().AsDuration())
 		}
 		switch {
 		case f.GetRun().GetState() == edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED:
@@ -703,10 +710,10 @@ func (p *fleetPrinter) outcome(a *app, runID string) error {
 	c := run.GetCounts()
 	switch {
 	case c.GetFailed() > 0:
-		return exitStatus{code: exitError, msg: fmt.Sprintf("%d of %d hosts failed in fleet run %s: each ✖ line says why and what to do next",
-			c.GetFailed(), c.GetTotal(), runID)}
+		return exitStatus{code: exitError, msg: fmt.Sprintf("%d of %s failed in fleet run %s: each ✖ line says why and what to do next",
+			c.GetFailed(), plural(int(c.GetTotal()), "host", "hosts"), runID)}
 	case run.GetState() == edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED:
-		return exitStatus{code: exitError, msg: fmt.Sprintf("fleet run %s was cancelled: %d hosts were not started", runID, c.GetNotStarted())}
+		return exitStatus{code: exitError, msg: fmt.Sprintf("fleet run %s was cancelled: %s not started", runID, plural(int(c.GetNotStarted()), "host was", "hosts were"))}
 	}
 	return nil
 }

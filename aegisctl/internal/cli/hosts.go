@@ -143,11 +143,11 @@ func (a *app) listHosts(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	hosts := resp.Msg.GetHosts()
-	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT",
+	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT\tTENANT",
 		func(h *edgev1.Host) []string {
 			j := toHostJSON(h)
 			return []string{j.NodeID, orDash(j.Name), j.Status, orDash(strings.Join(j.Tags, ",")),
-				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt)}
+				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt), orDash(j.Tenant)}
 		})
 }
 
