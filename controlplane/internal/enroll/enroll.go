@@ -40,6 +40,10 @@ const (
 // ErrInvalid wraps every refusal of an operator's malformed request.
 var ErrInvalid = errors.New("invalid request")
 
+// ErrAlreadyUsed: revoking a token a host has already enrolled with would change
+// nothing (the host's identity does not depend on the token any more).
+var ErrAlreadyUsed = errors.New("enrollment token already used")
+
 // Config wires a Service.
 type Config struct {
 	Store   store.Store
@@ -147,6 +151,9 @@ func (s *Service) RevokeToken(ctx context.Context, p apitoken.Principal, id stri
 		}
 		if !p.Sees(t.TenantID) {
 			return fmt.Errorf("enrollment token %q: %w", id, store.ErrNotFound)
+		}
+		if !t.UsedAt.IsZero() && t.RevokedAt.IsZero() {
+			return fmt.Errorf("%w by host %s at %s; nothing was changed", ErrAlreadyUsed, t.UsedBy, t.UsedAt.UTC().Format(time.RFC3339))
 		}
 		if err := tx.RevokeEnrollmentToken(ctx, p.Scope(), id, now); err != nil {
 			return fmt.Errorf("revoke enrollment token %q: %w", id, err)
