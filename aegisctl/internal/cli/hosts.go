@@ -17,7 +17,7 @@ func (a *app) hostsCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:        "hosts",
 		Usage:       "list and inspect enrolled hosts (control plane view)",
-		UsageText:   a.name + " edge hosts list|get|set|tag",
+		UsageText:   a.name + " edge hosts list|get|set|tag|delete",
 		Description: "Example:\n  " + a.name + " edge hosts list --target 'tags=AnyOf(prod)'",
 		Subcommands: []*ucli.Command{
 			{
@@ -76,6 +76,7 @@ func (a *app) hostsCommand() *ucli.Command {
 				},
 				Action: a.tagHost,
 			},
+			a.hostsDeleteCommand(),
 		},
 	}
 }

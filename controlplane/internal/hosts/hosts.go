@@ -248,3 +248,51 @@ func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID s
 	}
 	return s.host(d, t, s.cfg.Now()), nil
 }
+
+// ErrStillValid: the host still holds a valid identity (Connected, or active and
+// Disconnected), so deleting it from the list would hide a key that still works.
+var ErrStillValid = errors.New("host still holds a valid identity")
+
+// Delete removes a revoked (or logged-out) host from the control plane's list, with an
+// audit entry, in one transaction. A host that is not revoked is ErrStillValid and
+// nothing changes; a host p cannot see is store.ErrNotFound. The host's public key
+// stays claimed (daemon_keys), so it can never enroll again.
+func (s *Service) Delete(ctx context.Context, p apitoken.Principal, nodeID string) (Host, error) {
+	if !p.CanWrite() {
+		return Host{}, fmt.Errorf("%w: role %q cannot delete hosts", apitoken.ErrPermissionDenied, p.Role)
+	}
+	var h Host
+	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
+		d, err := tx.GetDaemon(ctx, nodeID)
+		if err == nil && !p.Sees(d.TenantID) {
+			err = store.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("host %q: %w", nodeID, err)
+		}
+		t, err := tx.GetTenant(ctx, d.TenantID)
+		if err != nil {
+			return fmt.Errorf("tenant of host: %w", err)
+		}
+		h = s.host(d, t, s.cfg.Now())
+		if h.Status != StatusRevoked {
+			state := "Disconnected but still enrolled"
+			if h.Status == StatusConnected {
+				state = "Connected"
+			}
+			return fmt.Errorf("%w: host %s is %s; revoke it first (revoke-remote, or logout on the host), then delete it", ErrStillValid, nodeID, state)
+		}
+		if err := tx.DeleteDaemon(ctx, nodeID); err != nil {
+			return err
+		}
+		_, err = tx.AppendAudit(ctx, store.AuditEntry{
+			At: s.cfg.Now().UTC(), TenantID: d.TenantID, Actor: "op:" + p.TokenID, Action: "delete_host", NodeID: nodeID, Result: "ok",
+			Details: map[string]string{"name": d.DisplayName},
+		})
+		return err
+	})
+	if err != nil {
+		return Host{}, err
+	}
+	return h, nil
+}
