@@ -36,6 +36,9 @@ type Env struct {
 	Now func() time.Time
 	// HomeDir returns the user's home directory (os.UserHomeDir when nil).
 	HomeDir func() (string, error)
+	// IsTerminal reports whether w is a terminal (colour is used only there); nil
+	// checks for a character device.
+	IsTerminal func(w io.Writer) bool
 }
 
 // Run runs the CLI with args (args[0] is the program name, used only in help and error
@@ -117,13 +120,13 @@ func (a *app) newApp() *ucli.App {
 		HelpName:             a.name,
 		Usage:                "operate Aegis Edge: enroll hosts, check their status, manage the fleet",
 		UsageText:            a.name + " [--help] COMMAND [COMMAND ...] [flags] [args]",
-		Description:          "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts, edge exec, edge keys revoke-remote, edge fleet.\nOperators, tenants and the audit trail: api-tokens, tenants, audit.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
+		Description:          "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts, edge exec, edge keys revoke-remote, edge fleet.\nOperators, tenants and the audit trail: api-tokens, tenants, audit.\n\n`" + a.name + " help COMMAND...` shows any command's help; `" + a.name + " completion bash|zsh|fish` completes them.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
 		Reader:               a.env.Stdin,
 		Writer:               a.env.Stdout,
 		ErrWriter:            a.env.Stderr,
 		HideVersion:          true,
 		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true,
 		// Errors are printed once, by RunEnv, as one line.
 		ExitErrHandler: func(*ucli.Context, error) {},
 		Commands: []*ucli.Command{
@@ -131,6 +134,7 @@ func (a *app) newApp() *ucli.App {
 			a.apiTokensCommand(),
 			a.tenantsCommand(),
 			a.auditCommand(),
+			a.completionCommand(),
 			{
 				Name:        "edge",
 				Usage:       "work with edge hosts",

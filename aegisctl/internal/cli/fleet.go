@@ -581,6 +581,8 @@ type fleetPrinter struct {
 	// last is the sequence of the last event printed: a re-attach asks for what follows.
 	last     uint64
 	finished *edgev1.FleetRunFinished
+	// colour marks host lines (text on a terminal only).
+	colour bool
 }
 
 func newFleetPrinter(w io.Writer, out string) *fleetPrinter {
@@ -699,6 +701,9 @@ func (p *fleetPrinter) event(ev *edgev1.FleetEvent) bool {
 		return true
 	}
 	for _, l := range line {
+		if p.colour {
+			l = paintHostLine(l)
+		}
 		fmt.Fprintln(p.w, l)
 	}
 	return true
@@ -726,6 +731,7 @@ func (a *app) watchFleetRun(ctx context.Context, runID, out string) error {
 		return err
 	}
 	pr := newFleetPrinter(a.env.Stdout, out)
+	pr.colour = out == "text" && a.useColour(a.env.Stdout)
 	if err := a.followFleetRun(ctx, client, p, runID, pr); err != nil {
 		return err
 	}
@@ -932,14 +938,22 @@ func (a *app) cancelFleetRun(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	run := resp.Msg.GetRun()
-	if out == "json" {
-		return writeJSON(a.env.Stdout, toFleetRunJSON(run))
-	}
+	cancelling := false
 	switch run.GetState() {
 	case edgev1.FleetRunState_FLEET_RUN_STATE_RUNNING, edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED:
+		cancelling = true
+	}
+	if out == "json" {
+		if err := writeJSON(a.env.Stdout, toFleetRunJSON(run)); err != nil {
+			return err
+		}
+	} else if cancelling {
 		fmt.Fprintf(a.env.Stdout, "cancelling fleet run %s: hosts in flight finish, the rest are reported \"not started (cancelled)\"\n", id)
 		fmt.Fprintf(a.env.Stdout, "follow it to its end with `%s edge fleet runs watch %s`\n", a.name, id)
+	}
+	if cancelling {
 		return nil
 	}
+	// The same exit status in text and JSON: a script must not read success here.
 	return fmt.Errorf("fleet run %s had already finished (%s): nothing to cancel", id, fleetRunStateName(run.GetState()))
 }
