@@ -405,7 +405,7 @@ func TestFleetDryRunDetachAndBadCommandLines(t *testing.T) {
 		{[]string{"keys", "rotate", "--target", "all", "now"}, `aegisctl: unexpected argument "now"`},
 		{[]string{"run", "--target", "all"}, "aegisctl: missing the command to run: "},
 		{[]string{"run", "--target", "all", "/bin/true", "--dry-run"}, ""}, // CMD's own args: accepted
-		{[]string{"keys", "rotate", "--target", "tags=Any(prod)"}, `aegisctl: bad --target: invalid request: target at column 6: expected AnyOf, AllOf or NoneOf after tags=, got "Any"` + "\n"},
+		{[]string{"keys", "rotate", "--target", "tags=Any(prod)"}, `aegisctl: bad --target: target at column 6: expected AnyOf, AllOf or NoneOf after tags=, got "Any"` + "\n"},
 		{[]string{"runs", "watch"}, "aegisctl: missing ID: "},
 		{[]string{"runs", "watch", "fr-1", "-o", "yaml"}, `aegisctl: -o must be text or json (got "yaml")`},
 		{[]string{"runs", "watch", "fr-1", "fr-2"}, `aegisctl: unexpected argument "fr-2"`},

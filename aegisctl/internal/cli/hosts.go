@@ -201,10 +201,12 @@ func derefDash(s *string) string {
 	return *s
 }
 
+// connectMessage is the server's message without its generic "invalid request: "
+// prefix: the caller already says which flag was wrong.
 func connectMessage(err error) string {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
-		return ce.Message()
+		return strings.TrimPrefix(ce.Message(), "invalid request: ")
 	}
 	return ""
 }

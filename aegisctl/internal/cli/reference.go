@@ -58,7 +58,7 @@ func walkMD(b *strings.Builder, parent string, c *ucli.Command) {
 func writeCommandMD(b *strings.Builder, path, usage, usageText, description string, flags []ucli.Flag) {
 	fmt.Fprintf(b, "## %s\n\n%s\n\n", path, usage)
 	if usageText != "" {
-		fmt.Fprintf(b, "```\n%s\n```\n\n", usageText)
+		fmt.Fprintf(b, "```text\n%s\n```\n\n", usageText)
 	}
 	if description != "" {
 		fmt.Fprintf(b, "```text\n%s\n```\n\n", description)
