@@ -15,8 +15,9 @@ const completionFlag = "--generate-bash-completion"
 //   - Flags may follow positional arguments on every command (`hosts get NODE -o json`,
 //     `exec NODE -o json -- CMD`), as kubectl and gh allow. urfave/cli v2 stops parsing
 //     flags at the first argument, so the leaf command's flags (with their values) are
-//     moved in front of its arguments. Everything after "--" is left exactly as given:
-//     it belongs to the remote command.
+//     moved in front of its arguments. Everything after "--", and for exec and fleet run
+//     everything from the remote command's name on, is left exactly as given: it belongs
+//     to the remote command.
 //   - `help CMD...` (at any level) is `CMD... --help`.
 //
 // Unknown flags are moved too, so urfave/cli names them ("flag provided but not
@@ -32,6 +33,7 @@ func normalizeArgs(root *ucli.App, args []string) []string {
 	rest := args[1:]
 	cmds := root.Commands
 	var leaf *ucli.Command
+	path := ""
 	// Walk the command path: names of subcommands, and flags given to groups on the way.
 	for len(rest) > 0 {
 		tok := rest[0]
@@ -52,6 +54,7 @@ func normalizeArgs(root *ucli.App, args []string) []string {
 		out = append(out, tok)
 		rest = rest[1:]
 		leaf = c
+		path = strings.TrimSpace(path + " " + c.Name)
 		cmds = c.Subcommands
 		if len(cmds) == 0 {
 			break
@@ -60,6 +63,7 @@ func normalizeArgs(root *ucli.App, args []string) []string {
 	if leaf == nil || len(leaf.Subcommands) > 0 {
 		return append(out, rest...)
 	}
+	own, runsCommand := remoteCommandAfter[path]
 	var flags, positional, tail []string
 	for i := 0; i < len(rest); i++ {
 		tok := rest[i]
@@ -68,6 +72,11 @@ func normalizeArgs(root *ucli.App, args []string) []string {
 			break
 		}
 		if len(tok) < 2 || tok[0] != '-' {
+			if runsCommand && len(positional) == own {
+				// The remote command's name: it and everything after it are its own.
+				tail = rest[i:]
+				break
+			}
 			positional = append(positional, tok)
 			continue
 		}
@@ -80,6 +89,14 @@ func normalizeArgs(root *ucli.App, args []string) []string {
 	out = append(out, flags...)
 	out = append(out, positional...)
 	return append(out, tail...)
+}
+
+// remoteCommandAfter names the commands that end with a command to run elsewhere, and
+// how many of their own arguments come first (`edge exec NODE CMD ARGS...`): from the
+// command's name on, nothing is ours, "--" or not.
+var remoteCommandAfter = map[string]int{
+	"edge exec":      1,
+	"edge fleet run": 0,
 }
 
 func findCommand(cmds []*ucli.Command, name string) *ucli.Command {

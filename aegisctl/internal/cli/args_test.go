@@ -18,6 +18,8 @@ func TestFlagsAfterArguments(t *testing.T) {
 		{"edge hosts tag n-1 --add a,b -o json", "edge hosts tag --add a,b -o json n-1"},
 		{"edge exec n-1 -o json -- /bin/ls -o json", "edge exec -o json n-1 -- /bin/ls -o json"},
 		{"edge exec --deadline 5s n-1 /bin/ls", "edge exec --deadline 5s n-1 /bin/ls"},
+		{"edge exec n-1 -o json /bin/ls -l --all", "edge exec -o json n-1 /bin/ls -l --all"},
+		{"edge fleet run --target all /usr/bin/uptime -p", "edge fleet run --target all /usr/bin/uptime -p"},
 		{"edge fleet run --target all -- /bin/echo --mode x", "edge fleet run --target all -- /bin/echo --mode x"},
 		{"edge fleet runs watch fr-1 -o json", "edge fleet runs watch -o json fr-1"},
 		{"edge enrollment-tokens revoke et-1 --bogus", "edge enrollment-tokens revoke --bogus et-1"},
