@@ -101,9 +101,9 @@ type execEvent struct {
 	ExitCode        *int32  `json:"exit_code,omitempty"`
 	OK              *bool   `json:"ok,omitempty"`
 	ErrorKind       *string `json:"error_kind,omitempty"`
-	ErrorMessage    string  `json:"error_message,omitempty"`
+	ErrorMessage    *string `json:"error_message,omitempty"`
 	OutputTruncated *bool   `json:"output_truncated,omitempty"`
-	Duration        string  `json:"duration,omitempty"`
+	Duration        *string `json:"duration,omitempty"`
 }
 
 func (a *app) exec(c *ucli.Context) error {
@@ -271,10 +271,9 @@ func errorKindName(k edgev1.ToolErrorKind) string {
 
 func resultEvent(r *edgev1.CommandResult) execEvent {
 	code, ok, kind, trunc := r.GetExitCode(), r.GetOk(), errorKindName(r.GetErrorKind()), r.GetOutputTruncated()
+	msg, dur := r.GetErrorMessage(), jsonDuration(r.GetDuration().AsDuration())
+	// A result event has every result field, empty or not: "" for no error.
 	ev := execEvent{Event: "result", CommandID: r.GetCommandId(), ExitCode: &code, OK: &ok, ErrorKind: &kind,
-		ErrorMessage: r.GetErrorMessage(), OutputTruncated: &trunc}
-	if d := r.GetDuration(); d != nil {
-		ev.Duration = jsonDuration(d.AsDuration())
-	}
+		ErrorMessage: &msg, OutputTruncated: &trunc, Duration: &dur}
 	return ev
 }
