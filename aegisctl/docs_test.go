@@ -37,6 +37,11 @@ import (
 //   - The only other rewrites: the default address 127.0.0.1:7443 becomes a free port (tests
 //     share the machine; AEGIS_LISTEN carries it to `controlplane serve`), and
 //     `make build && ` is dropped (the binaries are already built and on PATH).
+//   - A text block right after an sh block (only blank lines between) is that block's
+//     output as the product prints it: each of its lines must be a line of what the
+//     block printed, with ids, fingerprints, times and durations masked, spaces
+//     collapsed and the test's home shown as /home/you (order may differ: the hosts of
+//     one wave finish in any order).
 //   - `<!-- doc-test: skip: REASON -->` on the line before a block skips it; the reason
 //     is required and printed.
 //
@@ -72,6 +77,9 @@ func TestDocShellBlocks(t *testing.T) {
 type docBlock struct {
 	line int
 	text string
+	// output is the text block right after it, if any: what the product prints.
+	output     string
+	outputLine int
 }
 
 type parsedDoc struct {
@@ -96,6 +104,10 @@ func parseDoc(path string) (parsedDoc, error) {
 		body       []string
 		prev, skip string
 		n          int
+		// lastSh is the closing line of the last sh block; prevEnd the last line that
+		// was not blank, so a text block "directly after" allows only blank lines.
+		lastSh, prevEnd int
+		follows         bool
 	)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -106,6 +118,7 @@ func parseDoc(path string) (parsedDoc, error) {
 		}
 		if strings.HasPrefix(line, "```") {
 			if !in {
+				follows = lastSh > 0 && prevEnd == lastSh
 				in, tag, start, body = true, strings.TrimSpace(strings.TrimPrefix(line, "```")), n, nil
 				skip = ""
 				if m := regexp.MustCompile(`^<!-- doc-test: skip(?::\s*(.*?))?\s*-->$`).FindStringSubmatch(strings.TrimSpace(prev)); m != nil {
@@ -123,20 +136,31 @@ func parseDoc(path string) (parsedDoc, error) {
 				}
 			} else {
 				in = false
-				if runnableTags[tag] {
-					if skip != "" {
-						fmt.Printf("docs: %s:%d skipped: %s\n", filepath.Base(path), start, skip)
-					} else {
-						doc.blocks = append(doc.blocks, docBlock{line: start, text: strings.Join(body, "\n")})
-					}
+				switch {
+				case runnableTags[tag] && skip != "":
+					fmt.Printf("docs: %s:%d skipped: %s\n", filepath.Base(path), start, skip)
+					lastSh = -1
+				case runnableTags[tag]:
+					doc.blocks = append(doc.blocks, docBlock{line: start, text: strings.Join(body, "\n")})
+					lastSh = n
+				case tag == "text" && follows:
+					b := &doc.blocks[len(doc.blocks)-1]
+					b.output, b.outputLine = strings.Join(body, "\n"), start
+					lastSh = -1
+				default:
+					lastSh = -1
 				}
 			}
 			prev = line
+			prevEnd = n
 			continue
 		}
 		if in {
 			body = append(body, line)
 			continue
+		}
+		if strings.TrimSpace(line) != "" {
+			prevEnd = n
 		}
 		if indentedCommand.MatchString(line) {
 			return doc, fmt.Errorf("line %d: an indented command escapes this test: put it in a fenced sh block", n)
@@ -214,7 +238,7 @@ func runDoc(t *testing.T, rel string, doc parsedDoc, readme bool) {
 		t.Fatal(err)
 	}
 	var script strings.Builder
-	script.WriteString("set -euo pipefail\n")
+	script.WriteString("set -euo pipefail\nexec 3>&1\n")
 	if !readme && !doc.fresh {
 		script.WriteString("echo prelude >\"$WORK/.block\"\n" + prelude)
 	}
@@ -222,7 +246,10 @@ func runDoc(t *testing.T, rel string, doc parsedDoc, readme bool) {
 		text := strings.ReplaceAll(b.text, "127.0.0.1:7443", "127.0.0.1:"+strconv.Itoa(port))
 		text = strings.ReplaceAll(text, "make build && ", "")
 		text = mustFail.ReplaceAllString(text, "if $1; then echo 'doc-test: this command was expected to fail' >&2; exit 1; fi")
-		fmt.Fprintf(&script, "echo %d >\"$WORK/.block\"\necho '$ # %s:%d'\nset -x\n%s\nset +x\n", b.line, rel, b.line, text)
+		// Each block's output goes to its own file (then to the log), to compare with the
+		// output the doc shows; fd 3 is the log.
+		fmt.Fprintf(&script, "echo %d >\"$WORK/.block\"\necho '$ # %s:%d'\nexec >\"$WORK/block-%d.out\" 2>&1\n%s\nexec >&3 2>&3\ncat \"$WORK/block-%d.out\"\n",
+			b.line, rel, b.line, b.line, text, b.line)
 	}
 	script.WriteString("echo done >\"$WORK/.block\"\n")
 	scriptPath := filepath.Join(work, "doc.sh")
@@ -273,7 +300,56 @@ func runDoc(t *testing.T, rel string, doc parsedDoc, readme bool) {
 	if t.Failed() {
 		return
 	}
-	t.Logf("%d shell blocks of %s ran", len(doc.blocks), rel)
+	// The outputs shown are what the product prints: every line of a text block right
+	// after an sh block is a line of that block's output, once the values that differ
+	// from run to run (ids, fingerprints, times, durations, the reader's home) are
+	// masked and spaces collapsed. Lines may come in another order (hosts of a wave).
+	checked := 0
+	for _, b := range doc.blocks {
+		if b.output == "" {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join(work, fmt.Sprintf("block-%d.out", b.line)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, l := range strings.Split(strings.ReplaceAll(string(raw), home, "/home/you"), "\n") {
+			got[maskVolatile(l)] = true
+		}
+		for i, l := range strings.Split(b.output, "\n") {
+			if strings.TrimSpace(l) == "" {
+				continue
+			}
+			if !got[maskVolatile(l)] {
+				t.Errorf("%s:%d: the product no longer prints this line (the block at line %d printed:\n%s)\n  %s",
+					rel, b.outputLine+1+i, b.line, tail(string(raw), 30), l)
+			}
+		}
+		checked++
+	}
+	t.Logf("%d shell blocks of %s ran; %d shown outputs match", len(doc.blocks), rel, checked)
+}
+
+var volatile = []struct {
+	re   *regexp.Regexp
+	mask string
+}{
+	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`), "TIME"},
+	{regexp.MustCompile(`SHA256:[A-Za-z0-9+/]{43}`), "FINGERPRINT"},
+	{regexp.MustCompile(`\bn-[0-9a-f]{12}\b`), "NODE"},
+	{regexp.MustCompile(`\bfr-[0-9a-f]{16}\b`), "RUN"},
+	{regexp.MustCompile(`\bt-[0-9a-f]{8}\b`), "TENANT"},
+	{regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`), "UUID"},
+	{regexp.MustCompile(`\b\d+(\.\d+)?(ms|s)\b`), "DURATION"},
+	{regexp.MustCompile(`\s+`), " "},
+}
+
+func maskVolatile(l string) string {
+	for _, v := range volatile {
+		l = v.re.ReplaceAllString(l, v.mask)
+	}
+	return strings.TrimSpace(l)
 }
 
 func orTimeout(err error, ctx context.Context) error {
