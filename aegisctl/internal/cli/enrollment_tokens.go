@@ -24,7 +24,9 @@ func (a *app) enrollmentTokensCommand() *ucli.Command {
 				Usage:     "make a single-use enrollment token (printed alone on stdout)",
 				UsageText: a.name + " edge enrollment-tokens create [--tags a,b] [--ttl 15m] [--name N] [-o json]",
 				Description: "The token carries the control plane's CA fingerprint and URL, so a host needs\n" +
-					"nothing else to enroll. It is shown once; the control plane keeps only its hash.\n\n" +
+					"nothing else to enroll. It is shown once; the control plane keeps only its hash.\n" +
+					"Tags follow the one rule `" + a.name + " edge hosts tag` uses: 1-63 letters, digits, '.', '_', ':',\n" +
+					"'/' or '-', starting with a letter or digit (env:prod, team/web).\n\n" +
 					"Example:\n  T=$(" + a.name + " edge enrollment-tokens create --tags prod --ttl 30m)",
 				Flags: []ucli.Flag{
 					&ucli.StringFlag{Name: "tags", Usage: "comma-separated tags given to the host that enrolls with it"},
