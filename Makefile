@@ -1,5 +1,5 @@
 # The two commands the README promises: `make demo` and `make test`.
-.PHONY: demo test build generate lint
+.PHONY: demo test build generate lint docs
 
 BIN := $(CURDIR)/bin
 
@@ -22,3 +22,10 @@ generate:
 
 lint:
 	go tool buf lint
+
+# docs/cli-reference.md and docs/man/*.1 are rendered from the CLIs' own definitions;
+# go test fails when they are out of date.
+docs:
+	cd aegisctl && go test ./internal/cli -run TestReferenceDocs -update
+	cd edged && go test ./cmd/edged -run TestManPage -update
+	cd controlplane && go test ./cmd/controlplane -run TestManPage -update

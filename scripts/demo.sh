@@ -28,8 +28,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 connected() { local out; out=$(aegis edge status --state-dir "$1" 2>/dev/null || true); grep -q '^status: Connected' <<<"$out"; }
 fail() { echo "demo: $*" >&2; for f in "$demo"/*.log; do echo "--- $f"; tail -20 "$f"; done >&2; exit 1; }
 
-say "building controlplane, edged and aegisctl (aegis) into ./bin"
-make -s build
+say "building controlplane, edged and aegisctl (aegis) into ./bin (a first build takes a few minutes)"
+# Not -s: each go build line shows which binary is being built.
+make --no-print-directory build
 export PATH="$PWD/bin:$PATH"
 export AEGIS_CONFIG="$demo/aegis.yaml"
 
@@ -39,6 +40,12 @@ else
   listen="${AEGIS_DEMO_LISTEN:-127.0.0.1:7443}"
 fi
 
+port=${listen##*:}
+if (exec 3<>"/dev/tcp/${listen%:*}/$port") 2>/dev/null; then
+  echo "demo: $listen is already in use (another demo still running?): stop it, or pick another address with AEGIS_DEMO_LISTEN=127.0.0.1:7444 make demo" >&2
+  exit 1
+fi
+
 say "starting the control plane on https://$listen (data in $demo/cp)"
 controlplane serve --listen "$listen" --data-dir "$demo/cp" >"$demo/controlplane.log" 2>&1 &
 pids+=($!)
@@ -46,7 +53,7 @@ pids+=($!)
 for _ in $(seq 1 100); do
   [ -s "$demo/cp/admin.token" ] && aegis login --server "https://$listen" \
     --token-file "$demo/cp/admin.token" --ca-file "$demo/cp/ca.crt" >"$demo/login.out" 2>&1 && break
-  kill -0 "${pids[0]}" 2>/dev/null || fail "the control plane exited"
+  kill -0 "${pids[0]}" 2>/dev/null || fail "the control plane exited (if $listen is busy, set AEGIS_DEMO_LISTEN=127.0.0.1:PORT)"
   sleep 0.2
 done
 grep -q "logged in" "$demo/login.out" || fail "could not log in: $(cat "$demo/login.out")"
@@ -119,4 +126,9 @@ if $once; then
 fi
 
 say "running: logs in $demo/*.log; try AEGIS_CONFIG=$demo/aegis.yaml bin/aegis edge hosts list. Ctrl-C stops everything."
-wait
+# Wait in a foreground job of its own process group: on a terminal it then holds the
+# terminal, so Ctrl-C reaches only it, this script stops everything and exits 0, and
+# make (which would report a SIGINT as a failure) never sees the signal.
+[ -t 0 ] && set -m
+sleep infinity || true
+exit 0

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -88,8 +89,10 @@ func Enroll(ctx context.Context, opts Options) (_ Result, retErr error) {
 	}
 	tok, err := enrolltoken.Parse(opts.Token)
 	if err != nil {
-		// Parse errors never echo the secret.
-		return Result{}, fmt.Errorf("%w: %v; copy the whole token printed by `aegis edge enrollment-tokens create`", ErrBadToken, err)
+		// Parse errors never echo the secret. ErrBadToken already says "malformed": keep
+		// only what is wrong with it.
+		why := strings.TrimPrefix(err.Error(), enrolltoken.ErrMalformed.Error()+": ")
+		return Result{}, fmt.Errorf("%w: %s; copy the whole token printed by `aegis edge enrollment-tokens create`", ErrBadToken, why)
 	}
 	server := opts.ServerURL
 	if server == "" {

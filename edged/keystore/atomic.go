@@ -7,127 +7,22 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/aegis-edge/aegis/api/atomicfile"
 )
 
-// tempPrefix starts every temporary file, so a crash's leftovers are recognisable
-// (and never mistaken for node.key).
-const tempPrefix = ".tmp-"
+// tempPrefix starts every temporary file (atomicfile's), so a crash's leftovers are
+// recognisable (and never mistaken for node.key).
+const tempPrefix = atomicfile.TempPrefix
 
-// WriteFile replaces name atomically with data, mode 0600: a temp file in the same
-// directory, fsync, rename over the target, fsync the directory. A reader (or a crash)
+// WriteFile replaces name atomically with data, mode 0600 (atomicfile.Write: temp file
+// in the same directory, fsync, rename, fsync the directory). A reader (or a crash)
 // sees the old content or the new, never a torn file. Callers hold Lock.
 func (d *Dir) WriteFile(name string, data []byte) error {
-	if err := d.writeFile(name, data, true); err != nil {
-		return err
-	}
-	return syncDir(d.path)
-}
-
-// writeFile writes data to a temp file (fsynced when syncData) and renames it over
-// name; the directory is not fsynced.
-func (d *Dir) writeFile(name string, data []byte, syncData bool) (err error) {
 	if strings.ContainsRune(name, filepath.Separator) {
 		return fmt.Errorf("keystore: %q is not a plain file name", name)
 	}
-	target := d.File(name)
-	f, err := os.CreateTemp(d.path, tempPrefix+name+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	// CreateTemp already uses 0600; Chmod makes it independent of that detail.
-	if err = f.Chmod(FileMode); err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
-	}
-	if syncData {
-		if err = f.Sync(); err != nil {
-			return fmt.Errorf("write %s: fsync: %w", target, err)
-		}
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
-	}
-	if err = os.Rename(tmp, target); err != nil {
-		return fmt.Errorf("write %s: %w", target, err)
-	}
-	return nil
-}
-
-// Batch groups changes to a directory so that they share one fsync of it: each
-// change is atomic on its own (a file is replaced whole, by rename), and Sync makes
-// all of them durable at once. Until Sync returns, a crash may keep any subset of
-// them, in any order: use a Batch only for changes whose every such subset is a
-// state the reader (reconcile, for a rotation) recovers from. Callers hold Lock.
-type Batch struct {
-	d     *Dir
-	dirty bool
-}
-
-// Batch starts a batch of changes to d.
-func (d *Dir) Batch() *Batch { return &Batch{d: d} }
-
-// WriteFile replaces name with data (0600), the data fsynced before the rename, so
-// the file is never seen torn.
-func (b *Batch) WriteFile(name string, data []byte) error {
-	b.dirty = true
-	return b.d.writeFile(name, data, true)
-}
-
-// WriteKey is WriteFile for a key, as PKCS#8 PEM.
-func (b *Batch) WriteKey(name string, key ed25519.PrivateKey) error {
-	raw, err := EncodeKey(key)
-	if err != nil {
-		return err
-	}
-	return b.WriteFile(name, raw)
-}
-
-// WriteFileUnsynced replaces name with data without fsyncing the data: for files
-// whose loss or truncation by a crash is harmless (the reader falls back).
-func (b *Batch) WriteFileUnsynced(name string, data []byte) error {
-	b.dirty = true
-	return b.d.writeFile(name, data, false)
-}
-
-// Rename replaces to with from.
-func (b *Batch) Rename(from, to string) error {
-	for _, n := range []string{from, to} {
-		if strings.ContainsRune(n, filepath.Separator) {
-			return fmt.Errorf("keystore: %q is not a plain file name", n)
-		}
-	}
-	b.dirty = true
-	if err := os.Rename(b.d.File(from), b.d.File(to)); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", from, to, err)
-	}
-	return nil
-}
-
-// Remove deletes name (missing is fine).
-func (b *Batch) Remove(name string) error {
-	if err := os.Remove(b.d.File(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	b.dirty = true
-	return nil
-}
-
-// Sync makes every change of the batch durable with one fsync of the directory.
-func (b *Batch) Sync() error {
-	if !b.dirty {
-		return nil
-	}
-	b.dirty = false
-	return syncDir(b.d.path)
+	return atomicfile.Write(d.File(name), data, FileMode)
 }
 
 // Remove deletes name (missing is fine) and fsyncs the directory.
@@ -218,14 +113,75 @@ func (d *Dir) Sub(name string) (*Dir, error) {
 	return Open(p), nil
 }
 
-func syncDir(path string) error {
-	dir, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("open dir for fsync: %w", err)
+func syncDir(path string) error { return atomicfile.SyncDir(path) }
+
+// Batch groups changes to a directory so that they share one fsync of it: each
+// change is atomic on its own (a file is replaced whole, by rename), and Sync makes
+// all of them durable at once. Until Sync returns, a crash may keep a prefix of them
+// (a journaling file system applies one directory's metadata changes in order): use
+// a Batch only for changes whose every prefix is a state the reader (reconcile, for
+// a rotation) recovers from. Callers hold Lock.
+type Batch struct {
+	d     *Dir
+	dirty bool
+}
+
+// Batch starts a batch of changes to d.
+func (d *Dir) Batch() *Batch { return &Batch{d: d} }
+
+func (b *Batch) stage(name string, data []byte, syncData bool) error {
+	if strings.ContainsRune(name, filepath.Separator) {
+		return fmt.Errorf("keystore: %q is not a plain file name", name)
 	}
-	defer dir.Close()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", path, err)
+	b.dirty = true
+	return atomicfile.Stage(b.d.File(name), data, FileMode, syncData)
+}
+
+// WriteFile replaces name with data (0600), the data fsynced before the rename, so
+// the file is never seen torn.
+func (b *Batch) WriteFile(name string, data []byte) error { return b.stage(name, data, true) }
+
+// WriteKey is WriteFile for a key, as PKCS#8 PEM.
+func (b *Batch) WriteKey(name string, key ed25519.PrivateKey) error {
+	raw, err := EncodeKey(key)
+	if err != nil {
+		return err
+	}
+	return b.WriteFile(name, raw)
+}
+
+// WriteFileUnsynced replaces name with data without fsyncing the data: for files
+// whose loss or truncation by a crash is harmless (the reader falls back).
+func (b *Batch) WriteFileUnsynced(name string, data []byte) error { return b.stage(name, data, false) }
+
+// Rename replaces to with from.
+func (b *Batch) Rename(from, to string) error {
+	for _, n := range []string{from, to} {
+		if strings.ContainsRune(n, filepath.Separator) {
+			return fmt.Errorf("keystore: %q is not a plain file name", n)
+		}
+	}
+	b.dirty = true
+	if err := os.Rename(b.d.File(from), b.d.File(to)); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", from, to, err)
 	}
 	return nil
+}
+
+// Remove deletes name (missing is fine).
+func (b *Batch) Remove(name string) error {
+	if err := os.Remove(b.d.File(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	b.dirty = true
+	return nil
+}
+
+// Sync makes every change of the batch durable with one fsync of the directory.
+func (b *Batch) Sync() error {
+	if !b.dirty {
+		return nil
+	}
+	b.dirty = false
+	return syncDir(b.d.path)
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aegis-edge/aegis/api/atomicfile"
 	"github.com/aegis-edge/aegis/edged/keystore"
 )
 
@@ -260,11 +261,4 @@ func (h *Host) Archive() ([]ArchivedKey, error) {
 	return out, nil
 }
 
-func syncDir(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
+func syncDir(path string) error { return atomicfile.SyncDir(path) }

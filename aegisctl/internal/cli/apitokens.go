@@ -57,7 +57,7 @@ func (a *app) apiTokensCommand() *ucli.Command {
 type apiTokenJSON struct {
 	ID        string  `json:"id"`
 	Name      string  `json:"name"`
-	TenantID  string  `json:"tenant_id"`
+	TenantID  string  `json:"tenant"`
 	Role      string  `json:"role"`
 	CreatedAt *string `json:"created_at"`
 	RevokedAt *string `json:"revoked_at"`

@@ -51,7 +51,7 @@ func (a *app) auditCommand() *ucli.Command {
 type auditEntryJSON struct {
 	ID       int64             `json:"id"`
 	At       *string           `json:"at"`
-	TenantID string            `json:"tenant_id"`
+	TenantID string            `json:"tenant"`
 	Actor    string            `json:"actor"`
 	Action   string            `json:"action"`
 	NodeID   string            `json:"node_id"`
@@ -159,9 +159,9 @@ func (a *app) verifyAudit(c *ucli.Context) error {
 		return nil
 	}
 	if !m.GetOk() {
-		return fmt.Errorf("audit chain broken at entry %d: %s (%d entries before it verified); see `%s audit list --after %d --limit 2`",
-			m.GetFirstBadId(), m.GetProblem(), m.GetEntriesChecked(), a.name, max(m.GetFirstBadId()-2, 0))
+		return fmt.Errorf("audit chain broken at entry %d: %s (%s before it verified); see `%s audit list --after %d --limit 2`",
+			m.GetFirstBadId(), m.GetProblem(), plural(int(m.GetEntriesChecked()), "entry", "entries"), a.name, max(m.GetFirstBadId()-2, 0))
 	}
-	fmt.Fprintf(a.env.Stdout, "audit chain intact: %d entries\n", m.GetEntriesChecked())
+	fmt.Fprintf(a.env.Stdout, "audit chain intact: %s\n", plural(int(m.GetEntriesChecked()), "entry", "entries"))
 	return nil
 }

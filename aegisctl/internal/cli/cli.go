@@ -7,7 +7,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -37,6 +36,9 @@ type Env struct {
 	Now func() time.Time
 	// HomeDir returns the user's home directory (os.UserHomeDir when nil).
 	HomeDir func() (string, error)
+	// IsTerminal reports whether w is a terminal (colour is used only there); nil
+	// checks for a character device.
+	IsTerminal func(w io.Writer) bool
 }
 
 // Run runs the CLI with args (args[0] is the program name, used only in help and error
@@ -70,7 +72,7 @@ func RunEnv(ctx context.Context, args []string, env Env) int {
 	if len(args) == 0 {
 		args = []string{name}
 	}
-	err := root.RunContext(ctx, args)
+	err := root.RunContext(ctx, normalizeArgs(root, args))
 	if err == nil {
 		return exitOK
 	}
@@ -118,13 +120,13 @@ func (a *app) newApp() *ucli.App {
 		HelpName:             a.name,
 		Usage:                "operate Aegis Edge: enroll hosts, check their status, manage the fleet",
 		UsageText:            a.name + " [--help] COMMAND [COMMAND ...] [flags] [args]",
-		Description:          "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts, edge exec, edge keys revoke-remote, edge fleet.\nOperators, tenants and the audit trail: api-tokens, tenants, audit.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
+		Description:          "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts, edge exec, edge keys revoke-remote, edge fleet.\nOperators, tenants and the audit trail: api-tokens, tenants, audit.\n\n`" + a.name + " help COMMAND...` shows any command's help; `" + a.name + " completion bash|zsh|fish` completes them.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
 		Reader:               a.env.Stdin,
 		Writer:               a.env.Stdout,
 		ErrWriter:            a.env.Stderr,
 		HideVersion:          true,
 		HideHelpCommand:      true,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true,
 		// Errors are printed once, by RunEnv, as one line.
 		ExitErrHandler: func(*ucli.Context, error) {},
 		Commands: []*ucli.Command{
@@ -132,6 +134,7 @@ func (a *app) newApp() *ucli.App {
 			a.apiTokensCommand(),
 			a.tenantsCommand(),
 			a.auditCommand(),
+			a.completionCommand(),
 			{
 				Name:        "edge",
 				Usage:       "work with edge hosts",
@@ -218,8 +221,7 @@ func outputFormatValue(o string) (string, error) {
 	}
 }
 
-// noArgs refuses stray positional arguments, which urfave/cli would otherwise
-// ignore; a flag after a positional argument lands here too.
+// noArgs refuses stray positional arguments, which urfave/cli would otherwise ignore.
 func noArgs(c *ucli.Context) error {
 	if c.Args().Present() {
 		return usagef("unexpected argument %q: run `%s --help`", c.Args().First(), c.Command.HelpName)
@@ -236,57 +238,8 @@ func oneArg(c *ucli.Context, what string) (string, error) {
 		return c.Args().First(), nil
 	default:
 		extra := c.Args().Get(1)
-		if strings.HasPrefix(extra, "-") {
-			return "", usagef("flags go before %s: %s [flags] %s", what, c.Command.HelpName, what)
-		}
 		return "", usagef("unexpected argument %q: run `%s --help`", extra, c.Command.HelpName)
 	}
-}
-
-// oneArgThenFlags is oneArg for commands whose documented form puts flags after the
-// argument (`hosts tag NODE_ID --add a,b`, `fleet runs watch ID -o json`): urfave/cli
-// stops parsing flags at the first argument, so what follows it is parsed here with
-// the command's own flags. It returns every flag's value by its first name, whichever
-// side of the argument it was given on.
-func oneArgThenFlags(c *ucli.Context, what string) (string, map[string]string, error) {
-	args := c.Args().Slice()
-	if len(args) == 0 {
-		return "", nil, usagef("missing %s: run `%s --help`", what, c.Command.HelpName)
-	}
-	fs := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	for _, f := range c.Command.Flags {
-		if err := f.Apply(fs); err != nil {
-			return "", nil, err
-		}
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			ucli.HelpPrinter(c.App.Writer, ucli.CommandHelpTemplate, c.Command)
-			return "", nil, exitStatus{code: exitOK}
-		}
-		return "", nil, usagef("%v: run `%s --help`", err, c.Command.HelpName)
-	}
-	if fs.NArg() > 0 {
-		return "", nil, usagef("unexpected argument %q: run `%s --help`", fs.Arg(0), c.Command.HelpName)
-	}
-	late := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { late[f.Name] = true })
-	if late["help"] || late["h"] {
-		ucli.HelpPrinter(c.App.Writer, ucli.CommandHelpTemplate, c.Command)
-		return "", nil, exitStatus{code: exitOK}
-	}
-	values := map[string]string{}
-	for _, f := range c.Command.Flags {
-		names := f.Names()
-		values[names[0]] = c.String(names[0])
-		for _, n := range names {
-			if late[n] {
-				values[names[0]] = fs.Lookup(n).Value.String()
-			}
-		}
-	}
-	return args[0], values, nil
 }
 
 // formatTime is the one way times are shown: RFC 3339 in UTC, second precision.

@@ -235,8 +235,8 @@ func TestLoginSavesProfileOnlyWhenAccepted(t *testing.T) {
 		t.Fatal(code)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NODE_ID") ||
-		!strings.Contains(lines[1], "prod,web") || !strings.Contains(lines[2], "Revoked") {
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NODE_ID") || !strings.HasSuffix(lines[0], "TENANT") ||
+		!strings.Contains(lines[1], "prod,web") || !strings.Contains(lines[2], "Revoked") || !strings.HasSuffix(lines[2], "t-0a1b2c3d") {
 		t.Fatalf("table:\n%s", out)
 	}
 
@@ -286,7 +286,9 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"bogus"}, exitUsage, `aegisctl: unknown command "bogus"`},
 		{[]string{"edge", "hosts", "list"}, exitError, "aegisctl: not logged in: run `aegisctl login --server URL --token-file F`"},
 		{[]string{"edge", "status", "--state-dir", t.TempDir()}, exitError, "aegisctl: this host is not enrolled"},
-		{[]string{"edge", "hosts", "get", "n-1", "-o", "json"}, exitUsage, "aegisctl: flags go before NODE_ID"},
+		{[]string{"edge", "hosts", "get", "n-1", "-o", "yaml"}, exitUsage, `aegisctl: -o must be text or json (got "yaml")`},
+		{[]string{"edge", "hosts", "get", "n-1", "--bogus"}, exitUsage, "aegisctl: flag provided but not defined: -bogus"},
+		{[]string{"edge", "hosts", "get", "n-1", "n-2"}, exitUsage, `aegisctl: unexpected argument "n-2"`},
 	}
 	for _, c := range cases {
 		out, errOut, code := f.run(t, "", nil, c.args...)

@@ -24,7 +24,9 @@ func (a *app) enrollmentTokensCommand() *ucli.Command {
 				Usage:     "make a single-use enrollment token (printed alone on stdout)",
 				UsageText: a.name + " edge enrollment-tokens create [--tags a,b] [--ttl 15m] [--name N] [-o json]",
 				Description: "The token carries the control plane's CA fingerprint and URL, so a host needs\n" +
-					"nothing else to enroll. It is shown once; the control plane keeps only its hash.\n\n" +
+					"nothing else to enroll. It is shown once; the control plane keeps only its hash.\n" +
+					"Tags follow the one rule `" + a.name + " edge hosts tag` uses: 1-63 letters, digits, '.', '_', ':',\n" +
+					"'/' or '-', starting with a letter or digit (env:prod, team/web).\n\n" +
 					"Example:\n  T=$(" + a.name + " edge enrollment-tokens create --tags prod --ttl 30m)",
 				Flags: []ucli.Flag{
 					&ucli.StringFlag{Name: "tags", Usage: "comma-separated tags given to the host that enrolls with it"},
@@ -43,11 +45,14 @@ func (a *app) enrollmentTokensCommand() *ucli.Command {
 				Action:      a.listEnrollmentTokens,
 			},
 			{
-				Name:        "revoke",
-				Usage:       "revoke an unused enrollment token",
-				UsageText:   a.name + " edge enrollment-tokens revoke ID",
-				Description: "Example:\n  " + a.name + " edge enrollment-tokens revoke 3f9c1a7b2d4e6f80",
-				Action:      a.revokeEnrollmentToken,
+				Name:      "revoke",
+				Usage:     "revoke an unused enrollment token",
+				UsageText: a.name + " edge enrollment-tokens revoke ID",
+				Description: "An unused token can no longer enroll a host. A used one is refused (exit 1, nothing\n" +
+					"changes): the host it enrolled does not depend on it; revoke that host with\n" +
+					"`" + a.name + " edge keys revoke-remote NODE_ID` instead. Revoking a revoked token is harmless.\n\n" +
+					"Example:\n  " + a.name + " edge enrollment-tokens revoke 3f9c1a7b2d4e6f80",
+				Action: a.revokeEnrollmentToken,
 			},
 		},
 	}
@@ -67,7 +72,7 @@ func splitTags(s string) []string {
 type enrollmentTokenJSON struct {
 	ID        string   `json:"id"`
 	Name      string   `json:"name"`
-	TenantID  string   `json:"tenant_id"`
+	TenantID  string   `json:"tenant"`
 	Tags      []string `json:"tags"`
 	State     string   `json:"state"`
 	CreatedAt *string  `json:"created_at"`
@@ -179,8 +184,13 @@ func (a *app) revokeEnrollmentToken(c *ucli.Context) error {
 	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 	defer cancel()
 	if _, err := client.RevokeEnrollmentToken(ctx, connect.NewRequest(&edgev1.RevokeEnrollmentTokenRequest{Id: id})); err != nil {
-		if connect.CodeOf(err) == connect.CodeNotFound {
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound:
 			return fmt.Errorf("no such enrollment token %q: see `%s edge enrollment-tokens list`", id, a.name)
+		case connect.CodeFailedPrecondition:
+			// Used: the host that enrolled with it no longer needs it.
+			return fmt.Errorf("%s; to cut that host off, run `%s edge keys revoke-remote NODE_ID`",
+				orDefault(connectMessage(err), "enrollment token already used"), a.name)
 		}
 		return a.rpcError(err, p.Server)
 	}

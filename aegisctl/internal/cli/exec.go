@@ -53,7 +53,7 @@ func (a *app) execCommand() *ucli.Command {
 			"   69  edge_disconnected: the host is not connected, or lost its connection\n" +
 			"   70  internal: the host failed to start or follow the command\n" +
 			"    1  any other error (bad token, unknown host, ...); 2 a bad command line\n\n" +
-			"With -o json every event is one JSON object per line: started, output (stream,\n" +
+			"With -o json every event is one JSON object per line, its kind in \"type\": started, output (stream,\n" +
 			"sequence, data) and result (exit_code, ok, error_kind, error_message, output_truncated,\n" +
 			"duration).\n\n" +
 			"Example:\n  " + a.name + " edge exec --deadline 10s n-7a3b2f0c91d4 -- /usr/bin/uptime",
@@ -90,7 +90,7 @@ func execArgs(c *ucli.Context) (node string, cmd []string, err error) {
 
 // execEvent is the -o json shape of one Exec event.
 type execEvent struct {
-	Event           string `json:"event"`
+	Event           string `json:"type"`
 	CommandID       string `json:"command_id,omitempty"`
 	NodeID          string `json:"node_id,omitempty"`
 	SecurityContext string `json:"security_context,omitempty"`
@@ -101,9 +101,9 @@ type execEvent struct {
 	ExitCode        *int32  `json:"exit_code,omitempty"`
 	OK              *bool   `json:"ok,omitempty"`
 	ErrorKind       *string `json:"error_kind,omitempty"`
-	ErrorMessage    string  `json:"error_message,omitempty"`
+	ErrorMessage    *string `json:"error_message,omitempty"`
 	OutputTruncated *bool   `json:"output_truncated,omitempty"`
-	Duration        string  `json:"duration,omitempty"`
+	Duration        *string `json:"duration,omitempty"`
 }
 
 func (a *app) exec(c *ucli.Context) error {
@@ -271,10 +271,9 @@ func errorKindName(k edgev1.ToolErrorKind) string {
 
 func resultEvent(r *edgev1.CommandResult) execEvent {
 	code, ok, kind, trunc := r.GetExitCode(), r.GetOk(), errorKindName(r.GetErrorKind()), r.GetOutputTruncated()
+	msg, dur := r.GetErrorMessage(), jsonDuration(r.GetDuration().AsDuration())
+	// A result event has every result field, empty or not: "" for no error.
 	ev := execEvent{Event: "result", CommandID: r.GetCommandId(), ExitCode: &code, OK: &ok, ErrorKind: &kind,
-		ErrorMessage: r.GetErrorMessage(), OutputTruncated: &trunc}
-	if d := r.GetDuration(); d != nil {
-		ev.Duration = d.AsDuration().String()
-	}
+		ErrorMessage: &msg, OutputTruncated: &trunc, Duration: &dur}
 	return ev
 }

@@ -110,7 +110,9 @@ const fleetOnErrorHelp = "--on-error, what a failed host does to the rest:\n" +
 	"                \"not started (halted)\". When a threshold matters: \"if more than 3 hosts\n" +
 	"                fail, halt and investigate\".\n" +
 	"  fail-fast     stop-after=1. Almost never right for rotation: one transient failure would\n" +
-	"                halt the rest of the fleet.\n"
+	"                halt the rest of the fleet.\n" +
+	"The guide's names work too: ContinueOnError, StopAfter(3), FailFast; and for --mode\n" +
+	"Sequential, Rolling=5, Parallel.\n"
 
 const fleetOutputHelp = "The control plane drives the run; this command starts it and prints its events as they\n" +
 	"happen, one line per host:\n" +
@@ -229,7 +231,8 @@ func (a *app) fleetStartCommand(name string, act fleetAction) *ucli.Command {
 	}
 }
 
-// parseFleetMode reads --mode: sequential, rolling=N or parallel.
+// parseFleetMode reads --mode: sequential, rolling=N or parallel, in any case, so the
+// guide's Sequential, Rolling=5 and Parallel work as written.
 func parseFleetMode(s string) (edgev1.FleetMode, int32, error) {
 	name, arg, hasArg := strings.Cut(strings.TrimSpace(s), "=")
 	switch strings.ToLower(name) {
@@ -251,12 +254,24 @@ func parseFleetMode(s string) (edgev1.FleetMode, int32, error) {
 		}
 		return edgev1.FleetMode_FLEET_MODE_ROLLING, int32(n), nil
 	}
-	return 0, 0, fmt.Errorf("--mode %q: expected sequential, rolling=N or parallel", s)
+	return 0, 0, fmt.Errorf("--mode %q: expected sequential, rolling=N or parallel (any case: Sequential, Rolling=5, Parallel)", s)
 }
 
-// parseFleetOnError reads --on-error: continue, stop-after=N or fail-fast.
+// parseFleetOnError reads --on-error: continue, stop-after=N or fail-fast, or the
+// guide's names for them, ContinueOnError, StopAfter(N) and FailFast.
 func parseFleetOnError(s string) (edgev1.FleetFailurePolicy, int32, error) {
 	name, arg, hasArg := strings.Cut(strings.TrimSpace(s), "=")
+	if !hasArg {
+		if n, a, ok := strings.Cut(name, "("); ok && strings.HasSuffix(a, ")") && strings.EqualFold(n, "StopAfter") {
+			name, arg, hasArg = "stop-after", strings.TrimSuffix(a, ")"), true
+		}
+	}
+	switch strings.ToLower(name) {
+	case "continueonerror":
+		name = "continue"
+	case "failfast":
+		name = "fail-fast"
+	}
 	switch strings.ToLower(name) {
 	case "continue", "fail-fast":
 		if hasArg {
@@ -276,7 +291,7 @@ func parseFleetOnError(s string) (edgev1.FleetFailurePolicy, int32, error) {
 		}
 		return edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_STOP_AFTER, int32(n), nil
 	}
-	return 0, 0, fmt.Errorf("--on-error %q: expected continue, stop-after=N or fail-fast", s)
+	return 0, 0, fmt.Errorf("--on-error %q: expected continue, stop-after=N or fail-fast (or ContinueOnError, StopAfter(N), FailFast)", s)
 }
 
 // formatFleetMode and formatFleetOnError are the flags' spelling of a stored spec.
@@ -314,6 +329,13 @@ func shortDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// jsonDuration is the one form of a duration in -o json: Go's duration syntax (what
+// --deadline and --ttl take) rounded to the millisecond, without zero trailing units:
+// "1m", "1m30s", "12.4s", "250ms".
+func jsonDuration(d time.Duration) string {
+	return shortDuration(d.Round(time.Millisecond))
 }
 
 // elapsedText is the summary's "12.4s" (tenths of a second, then minutes as Go spells them).
@@ -492,10 +514,10 @@ func (a *app) printFleetPlan(out string, spec *edgev1.FleetRunSpec, plan *edgev1
 		return writeJSON(a.env.Stdout, j)
 	}
 	w := a.env.Stdout
-	fmt.Fprintf(w, "dry run: %s on %d hosts selected by %s; nothing was started\n", j.Action, j.TotalHosts, j.Target)
-	fmt.Fprintf(w, "mode %s, on-error %s, deadline %s, at most %d hosts at once\n", j.Mode, j.OnError, j.Deadline, j.MaxConcurrency)
+	fmt.Fprintf(w, "dry run: %s on %s selected by %s; nothing was started\n", j.Action, plural(int(j.TotalHosts), "host", "hosts"), j.Target)
+	fmt.Fprintf(w, "mode %s, on-error %s, deadline %s, at most %s at once\n", j.Mode, j.OnError, j.Deadline, plural(int(j.MaxConcurrency), "host", "hosts"))
 	for _, wave := range j.Waves {
-		fmt.Fprintf(w, "[wave %d] %d of %d nodes\n", wave.Wave, len(wave.Hosts), j.TotalHosts)
+		fmt.Fprintf(w, "[wave %d] %d of %s\n", wave.Wave, len(wave.Hosts), plural(int(j.TotalHosts), "node", "nodes"))
 		for _, h := range wave.Hosts {
 			fmt.Fprintf(w, "  %s %s\n", h.NodeID, orDash(h.Name))
 		}
@@ -564,6 +586,8 @@ type fleetPrinter struct {
 	// last is the sequence of the last event printed: a re-attach asks for what follows.
 	last     uint64
 	finished *edgev1.FleetRunFinished
+	// colour marks host lines (text on a terminal only).
+	colour bool
 }
 
 func newFleetPrinter(w io.Writer, out string) *fleetPrinter {
@@ -637,13 +661,13 @@ func (p *fleetPrinter) event(ev *edgev1.FleetEvent) bool {
 		p.act = fleetActionOf(run.GetSpec().GetAction())
 		pj := toFleetPlanJSON(run.GetSpec(), plan)
 		j.Type, j.Plan = "run_started", &pj
-		line = append(line, fmt.Sprintf("fleet run %s: %s on %d hosts selected by %s (mode %s, on-error %s, deadline %s)",
-			orDefault(run.GetId(), ev.GetRunId()), pj.Action, pj.TotalHosts, pj.Target, pj.Mode, pj.OnError, pj.Deadline))
+		line = append(line, fmt.Sprintf("fleet run %s: %s on %s selected by %s (mode %s, on-error %s, deadline %s)",
+			orDefault(run.GetId(), ev.GetRunId()), pj.Action, plural(int(pj.TotalHosts), "host", "hosts"), pj.Target, pj.Mode, pj.OnError, pj.Deadline))
 	case *edgev1.FleetEvent_WaveStarted:
 		w := e.WaveStarted
 		hosts, total := w.GetHosts(), w.GetTotalHosts()
 		j.Type, j.Wave, j.Hosts, j.TotalHosts = "wave_started", w.GetWave(), &hosts, &total
-		line = append(line, fmt.Sprintf("[wave %d] starting %d of %d nodes", w.GetWave(), hosts, total))
+		line = append(line, fmt.Sprintf("[wave %d] starting %d of %s", w.GetWave(), hosts, plural(int(total), "node", "nodes")))
 	case *edgev1.FleetEvent_HostResult:
 		r := e.HostResult
 		reason, msg := r.GetReason(), r.GetMessage()
@@ -665,7 +689,7 @@ func (p *fleetPrinter) event(ev *edgev1.FleetEvent) bool {
 		counts, halted := toFleetCountsJSON(f.GetRun().GetCounts()), f.GetRun().GetHaltedReason()
 		j.Type, j.State, j.Counts, j.HaltedReason = "run_finished", fleetRunStateName(f.GetRun().GetState()), &counts, &halted
 		if f.GetElapsed() != nil {
-			j.Elapsed = f.GetElapsed().AsDuration().Round(time.Millisecond).String()
+			j.Elapsed = jsonDuration(f.GetElapsed().AsDuration())
 		}
 		switch {
 		case f.GetRun().GetState() == edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED:
@@ -682,6 +706,9 @@ func (p *fleetPrinter) event(ev *edgev1.FleetEvent) bool {
 		return true
 	}
 	for _, l := range line {
+		if p.colour {
+			l = paintHostLine(l)
+		}
 		fmt.Fprintln(p.w, l)
 	}
 	return true
@@ -693,10 +720,10 @@ func (p *fleetPrinter) outcome(a *app, runID string) error {
 	c := run.GetCounts()
 	switch {
 	case c.GetFailed() > 0:
-		return exitStatus{code: exitError, msg: fmt.Sprintf("%d of %d hosts failed in fleet run %s: each ✖ line says why and what to do next",
-			c.GetFailed(), c.GetTotal(), runID)}
+		return exitStatus{code: exitError, msg: fmt.Sprintf("%d of %s failed in fleet run %s: each ✖ line says why and what to do next",
+			c.GetFailed(), plural(int(c.GetTotal()), "host", "hosts"), runID)}
 	case run.GetState() == edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED:
-		return exitStatus{code: exitError, msg: fmt.Sprintf("fleet run %s was cancelled: %d hosts were not started", runID, c.GetNotStarted())}
+		return exitStatus{code: exitError, msg: fmt.Sprintf("fleet run %s was cancelled: %s not started", runID, plural(int(c.GetNotStarted()), "host was", "hosts were"))}
 	}
 	return nil
 }
@@ -709,6 +736,7 @@ func (a *app) watchFleetRun(ctx context.Context, runID, out string) error {
 		return err
 	}
 	pr := newFleetPrinter(a.env.Stdout, out)
+	pr.colour = out == "text" && a.useColour(a.env.Stdout)
 	if err := a.followFleetRun(ctx, client, p, runID, pr); err != nil {
 		return err
 	}
@@ -878,11 +906,11 @@ func (a *app) listFleetRuns(c *ucli.Context) error {
 }
 
 func (a *app) watchFleetRunCmd(c *ucli.Context) error {
-	id, flags, err := oneArgThenFlags(c, "ID")
+	id, err := oneArg(c, "ID")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}
@@ -890,11 +918,11 @@ func (a *app) watchFleetRunCmd(c *ucli.Context) error {
 }
 
 func (a *app) cancelFleetRun(c *ucli.Context) error {
-	id, flags, err := oneArgThenFlags(c, "ID")
+	id, err := oneArg(c, "ID")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}
@@ -915,14 +943,22 @@ func (a *app) cancelFleetRun(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	run := resp.Msg.GetRun()
-	if out == "json" {
-		return writeJSON(a.env.Stdout, toFleetRunJSON(run))
-	}
+	cancelling := false
 	switch run.GetState() {
 	case edgev1.FleetRunState_FLEET_RUN_STATE_RUNNING, edgev1.FleetRunState_FLEET_RUN_STATE_CANCELLED:
+		cancelling = true
+	}
+	if out == "json" {
+		if err := writeJSON(a.env.Stdout, toFleetRunJSON(run)); err != nil {
+			return err
+		}
+	} else if cancelling {
 		fmt.Fprintf(a.env.Stdout, "cancelling fleet run %s: hosts in flight finish, the rest are reported \"not started (cancelled)\"\n", id)
 		fmt.Fprintf(a.env.Stdout, "follow it to its end with `%s edge fleet runs watch %s`\n", a.name, id)
+	}
+	if cancelling {
 		return nil
 	}
+	// The same exit status in text and JSON: a script must not read success here.
 	return fmt.Errorf("fleet run %s had already finished (%s): nothing to cancel", id, fleetRunStateName(run.GetState()))
 }

@@ -29,6 +29,8 @@ func TestParseFleetMode(t *testing.T) {
 		{"rolling=1", edgev1.FleetMode_FLEET_MODE_ROLLING, 1, "rolling=1"},
 		{"Rolling=10", edgev1.FleetMode_FLEET_MODE_ROLLING, 10, "rolling=10"},
 		{"parallel", edgev1.FleetMode_FLEET_MODE_PARALLEL, 0, "parallel"},
+		{"Parallel", edgev1.FleetMode_FLEET_MODE_PARALLEL, 0, "parallel"},
+		{"Sequential", edgev1.FleetMode_FLEET_MODE_SEQUENTIAL, 1, "sequential"},
 		{" parallel ", edgev1.FleetMode_FLEET_MODE_PARALLEL, 0, "parallel"},
 	}
 	for _, g := range good {
@@ -74,6 +76,10 @@ func TestParseFleetOnError(t *testing.T) {
 		{"stop-after=1", edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_STOP_AFTER, 1, "stop-after=1"},
 		{"stop-after=3", edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_STOP_AFTER, 3, "stop-after=3"},
 		{"fail-fast", edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_FAIL_FAST, 1, "fail-fast"},
+		// The guide's names, as written in its "Recommended failure policy" table.
+		{"ContinueOnError", edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_CONTINUE, 0, "continue"},
+		{"StopAfter(3)", edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_STOP_AFTER, 3, "stop-after=3"},
+		{"FailFast", edgev1.FleetFailurePolicy_FLEET_FAILURE_POLICY_FAIL_FAST, 1, "fail-fast"},
 	}
 	for _, g := range good {
 		policy, n, err := parseFleetOnError(g.in)
@@ -95,6 +101,9 @@ func TestParseFleetOnError(t *testing.T) {
 		"continue=2":   "--on-error continue takes no =N (only stop-after=N does)",
 		"fail-fast=1":  "--on-error fail-fast takes no =N",
 		"stopafter=2":  `--on-error "stopafter=2": expected`,
+		"StopAfter(0)": "--on-error stop-after=0: N must be",
+		"StopAfter()":  "--on-error stop-after=: N must be",
+		"StopAfter":    `--on-error "StopAfter": expected`,
 	}
 	for in, want := range bad {
 		_, _, err := parseFleetOnError(in)
@@ -396,7 +405,7 @@ func TestFleetDryRunDetachAndBadCommandLines(t *testing.T) {
 		{[]string{"keys", "rotate", "--target", "all", "now"}, `aegisctl: unexpected argument "now"`},
 		{[]string{"run", "--target", "all"}, "aegisctl: missing the command to run: "},
 		{[]string{"run", "--target", "all", "/bin/true", "--dry-run"}, ""}, // CMD's own args: accepted
-		{[]string{"keys", "rotate", "--target", "tags=Any(prod)"}, `aegisctl: bad --target: invalid request: target at column 6: expected AnyOf, AllOf or NoneOf after tags=, got "Any"` + "\n"},
+		{[]string{"keys", "rotate", "--target", "tags=Any(prod)"}, `aegisctl: bad --target: target at column 6: expected AnyOf, AllOf or NoneOf after tags=, got "Any"` + "\n"},
 		{[]string{"runs", "watch"}, "aegisctl: missing ID: "},
 		{[]string{"runs", "watch", "fr-1", "-o", "yaml"}, `aegisctl: -o must be text or json (got "yaml")`},
 		{[]string{"runs", "watch", "fr-1", "fr-2"}, `aegisctl: unexpected argument "fr-2"`},

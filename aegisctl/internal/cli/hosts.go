@@ -17,7 +17,7 @@ func (a *app) hostsCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:        "hosts",
 		Usage:       "list and inspect enrolled hosts (control plane view)",
-		UsageText:   a.name + " edge hosts list|get|set|tag",
+		UsageText:   a.name + " edge hosts list|get|set|tag|delete",
 		Description: "Example:\n  " + a.name + " edge hosts list --target 'tags=AnyOf(prod)'",
 		Subcommands: []*ucli.Command{
 			{
@@ -76,6 +76,7 @@ func (a *app) hostsCommand() *ucli.Command {
 				},
 				Action: a.tagHost,
 			},
+			a.hostsDeleteCommand(),
 		},
 	}
 }
@@ -143,11 +144,11 @@ func (a *app) listHosts(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	hosts := resp.Msg.GetHosts()
-	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT",
+	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT\tTENANT",
 		func(h *edgev1.Host) []string {
 			j := toHostJSON(h)
 			return []string{j.NodeID, orDash(j.Name), j.Status, orDash(strings.Join(j.Tags, ",")),
-				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt)}
+				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt), orDash(j.Tenant)}
 		})
 }
 
@@ -200,10 +201,12 @@ func derefDash(s *string) string {
 	return *s
 }
 
+// connectMessage is the server's message without its generic "invalid request: "
+// prefix: the caller already says which flag was wrong.
 func connectMessage(err error) string {
 	var ce *connect.Error
 	if errors.As(err, &ce) {
-		return ce.Message()
+		return strings.TrimPrefix(ce.Message(), "invalid request: ")
 	}
 	return ""
 }
@@ -263,15 +266,15 @@ func (a *app) setHost(c *ucli.Context) error {
 }
 
 func (a *app) tagHost(c *ucli.Context) error {
-	id, flags, err := oneArgThenFlags(c, "NODE_ID")
+	id, err := oneArg(c, "NODE_ID")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}
-	add, remove := splitTags(flags["add"]), splitTags(flags["remove"])
+	add, remove := splitTags(c.String("add")), splitTags(c.String("remove"))
 	if len(add) == 0 && len(remove) == 0 {
 		return usagef("nothing to change: give --add a,b and/or --remove c (see `%s --help`)", c.Command.HelpName)
 	}

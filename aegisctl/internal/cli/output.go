@@ -33,3 +33,11 @@ func writeList[P, J any](w io.Writer, out, key string, items []P, toJSON func(P)
 	}
 	return tw.Flush()
 }
+
+// plural is "1 host", "0 hosts", "2 hosts".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}

@@ -21,9 +21,12 @@ func (a *app) keysRevokeRemoteCommand() *ucli.Command {
 			"  - the host's status becomes Revoked;\n" +
 			"  - its active NodeSecurityToken is blacklisted;\n" +
 			"  - its live stream is dropped.\n" +
-			"Every later attestation with the host's key is refused, so the daemon stops. To bring\n" +
-			"the host back, its owner runs `" + a.name + " edge logout` then `" + a.name + " edge enroll` with a new\n" +
-			"enrollment token. Use it when you cannot get to the host (a lost laptop, a compromised\n" +
+			"What the host's edged then does: it is told Disconnect{REVOKED} (or, if it was offline,\n" +
+			"is refused as revoked at its next connection), writes a revoked marker in its state\n" +
+			"dir, logs once that its identity was revoked and never reconnects with it. The process\n" +
+			"keeps running, idle, and `" + a.name + " edge status` on the host says Revoked and what to do.\n" +
+			"Its key files stay on disk until the owner runs `" + a.name + " edge logout`; then, with a new\n" +
+			"enrollment token, `" + a.name + " edge enroll`, and the waiting edged picks the new identity up. Use it when you cannot get to the host (a lost laptop, a compromised\n" +
 			"network); to decommission a host you can reach, prefer `" + a.name + " edge logout` on it.\n\n" +
 			"Example:\n  " + a.name + " edge keys revoke-remote n-7a3b2f0c91d4",
 		Flags:  []ucli.Flag{outputFlag},

@@ -136,6 +136,9 @@ func (a *app) status(c *ucli.Context) error {
 	if !rep.DaemonRunning && rep.Status == "Revoked" {
 		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
 	} else if !rep.DaemonRunning {
+		if rep.LastError != "" {
+			fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
+		}
 		fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
 	} else if rep.Status != "Connected" && rep.LastError != "" {
 		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
@@ -191,6 +194,14 @@ func (a *app) statusFromFiles(dir *keystore.Dir) (hostStatusReport, error) {
 		// Display only: the token's expiry as the host sees it, never a trust decision.
 		if claims, err := nodetoken.Peek(tok); err == nil {
 			rep.TokenExpires = timePtr(claims.Expires())
+		}
+	}
+	if tok, err := dir.ReadToken(); err == nil {
+		// edged refuses to connect with a node.key its token is not bound to; say why
+		// here too, where the owner looks first.
+		var mm *keystore.KeyMismatchError
+		if errors.As(dir.CheckKeyBinding(key, tok), &mm) {
+			rep.LastError = mm.Error()
 		}
 	}
 	if r, ok, err := dir.ReadRevoked(); err == nil && ok {

@@ -53,20 +53,20 @@ func toTenantJSON(t *edgev1.Tenant) tenantJSON {
 }
 
 func (a *app) createTenant(c *ucli.Context) error {
-	name, flags, err := oneArgThenFlags(c, "NAME")
+	name, err := oneArg(c, "NAME")
 	if err != nil {
 		return err
 	}
-	out, err := outputFormatValue(flags["output"])
+	out, err := outputFormat(c)
 	if err != nil {
 		return err
 	}
-	switch flags["kind"] {
+	switch c.String("kind") {
 	case "personal", "team":
 	case "":
 		return usagef("--kind is required: personal or team")
 	default:
-		return usagef("--kind must be personal or team (got %q)", flags["kind"])
+		return usagef("--kind must be personal or team (got %q)", c.String("kind"))
 	}
 	client, p, err := a.adminClient()
 	if err != nil {
@@ -74,7 +74,7 @@ func (a *app) createTenant(c *ucli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 	defer cancel()
-	resp, err := client.CreateTenant(ctx, connect.NewRequest(&edgev1.CreateTenantRequest{Name: name, Kind: flags["kind"]}))
+	resp, err := client.CreateTenant(ctx, connect.NewRequest(&edgev1.CreateTenantRequest{Name: name, Kind: c.String("kind")}))
 	if err != nil {
 		return a.rpcError(err, p.Server)
 	}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"time"
 	"unicode"
@@ -26,6 +25,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/tags"
 	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
 )
 
@@ -34,15 +34,15 @@ const (
 	DefaultTTL = 15 * time.Minute
 	MinTTL     = time.Second
 	MaxTTL     = 24 * time.Hour
-	maxTags    = 64
 	maxNameLen = 128
 )
 
 // ErrInvalid wraps every refusal of an operator's malformed request.
 var ErrInvalid = errors.New("invalid request")
 
-// TagPattern is what a tag must look like.
-var TagPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+// ErrAlreadyUsed: revoking a token a host has already enrolled with would change
+// nothing (the host's identity does not depend on the token any more).
+var ErrAlreadyUsed = errors.New("enrollment token already used")
 
 // Config wires a Service.
 type Config struct {
@@ -152,6 +152,9 @@ func (s *Service) RevokeToken(ctx context.Context, p apitoken.Principal, id stri
 		if !p.Sees(t.TenantID) {
 			return fmt.Errorf("enrollment token %q: %w", id, store.ErrNotFound)
 		}
+		if !t.UsedAt.IsZero() && t.RevokedAt.IsZero() {
+			return fmt.Errorf("%w by host %s at %s; nothing was changed", ErrAlreadyUsed, t.UsedBy, t.UsedAt.UTC().Format(time.RFC3339))
+		}
 		if err := tx.RevokeEnrollmentToken(ctx, p.Scope(), id, now); err != nil {
 			return fmt.Errorf("revoke enrollment token %q: %w", id, err)
 		}
@@ -177,15 +180,12 @@ func State(t store.EnrollmentToken, now time.Time) string {
 }
 
 // ValidateTags checks every tag and drops duplicates (keeping the first occurrence).
-func ValidateTags(tags []string) ([]string, error) {
-	if len(tags) > maxTags {
-		return nil, fmt.Errorf("%w: at most %d tags", ErrInvalid, maxTags)
+func ValidateTags(ts []string) ([]string, error) {
+	if err := tags.Check(ts); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	out := make([]string, 0, len(tags))
-	for _, t := range tags {
-		if !TagPattern.MatchString(t) {
-			return nil, fmt.Errorf("%w: tag %q must match %s", ErrInvalid, t, TagPattern)
-		}
+	out := make([]string, 0, len(ts))
+	for _, t := range ts {
 		if !slices.Contains(out, t) {
 			out = append(out, t)
 		}

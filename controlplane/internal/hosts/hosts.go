@@ -20,6 +20,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/selector"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/tags"
 )
 
 // ErrInvalid wraps refusals of malformed requests.
@@ -207,12 +208,8 @@ func (s *Service) SetSecurityContext(ctx context.Context, p apitoken.Principal, 
 	return s.host(d, t, s.cfg.Now()), refreshSent, nil
 }
 
-// tagPattern is what a tag may be: selectors match tags literally, and tags
-// travel in tokens and listings, so they stay short and printable.
-var tagPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,62}$`)
-
 // MaxTags bounds a host's tags.
-const MaxTags = 64
+const MaxTags = tags.Max
 
 // UpdateTags adds and then removes tags on nodeID (tags are what selectors select
 // on). A bad tag or too many tags is ErrInvalid and changes nothing; a host p
@@ -222,8 +219,8 @@ func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID s
 		return Host{}, fmt.Errorf("%w: role %q cannot change a host's tags", apitoken.ErrPermissionDenied, p.Role)
 	}
 	for _, t := range append(append([]string(nil), add...), remove...) {
-		if !tagPattern.MatchString(t) {
-			return Host{}, fmt.Errorf("%w: tag %q: a tag is 1-63 letters, digits, '.', '_', ':', '/' or '-', starting with a letter or digit", ErrInvalid, t)
+		if !tags.Valid(t) {
+			return Host{}, fmt.Errorf("%w: tag %q: %s", ErrInvalid, t, tags.Rule)
 		}
 	}
 	var d store.Daemon
@@ -235,24 +232,24 @@ func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID s
 		if err != nil {
 			return fmt.Errorf("host %q: %w", nodeID, err)
 		}
-		tags := slices.Clone(old.Tags)
+		next := slices.Clone(old.Tags)
 		for _, t := range add {
-			if !slices.Contains(tags, t) {
-				tags = append(tags, t)
+			if !slices.Contains(next, t) {
+				next = append(next, t)
 			}
 		}
-		tags = slices.DeleteFunc(tags, func(t string) bool { return slices.Contains(remove, t) })
-		if len(tags) > MaxTags {
-			return fmt.Errorf("%w: a host has at most %d tags; this would give it %d", ErrInvalid, MaxTags, len(tags))
+		next = slices.DeleteFunc(next, func(t string) bool { return slices.Contains(remove, t) })
+		if len(next) > MaxTags {
+			return fmt.Errorf("%w: a host has at most %d next; this would give it %d", ErrInvalid, MaxTags, len(next))
 		}
-		if err := tx.UpdateDaemonTags(ctx, nodeID, tags); err != nil {
+		if err := tx.UpdateDaemonTags(ctx, nodeID, next); err != nil {
 			return err
 		}
 		d = old
-		d.Tags = tags
+		d.Tags = next
 		_, err = tx.AppendAudit(ctx, store.AuditEntry{
 			At: s.cfg.Now().UTC(), TenantID: d.TenantID, Actor: "op:" + p.TokenID, Action: "update_tags", NodeID: nodeID, Result: "ok",
-			Details: map[string]string{"from": strings.Join(old.Tags, ","), "to": strings.Join(tags, ",")},
+			Details: map[string]string{"from": strings.Join(old.Tags, ","), "to": strings.Join(next, ",")},
 		})
 		return err
 	})
@@ -264,4 +261,52 @@ func (s *Service) UpdateTags(ctx context.Context, p apitoken.Principal, nodeID s
 		return Host{}, fmt.Errorf("tenant of host: %w", err)
 	}
 	return s.host(d, t, s.cfg.Now()), nil
+}
+
+// ErrStillValid: the host still holds a valid identity (Connected, or active and
+// Disconnected), so deleting it from the list would hide a key that still works.
+var ErrStillValid = errors.New("host still holds a valid identity")
+
+// Delete removes a revoked (or logged-out) host from the control plane's list, with an
+// audit entry, in one transaction. A host that is not revoked is ErrStillValid and
+// nothing changes; a host p cannot see is store.ErrNotFound. The host's public key
+// stays claimed (daemon_keys), so it can never enroll again.
+func (s *Service) Delete(ctx context.Context, p apitoken.Principal, nodeID string) (Host, error) {
+	if !p.CanWrite() {
+		return Host{}, fmt.Errorf("%w: role %q cannot delete hosts", apitoken.ErrPermissionDenied, p.Role)
+	}
+	var h Host
+	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
+		d, err := tx.GetDaemon(ctx, nodeID)
+		if err == nil && !p.Sees(d.TenantID) {
+			err = store.ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("host %q: %w", nodeID, err)
+		}
+		t, err := tx.GetTenant(ctx, d.TenantID)
+		if err != nil {
+			return fmt.Errorf("tenant of host: %w", err)
+		}
+		h = s.host(d, t, s.cfg.Now())
+		if h.Status != StatusRevoked {
+			state := "Disconnected but still enrolled"
+			if h.Status == StatusConnected {
+				state = "Connected"
+			}
+			return fmt.Errorf("%w: host %s is %s; revoke it first (revoke-remote, or logout on the host), then delete it", ErrStillValid, nodeID, state)
+		}
+		if err := tx.DeleteDaemon(ctx, nodeID); err != nil {
+			return err
+		}
+		_, err = tx.AppendAudit(ctx, store.AuditEntry{
+			At: s.cfg.Now().UTC(), TenantID: d.TenantID, Actor: "op:" + p.TokenID, Action: "delete_host", NodeID: nodeID, Result: "ok",
+			Details: map[string]string{"name": d.DisplayName},
+		})
+		return err
+	})
+	if err != nil {
+		return Host{}, err
+	}
+	return h, nil
 }

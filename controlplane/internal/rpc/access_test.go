@@ -252,6 +252,15 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			return err
 		}
 
+		calls[edgev1connect.EdgeAdminServiceDeleteHostProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			// A fresh revoked host of tenant A per call: deleting is not idempotent.
+			h := enrollNamed(t, srv, "to-delete")
+			if _, err := srv.AdminClient().RevokeHost(ctx, connect.NewRequest(&edgev1.RevokeHostRequest{NodeId: h.id})); err != nil {
+				t.Fatal(err)
+			}
+			_, err := c.DeleteHost(ctx, connect.NewRequest(&edgev1.DeleteHostRequest{NodeId: h.id}))
+			return err
+		}
 		for proc := range rpc.AdminPermissions {
 			if calls[proc] == nil {
 				t.Errorf("%s has a permission but no row in this test", proc)
@@ -289,6 +298,7 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			edgev1connect.EdgeAdminServiceCancelFleetRunProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceListFleetRunsProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
 			edgev1connect.EdgeAdminServiceGetFleetRunProcedure:    {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceDeleteHostProcedure:     {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 		}
 		for proc, byClient := range want {
 			for name, wantCode := range byClient {

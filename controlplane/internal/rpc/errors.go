@@ -49,7 +49,7 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, operators.ErrExists):
 		code = connect.CodeAlreadyExists
-	case errors.Is(err, operators.ErrLastAdmin):
+	case errors.Is(err, operators.ErrLastAdmin), errors.Is(err, enroll.ErrAlreadyUsed), errors.Is(err, hosts.ErrStillValid):
 		code = connect.CodeFailedPrecondition
 	case errors.Is(err, toolcall.ErrBusy), errors.Is(err, fleet.ErrShuttingDown):
 		code = connect.CodeUnavailable

@@ -56,6 +56,7 @@ var AdminPermissions = map[string]Access{
 	edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: Write,
 	edgev1connect.EdgeAdminServiceExecProcedure:                   Write,
 	edgev1connect.EdgeAdminServiceUpdateHostTagsProcedure:         Write,
+	edgev1connect.EdgeAdminServiceDeleteHostProcedure:             Write,
 	edgev1connect.EdgeAdminServicePlanFleetRunProcedure:           Read,
 	edgev1connect.EdgeAdminServiceStartFleetRunProcedure:          Write,
 	edgev1connect.EdgeAdminServiceWatchFleetRunProcedure:          Read,

@@ -68,7 +68,16 @@ refresh never touches a running call.
 Several daemons can run on one machine, each with its own --state-dir.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	app := &cli.App{
+	if err := newApp(stdout, stderr).RunContext(ctx, args); err != nil {
+		fmt.Fprintf(stderr, "edged: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// newApp is edged's command line (also rendered as docs/man/edged.1).
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
 		Name:      "edged",
 		Usage:     "the Aegis Edge daemon: this host's identity, connected to the control plane",
 		Writer:    stdout,
@@ -101,11 +110,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			},
 		},
 	}
-	if err := app.RunContext(ctx, args); err != nil {
-		fmt.Fprintf(stderr, "edged: %v\n", err)
-		return 1
-	}
-	return 0
 }
 
 func runDaemon(ctx context.Context, c *cli.Context, stderr io.Writer) error {

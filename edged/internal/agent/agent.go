@@ -279,7 +279,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // enrollment, polling so that an edged started before `aegis edge enroll` picks it up.
 func (a *Agent) waitEnrolled(ctx context.Context) (*keystore.Identity, error) {
 	dir := a.cfg.Dir
-	loggedWait, loggedRevoked := false, false
+	loggedWait, loggedRevoked, loggedMismatch := false, false, ""
 	for {
 		select {
 		case <-a.loggedOut: // a logout already handled
@@ -309,6 +309,31 @@ func (a *Agent) waitEnrolled(ctx context.Context) (*keystore.Identity, error) {
 				id, err := dir.Load()
 				if err != nil {
 					return nil, fmt.Errorf("state dir %s is incomplete: %w; run `aegis edge logout` and enroll again", dir.Path(), err)
+				}
+				// A node.key written over by hand would be refused as bad_signature on
+				// every attempt: say so once and wait for the owner to put it back.
+				var mm *keystore.KeyMismatchError
+				if err := dir.CheckKeyBinding(id.Key, id.Token); errors.As(err, &mm) {
+					if loggedMismatch != mm.Error() {
+						a.log.Error("not connecting: node.key does not match the key this host's token is bound to",
+							"node_id", node.NodeID, "key_fingerprint", mm.KeyFingerprint, "token_key_fingerprint", mm.TokenFingerprint,
+							"archived_match", mm.Archived, "fix", mm.Error())
+						loggedMismatch = mm.Error()
+					}
+					a.update(func(s *Snapshot) {
+						s.Enrolled = true
+						s.NodeID = node.NodeID
+						s.Tenant = node.Tenant
+						s.ServerURL = node.ServerURL
+						s.Status = StatusDisconnected
+						s.SessionID = ""
+						s.ConnectedSince = time.Time{}
+						s.KeyFingerprint = mm.KeyFingerprint
+						s.LastError = mm.Error()
+					})
+					break
+				} else if err != nil {
+					return nil, err
 				}
 				return id, nil
 			}

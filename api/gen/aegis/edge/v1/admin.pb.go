@@ -2996,6 +2996,95 @@ func (x *VerifyAuditResponse) GetProblem() string {
 	return ""
 }
 
+type DeleteHostRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteHostRequest) Reset() {
+	*x = DeleteHostRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteHostRequest) ProtoMessage() {}
+
+func (x *DeleteHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteHostRequest.ProtoReflect.Descriptor instead.
+func (*DeleteHostRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *DeleteHostRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type DeleteHostResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host as it was just before it was deleted.
+	Host          *Host `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteHostResponse) Reset() {
+	*x = DeleteHostResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteHostResponse) ProtoMessage() {}
+
+func (x *DeleteHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteHostResponse.ProtoReflect.Descriptor instead.
+func (*DeleteHostResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *DeleteHostResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
 var File_aegis_edge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_admin_proto_rawDesc = "" +
@@ -3196,13 +3285,17 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x0fentries_checked\x18\x02 \x01(\x03R\x0eentriesChecked\x12 \n" +
 	"\ffirst_bad_id\x18\x03 \x01(\x03R\n" +
 	"firstBadId\x12\x18\n" +
-	"\aproblem\x18\x04 \x01(\tR\aproblem*{\n" +
+	"\aproblem\x18\x04 \x01(\tR\aproblem\",\n" +
+	"\x11DeleteHostRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"=\n" +
+	"\x12DeleteHostResponse\x12'\n" +
+	"\x04host\x18\x01 \x01(\v2\x13.aegis.edge.v1.HostR\x04host*{\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x17\n" +
-	"\x13HOST_STATUS_REVOKED\x10\x032\xcb\x10\n" +
+	"\x13HOST_STATUS_REVOKED\x10\x032\x9e\x11\n" +
 	"\x10EdgeAdminService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.aegis.edge.v1.WhoAmIRequest\x1a\x1d.aegis.edge.v1.WhoAmIResponse\x12r\n" +
 	"\x15CreateEnrollmentToken\x12+.aegis.edge.v1.CreateEnrollmentTokenRequest\x1a,.aegis.edge.v1.CreateEnrollmentTokenResponse\x12o\n" +
@@ -3227,7 +3320,9 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\fCreateTenant\x12\".aegis.edge.v1.CreateTenantRequest\x1a#.aegis.edge.v1.CreateTenantResponse\x12T\n" +
 	"\vListTenants\x12!.aegis.edge.v1.ListTenantsRequest\x1a\".aegis.edge.v1.ListTenantsResponse\x12N\n" +
 	"\tListAudit\x12\x1f.aegis.edge.v1.ListAuditRequest\x1a .aegis.edge.v1.ListAuditResponse\x12T\n" +
-	"\vVerifyAudit\x12!.aegis.edge.v1.VerifyAuditRequest\x1a\".aegis.edge.v1.VerifyAuditResponseB\xaf\x01\n" +
+	"\vVerifyAudit\x12!.aegis.edge.v1.VerifyAuditRequest\x1a\".aegis.edge.v1.VerifyAuditResponse\x12Q\n" +
+	"\n" +
+	"DeleteHost\x12 .aegis.edge.v1.DeleteHostRequest\x1a!.aegis.edge.v1.DeleteHostResponseB\xaf\x01\n" +
 	"\x11com.aegis.edge.v1B\n" +
 	"AdminProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
@@ -3244,7 +3339,7 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
 	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
@@ -3299,116 +3394,121 @@ var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(*ListAuditResponse)(nil),              // 50: aegis.edge.v1.ListAuditResponse
 	(*VerifyAuditRequest)(nil),             // 51: aegis.edge.v1.VerifyAuditRequest
 	(*VerifyAuditResponse)(nil),            // 52: aegis.edge.v1.VerifyAuditResponse
-	nil,                                    // 53: aegis.edge.v1.AuditEntry.DetailsEntry
-	(*Tenant)(nil),                         // 54: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),          // 55: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 56: google.protobuf.Duration
-	(*CommandProgress)(nil),                // 57: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),                  // 58: aegis.edge.v1.CommandResult
-	(*FleetRunSpec)(nil),                   // 59: aegis.edge.v1.FleetRunSpec
-	(*FleetPlan)(nil),                      // 60: aegis.edge.v1.FleetPlan
-	(*FleetRun)(nil),                       // 61: aegis.edge.v1.FleetRun
-	(*FleetEvent)(nil),                     // 62: aegis.edge.v1.FleetEvent
-	(*FleetHostResult)(nil),                // 63: aegis.edge.v1.FleetHostResult
+	(*DeleteHostRequest)(nil),              // 53: aegis.edge.v1.DeleteHostRequest
+	(*DeleteHostResponse)(nil),             // 54: aegis.edge.v1.DeleteHostResponse
+	nil,                                    // 55: aegis.edge.v1.AuditEntry.DetailsEntry
+	(*Tenant)(nil),                         // 56: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 57: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 58: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 59: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 60: aegis.edge.v1.CommandResult
+	(*FleetRunSpec)(nil),                   // 61: aegis.edge.v1.FleetRunSpec
+	(*FleetPlan)(nil),                      // 62: aegis.edge.v1.FleetPlan
+	(*FleetRun)(nil),                       // 63: aegis.edge.v1.FleetRun
+	(*FleetEvent)(nil),                     // 64: aegis.edge.v1.FleetEvent
+	(*FleetHostResult)(nil),                // 65: aegis.edge.v1.FleetHostResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	54, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	55, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	56, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	56, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	57, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	58, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	55, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	55, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	55, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	55, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	57, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	57, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	57, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	57, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	54, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	56, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	55, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	55, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	55, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
-	55, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
+	57, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	57, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	57, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	57, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
 	10, // 15: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
 	13, // 16: aegis.edge.v1.ListHostsResponse.counts:type_name -> aegis.edge.v1.HostStatusCounts
 	10, // 17: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 18: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 19: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
-	56, // 20: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	58, // 20: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
 	22, // 21: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
-	57, // 22: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
-	58, // 23: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	59, // 22: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	60, // 23: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
 	10, // 24: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
-	59, // 25: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	60, // 26: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	59, // 27: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	61, // 28: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	60, // 29: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	62, // 30: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
-	61, // 31: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	61, // 32: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
-	61, // 33: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	60, // 34: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	63, // 35: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
-	55, // 36: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	55, // 37: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
+	61, // 25: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	62, // 26: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	61, // 27: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	63, // 28: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	62, // 29: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	64, // 30: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
+	63, // 31: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	63, // 32: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
+	63, // 33: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	62, // 34: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	65, // 35: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
+	57, // 36: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	57, // 37: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
 	37, // 38: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
 	37, // 39: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
 	37, // 40: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	54, // 41: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	54, // 42: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
-	55, // 43: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	53, // 44: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
+	56, // 41: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	56, // 42: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
+	57, // 43: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	55, // 44: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
 	48, // 45: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
-	1,  // 46: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 47: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 48: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 49: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 50: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	14, // 51: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	16, // 52: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	18, // 53: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
-	20, // 54: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
-	23, // 55: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
-	25, // 56: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
-	27, // 57: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
-	29, // 58: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
-	31, // 59: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
-	33, // 60: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
-	35, // 61: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
-	38, // 62: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
-	40, // 63: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
-	42, // 64: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
-	44, // 65: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
-	46, // 66: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
-	49, // 67: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
-	51, // 68: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
-	2,  // 69: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 70: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 71: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 72: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 73: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	15, // 74: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	17, // 75: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	19, // 76: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
-	21, // 77: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
-	24, // 78: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
-	26, // 79: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
-	28, // 80: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
-	30, // 81: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
-	32, // 82: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
-	34, // 83: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
-	36, // 84: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
-	39, // 85: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
-	41, // 86: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
-	43, // 87: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
-	45, // 88: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
-	47, // 89: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
-	50, // 90: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
-	52, // 91: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
-	69, // [69:92] is the sub-list for method output_type
-	46, // [46:69] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	10, // 46: aegis.edge.v1.DeleteHostResponse.host:type_name -> aegis.edge.v1.Host
+	1,  // 47: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 48: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 49: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 50: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 51: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	14, // 52: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	16, // 53: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	18, // 54: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	20, // 55: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	23, // 56: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
+	25, // 57: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
+	27, // 58: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
+	29, // 59: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
+	31, // 60: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
+	33, // 61: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
+	35, // 62: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
+	38, // 63: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
+	40, // 64: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
+	42, // 65: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
+	44, // 66: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
+	46, // 67: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
+	49, // 68: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
+	51, // 69: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
+	53, // 70: aegis.edge.v1.EdgeAdminService.DeleteHost:input_type -> aegis.edge.v1.DeleteHostRequest
+	2,  // 71: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 72: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 73: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 74: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 75: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	15, // 76: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	17, // 77: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	19, // 78: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	21, // 79: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	24, // 80: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
+	26, // 81: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
+	28, // 82: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
+	30, // 83: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
+	32, // 84: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
+	34, // 85: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
+	36, // 86: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
+	39, // 87: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
+	41, // 88: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
+	43, // 89: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
+	45, // 90: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
+	47, // 91: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
+	50, // 92: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
+	52, // 93: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
+	54, // 94: aegis.edge.v1.EdgeAdminService.DeleteHost:output_type -> aegis.edge.v1.DeleteHostResponse
+	71, // [71:95] is the sub-list for method output_type
+	47, // [47:71] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -3429,7 +3529,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

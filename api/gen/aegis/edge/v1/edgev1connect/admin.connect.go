@@ -100,6 +100,9 @@ const (
 	// EdgeAdminServiceVerifyAuditProcedure is the fully-qualified name of the EdgeAdminService's
 	// VerifyAudit RPC.
 	EdgeAdminServiceVerifyAuditProcedure = "/aegis.edge.v1.EdgeAdminService/VerifyAudit"
+	// EdgeAdminServiceDeleteHostProcedure is the fully-qualified name of the EdgeAdminService's
+	// DeleteHost RPC.
+	EdgeAdminServiceDeleteHostProcedure = "/aegis.edge.v1.EdgeAdminService/DeleteHost"
 )
 
 // EdgeAdminServiceClient is a client for the aegis.edge.v1.EdgeAdminService service.
@@ -145,6 +148,10 @@ type EdgeAdminServiceClient interface {
 	ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error)
 	// VerifyAudit checks the whole hash chain and names the first entry that breaks it.
 	VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error)
+	// DeleteHost removes a revoked (or logged-out) host from the list, audited. A host
+	// that still holds a valid identity is refused (FailedPrecondition): revoke it first.
+	// Its public key stays claimed forever.
+	DeleteHost(context.Context, *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error)
 }
 
 // NewEdgeAdminServiceClient constructs a client for the aegis.edge.v1.EdgeAdminService service. By
@@ -296,6 +303,12 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeAdminServiceMethods.ByName("VerifyAudit")),
 			connect.WithClientOptions(opts...),
 		),
+		deleteHost: connect.NewClient[v1.DeleteHostRequest, v1.DeleteHostResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceDeleteHostProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("DeleteHost")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -324,6 +337,7 @@ type edgeAdminServiceClient struct {
 	listTenants            *connect.Client[v1.ListTenantsRequest, v1.ListTenantsResponse]
 	listAudit              *connect.Client[v1.ListAuditRequest, v1.ListAuditResponse]
 	verifyAudit            *connect.Client[v1.VerifyAuditRequest, v1.VerifyAuditResponse]
+	deleteHost             *connect.Client[v1.DeleteHostRequest, v1.DeleteHostResponse]
 }
 
 // WhoAmI calls aegis.edge.v1.EdgeAdminService.WhoAmI.
@@ -441,6 +455,11 @@ func (c *edgeAdminServiceClient) VerifyAudit(ctx context.Context, req *connect.R
 	return c.verifyAudit.CallUnary(ctx, req)
 }
 
+// DeleteHost calls aegis.edge.v1.EdgeAdminService.DeleteHost.
+func (c *edgeAdminServiceClient) DeleteHost(ctx context.Context, req *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error) {
+	return c.deleteHost.CallUnary(ctx, req)
+}
+
 // EdgeAdminServiceHandler is an implementation of the aegis.edge.v1.EdgeAdminService service.
 type EdgeAdminServiceHandler interface {
 	// WhoAmI describes the caller's API token (used by `aegisctl login`).
@@ -484,6 +503,10 @@ type EdgeAdminServiceHandler interface {
 	ListAudit(context.Context, *connect.Request[v1.ListAuditRequest]) (*connect.Response[v1.ListAuditResponse], error)
 	// VerifyAudit checks the whole hash chain and names the first entry that breaks it.
 	VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error)
+	// DeleteHost removes a revoked (or logged-out) host from the list, audited. A host
+	// that still holds a valid identity is refused (FailedPrecondition): revoke it first.
+	// Its public key stays claimed forever.
+	DeleteHost(context.Context, *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error)
 }
 
 // NewEdgeAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -631,6 +654,12 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeAdminServiceMethods.ByName("VerifyAudit")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeAdminServiceDeleteHostHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceDeleteHostProcedure,
+		svc.DeleteHost,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("DeleteHost")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeAdminServiceWhoAmIProcedure:
@@ -679,6 +708,8 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceListAuditHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceVerifyAuditProcedure:
 			edgeAdminServiceVerifyAuditHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceDeleteHostProcedure:
+			edgeAdminServiceDeleteHostHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -778,4 +809,8 @@ func (UnimplementedEdgeAdminServiceHandler) ListAudit(context.Context, *connect.
 
 func (UnimplementedEdgeAdminServiceHandler) VerifyAudit(context.Context, *connect.Request[v1.VerifyAuditRequest]) (*connect.Response[v1.VerifyAuditResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.VerifyAudit is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) DeleteHost(context.Context, *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.DeleteHost is not implemented"))
 }
