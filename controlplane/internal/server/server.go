@@ -56,6 +56,8 @@ const (
 	housekeepingEvery  = time.Minute
 	// DefaultShutdownTimeout bounds a graceful shutdown.
 	DefaultShutdownTimeout = 15 * time.Second
+	// readMaxBytes is the largest request message read; a larger one is refused.
+	readMaxBytes = 1 << 20
 )
 
 // Options configures New. Only Config is required.
@@ -300,6 +302,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		ReplicaID:         s.replica,
 		Rand:              rnd,
+		MaxMessageBytes:   readMaxBytes,
 	})
 	admin := rpc.NewAdmin(rpc.AdminConfig{
 		Enroll: enrollSvc,
@@ -321,7 +324,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	})
 
 	metricsI := rpc.MetricsInterceptor{Metrics: s.metrics}
-	limits := connect.WithReadMaxBytes(1 << 20)
+	limits := connect.WithReadMaxBytes(readMaxBytes)
 	mux := http.NewServeMux()
 	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits))
 	// Metrics outermost, so refused authentications are counted too.
