@@ -97,13 +97,15 @@ type Options struct {
 
 // Server is a running control plane.
 type Server struct {
-	opts     Options
-	cfg      config.Config
-	log      *slog.Logger
-	now      func() time.Time
-	ln       net.Listener
-	http     *http.Server
-	store    store.Store
+	opts  Options
+	cfg   config.Config
+	log   *slog.Logger
+	now   func() time.Time
+	ln    net.Listener
+	http  *http.Server
+	store store.Store
+	// dirLock is held while serving an SQLite data dir; nil with PostgreSQL.
+	dirLock  *dataDirLock
 	tls      tlsca.Bundle
 	metrics  *metrics.Metrics
 	sessions *session.Registry
@@ -136,6 +138,18 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 
 	if err := ensureDataDir(cfg.DataDir, s.log, os.Chmod); err != nil {
 		return nil, err
+	}
+	// With SQLite the data dir is the database: one process owns it. PostgreSQL
+	// replicas may share one (the same CA and admin token), so it is not locked.
+	if cfg.DatabaseKind == config.DatabaseSQLite {
+		if s.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				_ = s.dirLock.release()
+			}
+		}()
 	}
 	s.store, err = OpenStore(ctx, cfg)
 	if err != nil {
@@ -454,6 +468,9 @@ func (s *Server) finish() error {
 	s.bus.Close()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	if err := s.dirLock.release(); err != nil {
+		errs = append(errs, fmt.Errorf("release data dir lock: %w", err))
 	}
 	s.log.Info("control plane stopped")
 	return errors.Join(errs...)
