@@ -69,6 +69,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"FleetRunStartInOneTx", testFleetRunStartInOneTx},
 		{"ConcurrentFleetRunEvents", testConcurrentFleetRunEvents},
 		{"Ping", testPing},
+		{"Uniqueness", testUniqueness},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
