@@ -27,24 +27,6 @@ func openBus(ctx context.Context, cfg config.Config, replica string, log *slog.L
 	return b, nil
 }
 
-// publishBlacklisted tells the other replicas of tokens this one has just
-// blacklisted (the Blacklist's OnAdd hook, after commit).
-func (s *Server) publishBlacklisted(es []store.BlacklistEntry) {
-	if !s.bus.Shared() {
-		return
-	}
-	toks := make([]broadcast.Token, len(es))
-	for i, e := range es {
-		toks[i] = broadcast.Token{JTI: e.JTI, NodeID: e.NodeID, Reason: e.Reason, ExpiresAt: e.ExpiresAt.Unix(), AddedAt: e.AddedAt.Unix()}
-	}
-	err := s.bus.Publish(context.Background(), broadcast.Event{Kind: broadcast.KindBlacklisted, Tokens: toks, At: s.now().UTC()})
-	if err != nil {
-		// Committed: the others still refuse the token on a new stream's attestation
-		// check against the store, and learn it at their next resync.
-		s.log.Warn("blacklisted tokens not broadcast to the other replicas", "tokens", len(es), "err", err)
-	}
-}
-
 // sendCommand queues c for the node's stream on this replica or, when another
 // replica holds it (as the store says), publishes it for that one.
 func (s *Server) sendCommand(ctx context.Context, nodeID string, c session.Command) error {
@@ -72,7 +54,7 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		for i, t := range e.Tokens {
 			es[i] = store.BlacklistEntry{JTI: t.JTI, NodeID: t.NodeID, Reason: t.Reason, ExpiresAt: time.Unix(t.ExpiresAt, 0).UTC(), AddedAt: time.Unix(t.AddedAt, 0).UTC()}
 		}
-		s.black.Learn(es...)
+		s.learnBlacklisted(es)
 	case broadcast.KindRevoked:
 		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(e.Why)}) {
 			s.log.Info("dropped the stream of a node revoked through another replica", "node", e.NodeID, "origin", e.Origin)
@@ -98,7 +80,9 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 	}
 }
 
-// Resync warms the blacklist again after notifications may have been missed.
+// Resync re-reads what this replica caches after notifications may have been
+// missed (the LISTEN connection was lost and is back).
 func (r replicaEvents) Resync(ctx context.Context) error {
-	return r.s.black.Warm(ctx, r.s.store, r.s.now())
+	r.s.reloadSigningKeys(ctx)
+	return r.s.rewarm(ctx)
 }

@@ -93,6 +93,11 @@ type Options struct {
 	// FleetLeaseDuration is how long a fleet run's lease lasts unrenewed; 0 means
 	// fleet.DefaultLeaseDuration.
 	FleetLeaseDuration time.Duration
+	// RewarmInterval is how often a replica re-reads what it caches from the store
+	// (the blacklist, and with it revocations) in case a notification was missed; 0
+	// means DefaultRewarmInterval. Each wait is shortened by up to a quarter, at
+	// random, so replicas do not re-read in step.
+	RewarmInterval time.Duration
 }
 
 // Server is a running control plane.
@@ -229,7 +234,6 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	s.black.OnAdd(s.publishBlacklisted)
 	s.lastSeen = session.NewLastSeen(s.store, s.log)
 	s.auth = nodeauth.New(nodeauth.Config{
 		Store:         s.store,
@@ -400,8 +404,9 @@ func (s *Server) RequestKeyRotation(ctx context.Context, nodeID, fleetRunID stri
 func (s *Server) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); s.bus.Run(bg, replicaEvents{s}) }()
+	go func() { defer wg.Done(); s.rewarmLoop(bg) }()
 	go func() { defer wg.Done(); s.lastSeen.Run(bg, lastSeenFlushEvery) }()
 	go func() { defer wg.Done(); s.housekeeping(bg) }()
 	// Resumes the runs left running by an earlier process (this replica's own
