@@ -177,13 +177,13 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return c.fail(ctx, "ConnectEdge", err)
 	}
 
-	h, err := c.cfg.Sessions.Attach(nodeID, sessionID)
+	now := c.cfg.Now()
+	h, err := c.cfg.Sessions.AttachSince(nodeID, sessionID, now)
 	if errors.Is(err, session.ErrClosed) {
 		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: ShutdownReconnectAfter(), Message: err.Error()}))
 	}
 	defer c.cfg.Sessions.Release(h)
 
-	now := c.cfg.Now()
 	if err := c.cfg.Store.InTx(ctx, func(tx store.Tx) error {
 		if err := tx.OpenSession(ctx, nodeID, sessionID, c.cfg.ReplicaID, now); err != nil {
 			return err

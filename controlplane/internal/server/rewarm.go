@@ -80,3 +80,35 @@ func (s *Server) learnBlacklisted(es []store.BlacklistEntry) {
 		}
 	}
 }
+
+// keepSessionsLoop re-asserts, once per heartbeat interval, the session rows of
+// the streams this replica holds, so a row cleared or overwritten while the
+// stream stayed live (a delayed write of an older stream, a write lost while the
+// database was unreachable, a restarted replica's cleanup) is true again within
+// one heartbeat interval. A row that already says so is not written.
+func (s *Server) keepSessionsLoop(ctx context.Context) {
+	every := s.cfg.HeartbeatInterval
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		live := s.sessions.Live()
+		if len(live) == 0 {
+			continue
+		}
+		n, err := s.store.KeepSessions(ctx, s.replica, live)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("re-assert this replica's session rows (retrying next interval)", "err", err)
+		case n > 0:
+			s.log.Info("session rows put right for streams this replica holds", "rows", n)
+		}
+	}
+}

@@ -404,9 +404,10 @@ func (s *Server) RequestKeyRotation(ctx context.Context, nodeID, fleetRunID stri
 func (s *Server) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(6)
 	go func() { defer wg.Done(); s.bus.Run(bg, replicaEvents{s}) }()
 	go func() { defer wg.Done(); s.rewarmLoop(bg) }()
+	go func() { defer wg.Done(); s.keepSessionsLoop(bg) }()
 	go func() { defer wg.Done(); s.lastSeen.Run(bg, lastSeenFlushEvery) }()
 	go func() { defer wg.Done(); s.housekeeping(bg) }()
 	// Resumes the runs left running by an earlier process (this replica's own
