@@ -24,6 +24,10 @@ const (
 	KindBlacklisted Kind = "blacklisted"
 	// KindCommand: Command is for NodeID's stream, wherever it is.
 	KindCommand Kind = "command"
+	// KindPresented: NodeID's stream on the origin replica presented new
+	// credentials (Presented) in an envelope that replica verified; a fleet run
+	// driven elsewhere waits for them.
+	KindPresented Kind = "presented"
 )
 
 // Event is one change for the other replicas.
@@ -38,6 +42,15 @@ type Event struct {
 	Tokens  []Token   `json:"t,omitempty"`
 	Command *Command  `json:"c,omitempty"`
 	At      time.Time `json:"a"`
+	// Presented is set for KindPresented.
+	Presented *Presented `json:"p,omitempty"`
+}
+
+// Presented is what a stream proved: the fingerprint of the key that signed the
+// envelope and the jti of the token it carried (ids, never the token).
+type Presented struct {
+	KeyFingerprint string `json:"f"`
+	TokenJTI       string `json:"j"`
 }
 
 // Token is a blacklisted token by its id: enough to refuse it, never the token.

@@ -45,8 +45,10 @@ var ErrShuttingDown = errors.New("the control plane is shutting down: watch agai
 
 // Config wires an Engine.
 type Config struct {
-	Store     store.Store
-	Sessions  *session.Registry
+	Store store.Store
+	// Sessions reaches the hosts' streams: on this replica only (a
+	// *session.Registry) or on every replica sharing the store.
+	Sessions  Streams
 	Presence  *session.Presence
 	ToolCalls *toolcall.Service
 	Metrics   *metrics.Metrics
@@ -64,6 +66,16 @@ type Config struct {
 	LeaseDuration time.Duration
 	// ResumeGrace: 0 means DefaultResumeGrace.
 	ResumeGrace time.Duration
+}
+
+// Streams is how the engine finds and commands a host's live stream.
+type Streams interface {
+	// Get reports whether nodeID has a live stream (the handle may be nil for a
+	// stream another replica holds).
+	Get(nodeID string) (*session.Handle, bool)
+	// Send queues a command for the stream: session.ErrNoStream if there is none,
+	// session.ErrBusy if its queue is full.
+	Send(nodeID string, c session.Command) error
 }
 
 // HostRef names a host in a plan.

@@ -59,6 +59,10 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(e.Why)}) {
 			s.log.Info("dropped the stream of a node revoked through another replica", "node", e.NodeID, "origin", e.Origin)
 		}
+	case broadcast.KindPresented:
+		if e.Presented != nil && e.NodeID != "" {
+			s.presence.Learn(e.NodeID, session.Credentials{KeyFingerprint: e.Presented.KeyFingerprint, TokenJTI: e.Presented.TokenJTI})
+		}
 	case broadcast.KindCommand:
 		if e.Command == nil {
 			return
@@ -85,4 +89,48 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 func (r replicaEvents) Resync(ctx context.Context) error {
 	r.s.reloadSigningKeys(ctx)
 	return r.s.rewarm(ctx)
+}
+
+// publishPresented tells the other replicas what a stream here has just proved (the
+// Presence hook), so a fleet run driven by any of them sees the host's new key and
+// token as verified by this replica, which holds the stream.
+func (s *Server) publishPresented(nodeID string, c session.Credentials) {
+	err := s.bus.Publish(context.Background(), broadcast.Event{Kind: broadcast.KindPresented, NodeID: nodeID, At: s.now().UTC(),
+		Presented: &broadcast.Presented{KeyFingerprint: c.KeyFingerprint, TokenJTI: c.TokenJTI}})
+	if err != nil {
+		// A fleet run elsewhere then waits out its deadline for this host and
+		// reports it; the host itself is fine.
+		s.log.Warn("stream credentials not broadcast to the other replicas", "node", nodeID, "err", err)
+	}
+}
+
+// clusterStreams is the fleet engine's view of every replica's streams: this
+// replica's registry first, then the session rows the others keep.
+type clusterStreams struct{ s *Server }
+
+// Get reports whether the node has a live stream on any replica. The handle is
+// nil for a stream another replica holds: the engine only asks whether there is
+// one.
+func (c clusterStreams) Get(nodeID string) (*session.Handle, bool) {
+	s := c.s
+	if h, ok := s.sessions.Get(nodeID); ok {
+		return h, true
+	}
+	if !s.bus.Shared() {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d, err := s.store.GetDaemon(ctx, nodeID)
+	if err != nil || d.SessionID == "" || d.SessionReplica == s.replica || d.Status == store.DaemonRevoked {
+		return nil, false
+	}
+	// A row left by a replica killed outright names a stream that is gone: only
+	// one seen within three heartbeats (the hosts list's rule) counts as live.
+	return nil, s.now().Sub(d.LastSeenAt) <= 3*s.cfg.HeartbeatInterval
+}
+
+// Send queues c for the node's stream wherever it is.
+func (c clusterStreams) Send(nodeID string, cmd session.Command) error {
+	return c.s.sendCommand(context.Background(), nodeID, cmd)
 }

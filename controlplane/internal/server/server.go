@@ -109,6 +109,8 @@ type Server struct {
 	ln    net.Listener
 	http  *http.Server
 	store store.Store
+	// presence is what each node's stream last proved, learned from every replica.
+	presence *session.Presence
 	// dirLock is held while serving an SQLite data dir; nil with PostgreSQL.
 	dirLock  *dataDirLock
 	tls      tlsca.Bundle
@@ -264,9 +266,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Grace:    opts.ExecGrace,
 	})
 	presence := session.NewPresence()
+	s.presence = presence
+	if s.bus.Shared() {
+		presence.OnChange(s.publishPresented)
+	}
 	s.fleet = fleet.New(fleet.Config{
 		Store:          s.store,
-		Sessions:       s.sessions,
+		Sessions:       clusterStreams{s},
 		Presence:       presence,
 		ToolCalls:      s.tools,
 		Metrics:        s.metrics,

@@ -1,0 +1,81 @@
+package rpc_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/controlplane/cptest"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/postgres/pgtest"
+)
+
+// threeReplicas starts three control planes on one PostgreSQL schema.
+func threeReplicas(t *testing.T) []*cptest.Server {
+	t.Helper()
+	a := cptest.Start(t, cptest.Options{DatabaseURL: pgtest.Fresh(t, pgtest.URL(t))})
+	return []*cptest.Server{a, a.StartReplica(t, cptest.Options{}), a.StartReplica(t, cptest.Options{})}
+}
+
+// startDaemonOn enrolls a host through enrollVia and keeps its stream on streamOn.
+func startDaemonOn(t *testing.T, enrollVia, streamOn *cptest.Server, name string, tags ...string) *simDaemon {
+	t.Helper()
+	n := enrollNamed(t, enrollVia, name, tags...)
+	n.client = streamOn.ClusterClient()
+	d := &simDaemon{t: t, srv: streamOn, name: name, behave: obey, n: n, rotated: map[string]bool{}, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	go d.loop(ctx)
+	t.Cleanup(func() { cancel(); <-d.done })
+	waitStatus(t, enrollVia, n.id, edgev1.HostStatus_HOST_STATUS_CONNECTED)
+	return d
+}
+
+// A fleet keys.rotate started on A rotates every host, whichever replica holds its
+// stream: the command crosses to that replica, which verifies the envelope under
+// the new key and tells A. No host is rotated twice.
+func TestReplicasFleetRotateAcrossReplicas(t *testing.T) {
+	rs := threeReplicas(t)
+	var daemons []*simDaemon
+	for i := range 6 {
+		daemons = append(daemons, startDaemonOn(t, rs[0], rs[i%3], fmt.Sprintf("edge-%02d", i), "edge"))
+	}
+	// hosts list through any replica tells the truth about every host.
+	for _, r := range rs {
+		for _, d := range daemons {
+			if got := hostStatus(t, r, d.nodeID()); got != edgev1.HostStatus_HOST_STATUS_CONNECTED {
+				t.Fatalf("%s through replica %s: %s, want CONNECTED", d.name, r.URL, got)
+			}
+		}
+	}
+
+	c := rs[0].AdminClient()
+	started := startRun(t, c, rotateSpec("tags=AnyOf(edge)"))
+	events := watch(t, c, started.GetRun().GetId(), 0)
+	got := results(events)
+	for _, d := range daemons {
+		expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, "")
+		if n := rotationRows(t, rs[0], d.nodeID()); n != 1 {
+			t.Fatalf("%s has %d rotations, want 1", d.name, n)
+		}
+	}
+	fin := events[len(events)-1].GetRunFinished().GetRun()
+	if fin.GetState() != edgev1.FleetRunState_FLEET_RUN_STATE_SUCCEEDED || fin.GetCounts().GetSucceeded() != 6 {
+		t.Fatalf("finished run = %v", fin)
+	}
+}
+
+// A fleet token refresh started on B refreshes hosts connected to A and C.
+func TestReplicasFleetRefreshAcrossReplicas(t *testing.T) {
+	rs := threeReplicas(t)
+	var daemons []*simDaemon
+	for i := range 4 {
+		daemons = append(daemons, startDaemonOn(t, rs[1], rs[[]int{0, 2}[i%2]], fmt.Sprintf("db-%02d", i), "db"))
+	}
+	c := rs[1].AdminClient()
+	started := startRun(t, c, &edgev1.FleetRunSpec{Action: edgev1.FleetAction_FLEET_ACTION_TOKEN_REFRESH, Target: "tags=AnyOf(db)"})
+	got := results(watch(t, c, started.GetRun().GetId(), 0))
+	for _, d := range daemons {
+		expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, "")
+	}
+}
