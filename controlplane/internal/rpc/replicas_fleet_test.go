@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	"connectrpc.com/connect"
 
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/cptest"
@@ -77,5 +80,40 @@ func TestReplicasFleetRefreshAcrossReplicas(t *testing.T) {
 	got := results(watch(t, c, started.GetRun().GetId(), 0))
 	for _, d := range daemons {
 		expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, "")
+	}
+}
+
+// A security-context change made through A refreshes the host where it is
+// connected (B): the stream there is told, and the host's next token carries it.
+func TestReplicasSecurityContextRefreshAcrossReplicas(t *testing.T) {
+	rs := threeReplicas(t)
+	d := startDaemonOn(t, rs[0], rs[1], "app-0", "app")
+	d.mu.Lock()
+	before := d.n.token
+	d.mu.Unlock()
+
+	resp, err := rs[0].AdminClient().SetHostSecurityContext(context.Background(), connect.NewRequest(&edgev1.SetHostSecurityContextRequest{
+		NodeId: d.nodeID(), SecurityContext: "ops", RefreshNow: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Msg.GetRefreshSent() {
+		t.Fatalf("refresh_sent false for a host connected to another replica: %v", resp.Msg)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d.mu.Lock()
+		tok := d.n.token
+		d.mu.Unlock()
+		if tok != before {
+			if c := peekToken(t, tok); c.SecurityContext != "ops" {
+				t.Fatalf("refreshed token names security context %q, want ops", c.SecurityContext)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the host on B did not refresh its token after the change through A")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -335,7 +335,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			Now:               s.now,
 			HeartbeatInterval: cfg.HeartbeatInterval,
 			Latest:            s.lastSeen.Latest,
-			Sessions:          s.sessions,
+			Sessions:          clusterStreams{s},
 			Logger:            s.log,
 		}),
 		Revocation: revoker,
