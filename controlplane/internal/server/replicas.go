@@ -38,9 +38,12 @@ func (s *Server) sendCommand(ctx context.Context, nodeID string, c session.Comma
 	if gerr != nil || d.SessionID == "" || d.SessionReplica == s.replica {
 		return err
 	}
-	return s.bus.Publish(ctx, broadcast.Event{Kind: broadcast.KindCommand, NodeID: nodeID, At: s.now().UTC(), Command: &broadcast.Command{
-		Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld,
-	}})
+	bc := &broadcast.Command{Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld, CommandID: c.CommandID}
+	if v := c.Invoke; v != nil {
+		bc.Invoke = &broadcast.Invocation{Tool: v.Tool, Command: v.Command, Args: v.Args, Cwd: v.Cwd, Env: v.Env,
+			Deadline: v.Deadline, SecurityContext: v.SecurityContext}
+	}
+	return s.bus.Publish(ctx, broadcast.Event{Kind: broadcast.KindCommand, NodeID: nodeID, At: s.now().UTC(), Command: bc})
 }
 
 // replicaEvents acts on the other replicas' events on this one.
@@ -59,6 +62,10 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(e.Why)}) {
 			s.log.Info("dropped the stream of a node revoked through another replica", "node", e.NodeID, "origin", e.Origin)
 		}
+	case broadcast.KindTool:
+		if e.Tool != nil {
+			s.toolParts.deliver(s, e.NodeID, *e.Tool)
+		}
 	case broadcast.KindPresented:
 		if e.Presented != nil && e.NodeID != "" {
 			s.presence.Learn(e.NodeID, session.Credentials{KeyFingerprint: e.Presented.KeyFingerprint, TokenJTI: e.Presented.TokenJTI})
@@ -67,12 +74,22 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		if e.Command == nil {
 			return
 		}
-		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld}
+		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld, CommandID: e.Command.CommandID}
 		switch e.Command.Kind {
 		case session.CommandRefreshToken.String():
 			c.Kind = session.CommandRefreshToken
 		case session.CommandRotateKey.String():
 			c.Kind = session.CommandRotateKey
+		case session.CommandCancelTool.String():
+			c.Kind = session.CommandCancelTool
+		case session.CommandInvokeTool.String():
+			v := e.Command.Invoke
+			if v == nil {
+				return
+			}
+			c.Kind = session.CommandInvokeTool
+			c.Invoke = &session.Invocation{Tool: v.Tool, Command: v.Command, Args: v.Args, Cwd: v.Cwd, Env: v.Env,
+				Deadline: v.Deadline, SecurityContext: v.SecurityContext}
 		default:
 			s.log.Warn("ignoring an unknown command from another replica", "kind", e.Command.Kind, "origin", e.Origin)
 			return

@@ -109,6 +109,8 @@ type Server struct {
 	ln    net.Listener
 	http  *http.Server
 	store store.Store
+	// toolParts reassembles tool output forwarded by other replicas.
+	toolParts toolParts
 	// presence is what each node's stream last proved, learned from every replica.
 	presence *session.Presence
 	// dirLock is held while serving an SQLite data dir; nil with PostgreSQL.
@@ -257,13 +259,14 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Logger:    s.log,
 	})
 	s.tools = toolcall.New(toolcall.Config{
-		Store:    s.store,
-		Sessions: s.sessions,
-		Metrics:  s.metrics,
-		Now:      s.now,
-		Rand:     rnd,
-		Logger:   s.log,
-		Grace:    opts.ExecGrace,
+		Store:     s.store,
+		Sessions:  clusterStreams{s},
+		Elsewhere: s.forwardTool,
+		Metrics:   s.metrics,
+		Now:       s.now,
+		Rand:      rnd,
+		Logger:    s.log,
+		Grace:     opts.ExecGrace,
 	})
 	presence := session.NewPresence()
 	s.presence = presence
