@@ -216,6 +216,7 @@ func (d *driver) finish() error {
 	if err != nil {
 		return err
 	}
+	d.e.runEnding(d.id)
 	err = st.InTx(d.ctx, func(tx store.Tx) error {
 		if err := tx.FinishFleetRun(d.ctx, d.id, state, halted, now); err != nil {
 			return err

@@ -130,6 +130,9 @@ type Engine struct {
 
 	mu      sync.Mutex
 	drivers map[string]*driver // runs this replica drives now
+	// inactive takes a driven run off the active gauge, once: when its finish is
+	// about to be committed or when its driver stops, whichever comes first.
+	inactive map[string]func()
 	changed map[string]chan struct{}
 	stopped bool
 }
@@ -149,7 +152,7 @@ func New(cfg Config) *Engine {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{cfg: cfg, ctx: ctx, cancel: cancel, drivers: map[string]*driver{}, changed: map[string]chan struct{}{}}
+	return &Engine{cfg: cfg, ctx: ctx, cancel: cancel, drivers: map[string]*driver{}, inactive: map[string]func(){}, changed: map[string]chan struct{}{}}
 }
 
 // resolve parses and normalizes spec and resolves its target to the hosts p may
@@ -508,15 +511,29 @@ func (e *Engine) launch(rec store.FleetRun, resumed bool) {
 	e.drivers[rec.ID] = d
 	e.wg.Add(1)
 	e.cfg.Metrics.FleetRunsActive(1)
+	e.inactive[rec.ID] = sync.OnceFunc(func() { e.cfg.Metrics.FleetRunsActive(-1) })
 	go func() {
 		defer e.wg.Done()
-		defer e.cfg.Metrics.FleetRunsActive(-1)
+		defer e.runEnding(rec.ID)
 		defer cancel()
 		d.run()
 		e.mu.Lock()
 		delete(e.drivers, rec.ID)
 		e.mu.Unlock()
 	}()
+}
+
+// runEnding takes run id off the active gauge (once). The driver calls it right
+// before committing run_finished, so a watcher that has seen the run finish never
+// scrapes it as still active.
+func (e *Engine) runEnding(id string) {
+	e.mu.Lock()
+	f := e.inactive[id]
+	delete(e.inactive, id)
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 func decodeSpec(rec store.FleetRun) (Spec, error) {
