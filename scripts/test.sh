@@ -30,6 +30,9 @@ for m in "${modules[@]}"; do (cd "$m" && GOWORK=off go build ./...); done
 step "go vet"
 for m in "${modules[@]}"; do (cd "$m" && go vet ./...); done
 
+step "staticcheck"
+go tool staticcheck ./api/... ./controlplane/... ./edged/... ./aegisctl/...
+
 step "go test"
 if [ -n "${AEGIS_TEST_POSTGRES_URL:-}" ]; then
   echo "PostgreSQL tests: on ($AEGIS_TEST_POSTGRES_URL)"

@@ -133,8 +133,8 @@ type Engine struct {
 	// inactive takes a driven run off the active gauge, once: when its finish is
 	// about to be committed or when its driver stops, whichever comes first.
 	inactive map[string]func()
-	changed map[string]chan struct{}
-	stopped bool
+	changed  map[string]chan struct{}
+	stopped  bool
 }
 
 // New returns an Engine; call Run to resume and watch for runs, Stop to end.

@@ -48,23 +48,21 @@ func (switchCodec) Unmarshal(b []byte, m any) error { return proto.Unmarshal(b, 
 // non-OK status carrying a Rejection with reason want.
 func expectStreamRefused(t *testing.T, bs *connect.BidiStreamForClient[edgev1.SealNodeEnvelope, edgev1.EdgeCommand], want edgev1.RejectReason) *edgev1.Rejection {
 	t.Helper()
-	for {
-		cmd, err := bs.Receive()
-		if err == nil {
-			t.Fatalf("expected the stream to be refused with %s, got %v", want, cmd)
-		}
-		if errors.Is(err, io.EOF) {
-			t.Fatalf("stream ended with a bare EOF (status OK), want a refusal with %s", want)
-		}
-		r, ok := reject.From(err)
-		if !ok {
-			t.Fatalf("stream ended with %v (code %s), want a Rejection with %s", err, connect.CodeOf(err), want)
-		}
-		if r.GetReason() != want {
-			t.Fatalf("stream refused with %s (%s), want %s", r.GetReason(), r.GetMessage(), want)
-		}
-		return r
+	cmd, err := bs.Receive()
+	if err == nil {
+		t.Fatalf("expected the stream to be refused with %s, got %v", want, cmd)
 	}
+	if errors.Is(err, io.EOF) {
+		t.Fatalf("stream ended with a bare EOF (status OK), want a refusal with %s", want)
+	}
+	r, ok := reject.From(err)
+	if !ok {
+		t.Fatalf("stream ended with %v (code %s), want a Rejection with %s", err, connect.CodeOf(err), want)
+	}
+	if r.GetReason() != want {
+		t.Fatalf("stream refused with %s (%s), want %s", r.GetReason(), r.GetMessage(), want)
+	}
+	return r
 }
 
 // Messages that are not envelopes at all, or are larger than the server reads, end
