@@ -10,6 +10,7 @@ import (
 
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/cptest"
+	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"github.com/aegis-edge/aegis/controlplane/internal/store/postgres/pgtest"
 )
 
@@ -115,5 +116,65 @@ func TestReplicasSecurityContextRefreshAcrossReplicas(t *testing.T) {
 			t.Fatal("the host on B did not refresh its token after the change through A")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The replica driving a fleet run goes away mid-run: another takes the run's lease
+// once it lapses and finishes it, and no host is rotated twice.
+func TestReplicasFleetRunSurvivesItsDriver(t *testing.T) {
+	dbURL := pgtest.Fresh(t, pgtest.URL(t))
+	opts := cptest.Options{DatabaseURL: dbURL, FleetLeaseDuration: time.Second, FleetResumeGrace: 2 * time.Second}
+	a := cptest.Start(t, opts)
+	opts.DatabaseURL = ""
+	b := a.StartReplica(t, opts)
+	c := a.StartReplica(t, opts)
+	var daemons []*simDaemon
+	for i := range 8 {
+		d := startDaemonOn(t, b, []*cptest.Server{b, c}[i%2], fmt.Sprintf("svc-%02d", i), "svc")
+		d.delay = 300 * time.Millisecond
+		daemons = append(daemons, d)
+	}
+
+	started := startRun(t, a.AdminClient(), rotateSpec("tags=AnyOf(svc)"))
+	id := started.GetRun().GetId()
+	// Watch through B, which outlives A.
+	watched := make(chan []*edgev1.FleetEvent, 1)
+	go func() { watched <- watch(t, b.AdminClient(), id, 0) }()
+
+	// A drives the first wave; stop it once the run is under way.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		hs, err := b.Store.ListFleetRunHosts(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := 0
+		for _, h := range hs {
+			if h.State == store.FleetHostSucceeded {
+				done++
+			}
+		}
+		if done > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no host finished under the first driver")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.Stop()
+
+	var events []*edgev1.FleetEvent
+	select {
+	case events = <-watched:
+	case <-time.After(45 * time.Second):
+		t.Fatal("the run did not finish after its driver went away")
+	}
+	got := results(events)
+	for _, d := range daemons {
+		expectHost(t, got, d.nodeID(), edgev1.FleetHostState_FLEET_HOST_STATE_SUCCEEDED, "")
+		if n := rotationRows(t, b, d.nodeID()); n != 1 {
+			t.Fatalf("%s has %d rotations, want exactly 1", d.name, n)
+		}
 	}
 }
