@@ -30,13 +30,19 @@ for m in "${modules[@]}"; do (cd "$m" && GOWORK=off go build ./...); done
 step "go vet"
 for m in "${modules[@]}"; do (cd "$m" && go vet ./...); done
 
+step "staticcheck"
+go tool staticcheck ./api/... ./controlplane/... ./edged/... ./aegisctl/...
+
 step "go test"
 if [ -n "${AEGIS_TEST_POSTGRES_URL:-}" ]; then
   echo "PostgreSQL tests: on ($AEGIS_TEST_POSTGRES_URL)"
 else
   echo "PostgreSQL tests: off (set AEGIS_TEST_POSTGRES_URL to run them)"
 fi
-go test -count=1 ./api/... ./controlplane/... ./edged/... ./aegisctl/...
+# The race detector over the modules whose code runs concurrently; aegisctl's
+# end-to-end scripts run the real binaries and gain nothing from it.
+go test -race -count=1 ./api/... ./controlplane/... ./edged/...
+go test -count=1 ./aegisctl/...
 
 step "fuzz targets, a few seconds each (the seed corpus runs in go test above)"
 fuzztime=${AEGIS_FUZZTIME:-3s}

@@ -48,6 +48,8 @@ type Options struct {
 	// HousekeepingInterval is how often expired blacklist rows and nonces are purged
 	// (default: every minute, as in production).
 	HousekeepingInterval time.Duration
+	// RewarmInterval is how often the cached blacklist is re-read (0: the default).
+	RewarmInterval time.Duration
 	// ExecGrace is how long after its deadline an Exec waits for the result of a
 	// daemon that lost its stream (default 30s, as in production).
 	ExecGrace time.Duration
@@ -167,6 +169,7 @@ func (s *Server) start(t testing.TB) {
 		Listener:             ln,
 		ShutdownTimeout:      5 * time.Second,
 		HousekeepingInterval: s.opts.HousekeepingInterval,
+		RewarmInterval:       s.opts.RewarmInterval,
 		ExecGrace:            s.opts.ExecGrace,
 		FleetResumeGrace:     s.opts.FleetResumeGrace,
 		FleetLeaseDuration:   s.opts.FleetLeaseDuration,

@@ -53,8 +53,16 @@ func (h *Host) Rotate(ctx context.Context, opts RotateOptions) (Result, error) {
 		return Result{}, err
 	}
 	defer unlock()
-	if _, err := h.reconcileLocked(ctx); err != nil {
+	settled, err := h.reconcileLocked(ctx)
+	if err != nil {
 		return Result{}, fmt.Errorf("an earlier rotation is not settled yet: %w", err)
+	}
+	if settled.Finished != nil && opts.FleetRunID != "" {
+		// A fleet run asks for one rotation: the one left pending, now finished, is
+		// it. Starting another would rotate the host twice for one request.
+		h.log.Info("finished a pending key rotation and reported it as the fleet run's",
+			"rotation_id", settled.Finished.RotationID, "fleet_run_id", opts.FleetRunID)
+		return *settled.Finished, nil
 	}
 	id, err := h.load()
 	if err != nil {

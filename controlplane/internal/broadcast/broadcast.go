@@ -24,6 +24,14 @@ const (
 	KindBlacklisted Kind = "blacklisted"
 	// KindCommand: Command is for NodeID's stream, wherever it is.
 	KindCommand Kind = "command"
+	// KindPresented: NodeID's stream on the origin replica presented new
+	// credentials (Presented) in an envelope that replica verified; a fleet run
+	// driven elsewhere waits for them.
+	KindPresented Kind = "presented"
+	// KindTool: output or the result of tool call Tool.CommandID arrived on
+	// NodeID's stream at the origin replica; the replica whose caller waits for the
+	// call hands it over, the others ignore it.
+	KindTool Kind = "tool"
 )
 
 // Event is one change for the other replicas.
@@ -38,6 +46,60 @@ type Event struct {
 	Tokens  []Token   `json:"t,omitempty"`
 	Command *Command  `json:"c,omitempty"`
 	At      time.Time `json:"a"`
+	// Presented is set for KindPresented.
+	Presented *Presented `json:"p,omitempty"`
+	// Tool is set for KindTool.
+	Tool *ToolEvent `json:"x,omitempty"`
+}
+
+// ToolEvent is one piece of a tool call's output, or its result. A chunk larger
+// than fits one notification travels as Parts events numbered by Part (0-based),
+// in order.
+type ToolEvent struct {
+	CommandID string `json:"i"`
+	Sequence  uint64 `json:"s,omitempty"`
+	Stream    int    `json:"st,omitempty"`
+	Data      []byte `json:"d,omitempty"`
+	Part      int    `json:"pt,omitempty"`
+	Parts     int    `json:"ps,omitempty"`
+	// Result is set for the call's result (then there is no output).
+	Result *ToolResult `json:"r,omitempty"`
+}
+
+// ToolResult is a tool call's result as the daemon reported it.
+type ToolResult struct {
+	ExitCode        int32         `json:"c"`
+	OK              bool          `json:"ok,omitempty"`
+	Kind            int           `json:"k,omitempty"`
+	Message         string        `json:"m,omitempty"`
+	OutputTruncated bool          `json:"t,omitempty"`
+	Duration        time.Duration `json:"d,omitempty"`
+	LastSequence    uint64        `json:"l,omitempty"`
+}
+
+// ToolPartBytes is the most output one KindTool event carries (base64 in JSON
+// grows it by a third, and MaxPayload must still hold).
+const ToolPartBytes = 5000
+
+// SplitOutput cuts data into parts of at most ToolPartBytes (at least one).
+func SplitOutput(data []byte) [][]byte {
+	if len(data) <= ToolPartBytes {
+		return [][]byte{data}
+	}
+	var out [][]byte
+	for len(data) > 0 {
+		n := min(len(data), ToolPartBytes)
+		out = append(out, data[:n])
+		data = data[n:]
+	}
+	return out
+}
+
+// Presented is what a stream proved: the fingerprint of the key that signed the
+// envelope and the jti of the token it carried (ids, never the token).
+type Presented struct {
+	KeyFingerprint string `json:"f"`
+	TokenJTI       string `json:"j"`
 }
 
 // Token is a blacklisted token by its id: enough to refuse it, never the token.
@@ -51,12 +113,27 @@ type Token struct {
 
 // Command is a server->daemon command that crosses replicas.
 type Command struct {
-	// Kind is "refresh_token" or "rotate_key".
+	// Kind is "refresh_token", "rotate_key", "invoke_tool" or "cancel_tool".
 	Kind       string `json:"k"`
 	Reason     string `json:"r,omitempty"`
 	FleetRunID string `json:"f,omitempty"`
 	// KeepOld in nanoseconds; 0 is the host's default.
 	KeepOld time.Duration `json:"ko,omitempty"`
+	// CommandID names the tool call ("invoke_tool", "cancel_tool").
+	CommandID string `json:"i,omitempty"`
+	// Invoke is the call to run ("invoke_tool").
+	Invoke *Invocation `json:"v,omitempty"`
+}
+
+// Invocation is a tool call for a daemon, as the session package has it.
+type Invocation struct {
+	Tool            string            `json:"t"`
+	Command         string            `json:"c"`
+	Args            []string          `json:"a,omitempty"`
+	Cwd             string            `json:"w,omitempty"`
+	Env             map[string]string `json:"e,omitempty"`
+	Deadline        time.Time         `json:"d"`
+	SecurityContext string            `json:"s,omitempty"`
 }
 
 // Handler acts on another replica's events. Handle must not block for long: it runs

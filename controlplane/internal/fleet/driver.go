@@ -45,9 +45,6 @@ type driver struct {
 
 	// writes records host states and events in batches (recorder.go).
 	writes *recorder
-	// inactive takes the run off the active-runs gauge, once: when it finishes, or
-	// when this replica stops driving it.
-	inactive func()
 
 	mu       sync.Mutex
 	failures int
@@ -271,6 +268,7 @@ func (d *driver) finish() error {
 	if err != nil {
 		return err
 	}
+	d.e.runEnding(d.id)
 	err = st.InTx(d.ctx, func(tx store.Tx) error {
 		if err := tx.FinishFleetRun(d.ctx, d.id, state, halted, now); err != nil {
 			return err
@@ -281,9 +279,6 @@ func (d *driver) finish() error {
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}
-	// Before watchers hear of the end, so that what they read next (the gauge
-	// included) already shows the run finished.
-	d.inactive()
 	d.e.notify(d.id)
 	d.log.Info("fleet run finished", "state", state, "succeeded", counts.Succeeded, "failed", counts.Failed,
 		"skipped", counts.Skipped, "not_started", counts.NotStarted, "halted", halted)

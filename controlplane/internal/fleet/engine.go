@@ -45,8 +45,10 @@ var ErrShuttingDown = errors.New("the control plane is shutting down: watch agai
 
 // Config wires an Engine.
 type Config struct {
-	Store     store.Store
-	Sessions  *session.Registry
+	Store store.Store
+	// Sessions reaches the hosts' streams: on this replica only (a
+	// *session.Registry) or on every replica sharing the store.
+	Sessions  Streams
 	Presence  *session.Presence
 	ToolCalls *toolcall.Service
 	Metrics   *metrics.Metrics
@@ -64,6 +66,16 @@ type Config struct {
 	LeaseDuration time.Duration
 	// ResumeGrace: 0 means DefaultResumeGrace.
 	ResumeGrace time.Duration
+}
+
+// Streams is how the engine finds and commands a host's live stream.
+type Streams interface {
+	// Get reports whether nodeID has a live stream (the handle may be nil for a
+	// stream another replica holds).
+	Get(nodeID string) (*session.Handle, bool)
+	// Send queues a command for the stream: session.ErrNoStream if there is none,
+	// session.ErrBusy if its queue is full.
+	Send(nodeID string, c session.Command) error
 }
 
 // HostRef names a host in a plan.
@@ -118,8 +130,11 @@ type Engine struct {
 
 	mu      sync.Mutex
 	drivers map[string]*driver // runs this replica drives now
-	changed map[string]chan struct{}
-	stopped bool
+	// inactive takes a driven run off the active gauge, once: when its finish is
+	// about to be committed or when its driver stops, whichever comes first.
+	inactive map[string]func()
+	changed  map[string]chan struct{}
+	stopped  bool
 }
 
 // New returns an Engine; call Run to resume and watch for runs, Stop to end.
@@ -137,7 +152,7 @@ func New(cfg Config) *Engine {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{cfg: cfg, ctx: ctx, cancel: cancel, drivers: map[string]*driver{}, changed: map[string]chan struct{}{}}
+	return &Engine{cfg: cfg, ctx: ctx, cancel: cancel, drivers: map[string]*driver{}, inactive: map[string]func(){}, changed: map[string]chan struct{}{}}
 }
 
 // resolve parses and normalizes spec and resolves its target to the hosts p may
@@ -496,17 +511,29 @@ func (e *Engine) launch(rec store.FleetRun, resumed bool) {
 	e.drivers[rec.ID] = d
 	e.wg.Add(1)
 	e.cfg.Metrics.FleetRunsActive(1)
-	var once sync.Once
-	d.inactive = func() { once.Do(func() { e.cfg.Metrics.FleetRunsActive(-1) }) }
+	e.inactive[rec.ID] = sync.OnceFunc(func() { e.cfg.Metrics.FleetRunsActive(-1) })
 	go func() {
 		defer e.wg.Done()
-		defer d.inactive()
+		defer e.runEnding(rec.ID)
 		defer cancel()
 		d.run()
 		e.mu.Lock()
 		delete(e.drivers, rec.ID)
 		e.mu.Unlock()
 	}()
+}
+
+// runEnding takes run id off the active gauge (once). The driver calls it right
+// before committing run_finished, so a watcher that has seen the run finish never
+// scrapes it as still active.
+func (e *Engine) runEnding(id string) {
+	e.mu.Lock()
+	f := e.inactive[id]
+	delete(e.inactive, id)
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 func decodeSpec(rec store.FleetRun) (Spec, error) {

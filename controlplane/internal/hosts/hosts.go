@@ -54,10 +54,16 @@ type Config struct {
 	// Latest, if set, gives this replica's newest in-memory last-seen time of a node,
 	// fresher than the batched column.
 	Latest func(nodeID string) time.Time
-	// Sessions reaches the host's live stream to ask for a token refresh; nil means
-	// never.
-	Sessions *session.Registry
+	// Sessions reaches the host's live stream, on this replica or another, to ask
+	// for a token refresh; nil means never.
+	Sessions Sender
 	Logger   *slog.Logger
+}
+
+// Sender queues a command for a node's live stream (a *session.Registry for this
+// replica's streams only): session.ErrNoStream when it has none.
+type Sender interface {
+	Send(nodeID string, c session.Command) error
 }
 
 // Service answers host queries.

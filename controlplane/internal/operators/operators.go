@@ -98,6 +98,11 @@ func (s *Service) CreateTenant(ctx context.Context, p apitoken.Principal, name, 
 			return fmt.Errorf("tenant %q: %w", name, ErrExists)
 		}
 		if err := tx.CreateTenant(ctx, t); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				// Another create of this name committed after the lookup above:
+				// the schema's unique name caught it.
+				return fmt.Errorf("tenant %q: %w", name, ErrExists)
+			}
 			return fmt.Errorf("create tenant: %w", err)
 		}
 		_, err = tx.AppendAudit(ctx, store.AuditEntry{

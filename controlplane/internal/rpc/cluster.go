@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -51,6 +52,9 @@ type ClusterConfig struct {
 	// ReplicaID names this process in session rows.
 	ReplicaID string
 	Rand      io.Reader
+	// MaxMessageBytes is the read limit the handler is served with, named in the
+	// refusal of a larger message; 0 leaves it out of the message.
+	MaxMessageBytes int
 }
 
 // Cluster implements edgev1connect.NodeClusterServiceHandler.
@@ -156,7 +160,8 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 
 	first, err := bs.Receive()
 	if err != nil {
-		return nil // the daemon left before saying anything
+		// The daemon left before saying anything, or said something unreadable.
+		return c.receiveFailed(ctx, err)
 	}
 	if err := verifier.Check(ctx, first); err != nil {
 		return c.fail(ctx, "ConnectEdge", err)
@@ -172,13 +177,13 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return c.fail(ctx, "ConnectEdge", err)
 	}
 
-	h, err := c.cfg.Sessions.Attach(nodeID, sessionID)
+	now := c.cfg.Now()
+	h, err := c.cfg.Sessions.AttachSince(nodeID, sessionID, now)
 	if errors.Is(err, session.ErrClosed) {
 		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: ShutdownReconnectAfter(), Message: err.Error()}))
 	}
 	defer c.cfg.Sessions.Release(h)
 
-	now := c.cfg.Now()
 	if err := c.cfg.Store.InTx(ctx, func(tx store.Tx) error {
 		if err := tx.OpenSession(ctx, nodeID, sessionID, c.cfg.ReplicaID, now); err != nil {
 			return err
@@ -241,6 +246,9 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			}
 		case r := <-recv:
 			if r.err != nil {
+				if rerr := c.receiveFailed(ctx, r.err); rerr != nil {
+					return rerr
+				}
 				log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
 				return nil
 			}
@@ -284,6 +292,30 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			}
 		}
 	}
+}
+
+// receiveFailed turns a failed Receive into how the stream ends: nil when the daemon
+// hung up or went away (nobody is left to tell), a typed refusal when what it sent
+// could not be read, so a client always learns why it was cut off.
+func (c *Cluster) receiveFailed(ctx context.Context, err error) error {
+	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		return nil
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeResourceExhausted:
+		limit := ""
+		if c.cfg.MaxMessageBytes > 0 {
+			limit = fmt.Sprintf(" (%d bytes)", c.cfg.MaxMessageBytes)
+		}
+		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED,
+			"a stream message was larger than the control plane reads%s; send smaller envelopes", limit))
+	case connect.CodeInvalidArgument, connect.CodeInternal, connect.CodeUnknown:
+		// connect-go reports a body it cannot decode as InvalidArgument (bad
+		// protobuf) or Internal/Unknown (bad framing or compression).
+		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED,
+			"a stream message is not a SealNodeEnvelope; check the client speaks aegis.edge.v1"))
+	}
+	return nil
 }
 
 // presented tells Presence what the envelope the verifier just accepted proved.

@@ -208,20 +208,18 @@ func (s *stream) heartbeat() {
 // expectReject reads until the stream ends and checks it ended with reason.
 func (s *stream) expectReject(want edgev1.RejectReason) *edgev1.Rejection {
 	s.t.Helper()
-	for {
-		cmd, err := s.recv()
-		if err == nil {
-			s.t.Fatalf("expected %s, got %v", want, cmd)
-		}
-		r, ok := reject.From(err)
-		if !ok {
-			s.t.Fatalf("expected rejection %s, got %v", want, err)
-		}
-		if r.GetReason() != want {
-			s.t.Fatalf("expected %s, got %s (%s)", want, r.GetReason(), r.GetMessage())
-		}
-		return r
+	cmd, err := s.recv()
+	if err == nil {
+		s.t.Fatalf("expected %s, got %v", want, cmd)
 	}
+	r, ok := reject.From(err)
+	if !ok {
+		s.t.Fatalf("expected rejection %s, got %v", want, err)
+	}
+	if r.GetReason() != want {
+		s.t.Fatalf("expected %s, got %s (%s)", want, r.GetReason(), r.GetMessage())
+	}
+	return r
 }
 
 func expectReason(t *testing.T, err error, want edgev1.RejectReason) {

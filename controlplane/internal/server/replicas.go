@@ -27,24 +27,6 @@ func openBus(ctx context.Context, cfg config.Config, replica string, log *slog.L
 	return b, nil
 }
 
-// publishBlacklisted tells the other replicas of tokens this one has just
-// blacklisted (the Blacklist's OnAdd hook, after commit).
-func (s *Server) publishBlacklisted(es []store.BlacklistEntry) {
-	if !s.bus.Shared() {
-		return
-	}
-	toks := make([]broadcast.Token, len(es))
-	for i, e := range es {
-		toks[i] = broadcast.Token{JTI: e.JTI, NodeID: e.NodeID, Reason: e.Reason, ExpiresAt: e.ExpiresAt.Unix(), AddedAt: e.AddedAt.Unix()}
-	}
-	err := s.bus.Publish(context.Background(), broadcast.Event{Kind: broadcast.KindBlacklisted, Tokens: toks, At: s.now().UTC()})
-	if err != nil {
-		// Committed: the others still refuse the token on a new stream's attestation
-		// check against the store, and learn it at their next resync.
-		s.log.Warn("blacklisted tokens not broadcast to the other replicas", "tokens", len(es), "err", err)
-	}
-}
-
 // sendCommand queues c for the node's stream on this replica or, when another
 // replica holds it (as the store says), publishes it for that one.
 func (s *Server) sendCommand(ctx context.Context, nodeID string, c session.Command) error {
@@ -56,9 +38,12 @@ func (s *Server) sendCommand(ctx context.Context, nodeID string, c session.Comma
 	if gerr != nil || d.SessionID == "" || d.SessionReplica == s.replica {
 		return err
 	}
-	return s.bus.Publish(ctx, broadcast.Event{Kind: broadcast.KindCommand, NodeID: nodeID, At: s.now().UTC(), Command: &broadcast.Command{
-		Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld,
-	}})
+	bc := &broadcast.Command{Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld, CommandID: c.CommandID}
+	if v := c.Invoke; v != nil {
+		bc.Invoke = &broadcast.Invocation{Tool: v.Tool, Command: v.Command, Args: v.Args, Cwd: v.Cwd, Env: v.Env,
+			Deadline: v.Deadline, SecurityContext: v.SecurityContext}
+	}
+	return s.bus.Publish(ctx, broadcast.Event{Kind: broadcast.KindCommand, NodeID: nodeID, At: s.now().UTC(), Command: bc})
 }
 
 // replicaEvents acts on the other replicas' events on this one.
@@ -72,21 +57,39 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		for i, t := range e.Tokens {
 			es[i] = store.BlacklistEntry{JTI: t.JTI, NodeID: t.NodeID, Reason: t.Reason, ExpiresAt: time.Unix(t.ExpiresAt, 0).UTC(), AddedAt: time.Unix(t.AddedAt, 0).UTC()}
 		}
-		s.black.Learn(es...)
+		s.learnBlacklisted(es)
 	case broadcast.KindRevoked:
 		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(e.Why)}) {
 			s.log.Info("dropped the stream of a node revoked through another replica", "node", e.NodeID, "origin", e.Origin)
+		}
+	case broadcast.KindTool:
+		if e.Tool != nil {
+			s.toolParts.deliver(s, e.NodeID, *e.Tool)
+		}
+	case broadcast.KindPresented:
+		if e.Presented != nil && e.NodeID != "" {
+			s.presence.Learn(e.NodeID, session.Credentials{KeyFingerprint: e.Presented.KeyFingerprint, TokenJTI: e.Presented.TokenJTI})
 		}
 	case broadcast.KindCommand:
 		if e.Command == nil {
 			return
 		}
-		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld}
+		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld, CommandID: e.Command.CommandID}
 		switch e.Command.Kind {
 		case session.CommandRefreshToken.String():
 			c.Kind = session.CommandRefreshToken
 		case session.CommandRotateKey.String():
 			c.Kind = session.CommandRotateKey
+		case session.CommandCancelTool.String():
+			c.Kind = session.CommandCancelTool
+		case session.CommandInvokeTool.String():
+			v := e.Command.Invoke
+			if v == nil {
+				return
+			}
+			c.Kind = session.CommandInvokeTool
+			c.Invoke = &session.Invocation{Tool: v.Tool, Command: v.Command, Args: v.Args, Cwd: v.Cwd, Env: v.Env,
+				Deadline: v.Deadline, SecurityContext: v.SecurityContext}
 		default:
 			s.log.Warn("ignoring an unknown command from another replica", "kind", e.Command.Kind, "origin", e.Origin)
 			return
@@ -98,7 +101,53 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 	}
 }
 
-// Resync warms the blacklist again after notifications may have been missed.
+// Resync re-reads what this replica caches after notifications may have been
+// missed (the LISTEN connection was lost and is back).
 func (r replicaEvents) Resync(ctx context.Context) error {
-	return r.s.black.Warm(ctx, r.s.store, r.s.now())
+	r.s.reloadSigningKeys(ctx)
+	return r.s.rewarm(ctx)
+}
+
+// publishPresented tells the other replicas what a stream here has just proved (the
+// Presence hook), so a fleet run driven by any of them sees the host's new key and
+// token as verified by this replica, which holds the stream.
+func (s *Server) publishPresented(nodeID string, c session.Credentials) {
+	err := s.bus.Publish(context.Background(), broadcast.Event{Kind: broadcast.KindPresented, NodeID: nodeID, At: s.now().UTC(),
+		Presented: &broadcast.Presented{KeyFingerprint: c.KeyFingerprint, TokenJTI: c.TokenJTI}})
+	if err != nil {
+		// A fleet run elsewhere then waits out its deadline for this host and
+		// reports it; the host itself is fine.
+		s.log.Warn("stream credentials not broadcast to the other replicas", "node", nodeID, "err", err)
+	}
+}
+
+// clusterStreams is the fleet engine's view of every replica's streams: this
+// replica's registry first, then the session rows the others keep.
+type clusterStreams struct{ s *Server }
+
+// Get reports whether the node has a live stream on any replica. The handle is
+// nil for a stream another replica holds: the engine only asks whether there is
+// one.
+func (c clusterStreams) Get(nodeID string) (*session.Handle, bool) {
+	s := c.s
+	if h, ok := s.sessions.Get(nodeID); ok {
+		return h, true
+	}
+	if !s.bus.Shared() {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d, err := s.store.GetDaemon(ctx, nodeID)
+	if err != nil || d.SessionID == "" || d.SessionReplica == s.replica || d.Status == store.DaemonRevoked {
+		return nil, false
+	}
+	// A row left by a replica killed outright names a stream that is gone: only
+	// one seen within three heartbeats (the hosts list's rule) counts as live.
+	return nil, s.now().Sub(d.LastSeenAt) <= 3*s.cfg.HeartbeatInterval
+}
+
+// Send queues c for the node's stream wherever it is.
+func (c clusterStreams) Send(nodeID string, cmd session.Command) error {
+	return c.s.sendCommand(context.Background(), nodeID, cmd)
 }

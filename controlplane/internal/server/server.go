@@ -59,6 +59,8 @@ const (
 	compressMinBytes = 4096
 	// DefaultShutdownTimeout bounds a graceful shutdown.
 	DefaultShutdownTimeout = 15 * time.Second
+	// readMaxBytes is the largest request message read; a larger one is refused.
+	readMaxBytes = 1 << 20
 )
 
 // Options configures New. Only Config is required.
@@ -97,17 +99,28 @@ type Options struct {
 	// ConsolePollInterval is how often the web console's live pages look for
 	// changes; 0 means console.DefaultPollInterval.
 	ConsolePollInterval time.Duration
+	// RewarmInterval is how often a replica re-reads what it caches from the store
+	// (the blacklist, and with it revocations) in case a notification was missed; 0
+	// means DefaultRewarmInterval. Each wait is shortened by up to a quarter, at
+	// random, so replicas do not re-read in step.
+	RewarmInterval time.Duration
 }
 
 // Server is a running control plane.
 type Server struct {
-	opts     Options
-	cfg      config.Config
-	log      *slog.Logger
-	now      func() time.Time
-	ln       net.Listener
-	http     *http.Server
-	store    store.Store
+	opts  Options
+	cfg   config.Config
+	log   *slog.Logger
+	now   func() time.Time
+	ln    net.Listener
+	http  *http.Server
+	store store.Store
+	// toolParts reassembles tool output forwarded by other replicas.
+	toolParts toolParts
+	// presence is what each node's stream last proved, learned from every replica.
+	presence *session.Presence
+	// dirLock is held while serving an SQLite data dir; nil with PostgreSQL.
+	dirLock  *dataDirLock
 	tls      tlsca.Bundle
 	metrics  *metrics.Metrics
 	sessions *session.Registry
@@ -140,6 +153,18 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 
 	if err := ensureDataDir(cfg.DataDir, s.log, os.Chmod); err != nil {
 		return nil, err
+	}
+	// With SQLite the data dir is the database: one process owns it. PostgreSQL
+	// replicas may share one (the same CA and admin token), so it is not locked.
+	if cfg.DatabaseKind == config.DatabaseSQLite {
+		if s.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				_ = s.dirLock.release()
+			}
+		}()
 	}
 	s.store, err = OpenStore(ctx, cfg)
 	if err != nil {
@@ -219,7 +244,6 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	s.black.OnAdd(s.publishBlacklisted)
 	s.lastSeen = session.NewLastSeen(s.store, s.log)
 	s.auth = nodeauth.New(nodeauth.Config{
 		Store:         s.store,
@@ -241,18 +265,23 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Logger:    s.log,
 	})
 	s.tools = toolcall.New(toolcall.Config{
-		Store:    s.store,
-		Sessions: s.sessions,
-		Metrics:  s.metrics,
-		Now:      s.now,
-		Rand:     rnd,
-		Logger:   s.log,
-		Grace:    opts.ExecGrace,
+		Store:     s.store,
+		Sessions:  clusterStreams{s},
+		Elsewhere: s.forwardTool,
+		Metrics:   s.metrics,
+		Now:       s.now,
+		Rand:      rnd,
+		Logger:    s.log,
+		Grace:     opts.ExecGrace,
 	})
 	presence := session.NewPresence()
+	s.presence = presence
+	if s.bus.Shared() {
+		presence.OnChange(s.publishPresented)
+	}
 	s.fleet = fleet.New(fleet.Config{
 		Store:          s.store,
-		Sessions:       s.sessions,
+		Sessions:       clusterStreams{s},
 		Presence:       presence,
 		ToolCalls:      s.tools,
 		Metrics:        s.metrics,
@@ -306,6 +335,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		ReplicaID:         s.replica,
 		Rand:              rnd,
+		MaxMessageBytes:   readMaxBytes,
 	})
 	admin := rpc.NewAdmin(rpc.AdminConfig{
 		Enroll: enrollSvc,
@@ -314,7 +344,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			Now:               s.now,
 			HeartbeatInterval: cfg.HeartbeatInterval,
 			Latest:            s.lastSeen.Latest,
-			Sessions:          s.sessions,
+			Sessions:          clusterStreams{s},
 			Logger:            s.log,
 		}),
 		Revocation: revoker,
@@ -327,7 +357,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	})
 
 	metricsI := rpc.MetricsInterceptor{Metrics: s.metrics}
-	limits := connect.WithReadMaxBytes(1 << 20)
+	limits := connect.WithReadMaxBytes(readMaxBytes)
 	mux := http.NewServeMux()
 	// Replies are mostly a token or an ack, a few hundred bytes: gzip costs more CPU
 	// (a compressor reset per message) than the bytes it saves, so compress only
@@ -402,8 +432,10 @@ func (s *Server) RequestKeyRotation(ctx context.Context, nodeID, fleetRunID stri
 func (s *Server) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(6)
 	go func() { defer wg.Done(); s.bus.Run(bg, replicaEvents{s}) }()
+	go func() { defer wg.Done(); s.rewarmLoop(bg) }()
+	go func() { defer wg.Done(); s.keepSessionsLoop(bg) }()
 	go func() { defer wg.Done(); s.lastSeen.Run(bg, lastSeenFlushEvery) }()
 	go func() { defer wg.Done(); s.housekeeping(bg) }()
 	// Resumes the runs left running by an earlier process (this replica's own
@@ -470,6 +502,9 @@ func (s *Server) finish() error {
 	s.bus.Close()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	if err := s.dirLock.release(); err != nil {
+		errs = append(errs, fmt.Errorf("release data dir lock: %w", err))
 	}
 	s.log.Info("control plane stopped")
 	return errors.Join(errs...)

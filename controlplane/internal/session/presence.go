@@ -18,8 +18,9 @@ type Credentials struct {
 // and token, so the hook sits on the verified path of ConnectEdge. A heartbeat
 // under unchanged credentials costs one map lookup and allocates nothing.
 type Presence struct {
-	mu     sync.Mutex
-	byNode map[string]*presented
+	mu       sync.Mutex
+	byNode   map[string]*presented
+	onChange func(nodeID string, creds Credentials)
 }
 
 type presented struct {
@@ -31,23 +32,47 @@ type presented struct {
 func NewPresence() *Presence { return &Presence{byNode: map[string]*presented{}} }
 
 // Presented records that nodeID's stream presented creds in an accepted envelope.
+// A change (or a node's first envelope here) is also handed to the OnChange hook,
+// after the lock is released.
 func (p *Presence) Presented(nodeID string, creds Credentials) {
 	if p == nil {
 		return
 	}
+	if p.set(nodeID, creds) && p.onChange != nil {
+		p.onChange(nodeID, creds)
+	}
+}
+
+// Learn records what nodeID's stream on another replica presented, as that
+// replica reported it; it is not handed to OnChange.
+func (p *Presence) Learn(nodeID string, creds Credentials) {
+	if p == nil {
+		return
+	}
+	p.set(nodeID, creds)
+}
+
+// OnChange makes every later change Presented records (not Learn) call fn, so the
+// other replicas learn it. Call it before the Presence is shared. fn runs on the
+// stream's goroutine with no lock held.
+func (p *Presence) OnChange(fn func(nodeID string, creds Credentials)) { p.onChange = fn }
+
+// set records creds and reports whether they changed.
+func (p *Presence) set(nodeID string, creds Credentials) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e := p.byNode[nodeID]
 	if e == nil {
 		p.byNode[nodeID] = &presented{creds: creds, changed: make(chan struct{})}
-		return
+		return true
 	}
 	if e.creds == creds {
-		return
+		return false
 	}
 	e.creds = creds
 	close(e.changed)
 	e.changed = make(chan struct{})
+	return true
 }
 
 // Current returns what nodeID last presented on this replica (ok false if never)

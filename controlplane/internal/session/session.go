@@ -110,10 +110,12 @@ const commandQueue = 8
 type Handle struct {
 	NodeID    string
 	SessionID string
-	kick      chan Kick
-	cmds      chan Command
-	once      sync.Once
-	released  sync.Once
+	// Since is when the stream was opened, as recorded in its session row.
+	Since    time.Time
+	kick     chan Kick
+	cmds     chan Command
+	once     sync.Once
+	released sync.Once
 }
 
 // Kicked delivers at most one Kick.
@@ -145,7 +147,12 @@ func NewRegistry(m *metrics.Metrics) *Registry {
 // with ReasonReplaced. After Shutdown it returns ErrClosed. Every attached handle
 // must be Released.
 func (r *Registry) Attach(nodeID, sessionID string) (*Handle, error) {
-	h := &Handle{NodeID: nodeID, SessionID: sessionID, kick: make(chan Kick, 1), cmds: make(chan Command, commandQueue)}
+	return r.AttachSince(nodeID, sessionID, time.Time{})
+}
+
+// AttachSince is Attach for a stream whose session row says it opened at since.
+func (r *Registry) AttachSince(nodeID, sessionID string, since time.Time) (*Handle, error) {
+	h := &Handle{NodeID: nodeID, SessionID: sessionID, Since: since, kick: make(chan Kick, 1), cmds: make(chan Command, commandQueue)}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -321,4 +328,15 @@ func (l *LastSeen) Run(ctx context.Context, interval time.Duration) {
 			}
 		}
 	}
+}
+
+// Live lists the streams registered now, for re-asserting their session rows.
+func (r *Registry) Live() []store.LiveSession {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]store.LiveSession, 0, len(r.byNode))
+	for _, h := range r.byNode {
+		out = append(out, store.LiveSession{NodeID: h.NodeID, SessionID: h.SessionID, Since: h.Since})
+	}
+	return out
 }

@@ -385,6 +385,19 @@ type Tx interface {
 	ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]AuditEntry, error)
 	// ListNodeAudit is ListAudit for one node's entries.
 	ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]AuditEntry, error)
+
+	// KeepSessions re-asserts the streams replica holds: each node's session row is
+	// set to the given one unless it already is, or it records a stream opened
+	// later (the newest stream wins). It returns how many rows it changed. It heals
+	// a row cleared or overwritten by a delayed write of an older stream.
+	KeepSessions(ctx context.Context, replica string, live []LiveSession) (int, error)
+}
+
+// LiveSession is one stream a replica holds, for KeepSessions.
+type LiveSession struct {
+	NodeID    string
+	SessionID string
+	Since     time.Time
 }
 
 // Store is a Tx that can also open transactions.

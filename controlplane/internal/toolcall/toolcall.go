@@ -141,9 +141,15 @@ type Request struct {
 
 // Config wires a Service.
 type Config struct {
-	Store    store.Tx
-	Sessions *session.Registry
-	Metrics  *metrics.Metrics
+	Store store.Tx
+	// Sessions reaches the node's stream, on this replica or (through the other
+	// replicas) wherever it is.
+	Sessions Sender
+	// Elsewhere, if set, is handed output and results that arrive here for a call
+	// this replica does not wait for, so the replica whose caller waits can be
+	// told (see ProgressFrom, ResultFrom).
+	Elsewhere func(nodeID, commandID string, ev Event)
+	Metrics   *metrics.Metrics
 	// Now is the protocol clock: InvokeTool.deadline is in the server's time.
 	Now    func() time.Time
 	Rand   io.Reader
@@ -278,22 +284,42 @@ func (s *Service) call(nodeID, id string) *Call {
 	return nil
 }
 
+// Sender queues a command for a node's live stream: session.ErrNoStream when it
+// has none, session.ErrBusy when its queue is full. A *session.Registry is one.
+type Sender interface {
+	Send(nodeID string, c session.Command) error
+}
+
 // Progress hands a chunk from nodeID's stream to its waiting caller. Chunks of an
-// unknown or finished call, and repeats (sequence not above the last), are dropped.
+// unknown or finished call, and repeats (sequence not above the last), are dropped;
+// a call not pending here goes to Elsewhere.
 func (s *Service) Progress(nodeID, commandID string, p Progress) {
+	if !s.progress(nodeID, commandID, p) && s.cfg.Elsewhere != nil {
+		s.cfg.Elsewhere(nodeID, commandID, Event{Progress: &p})
+	}
+}
+
+// ProgressFrom is Progress for a chunk another replica received: never handed on.
+func (s *Service) ProgressFrom(nodeID, commandID string, p Progress) {
+	s.progress(nodeID, commandID, p)
+}
+
+// progress reports whether the call is pending here.
+func (s *Service) progress(nodeID, commandID string, p Progress) bool {
 	c := s.call(nodeID, commandID)
 	if c == nil {
-		return
+		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.finished || p.Sequence <= c.lastSeq || c.queued+len(p.Data) > maxQueued {
-		return
+		return true
 	}
 	c.lastSeq = p.Sequence
 	c.queued += len(p.Data)
 	c.queue = append(c.queue, Event{Progress: &p})
 	c.notify()
+	return true
 }
 
 // Result records nodeID's result for commandID. It reports whether the call was
@@ -301,6 +327,18 @@ func (s *Service) Progress(nodeID, commandID string, p Progress) {
 // reconnect) or a result for a call this replica no longer waits for leaves its
 // buffer.
 func (s *Service) Result(nodeID, commandID string, r Result) bool {
+	c := s.call(nodeID, commandID)
+	if c == nil {
+		if s.cfg.Elsewhere != nil {
+			s.cfg.Elsewhere(nodeID, commandID, Event{Result: &r})
+		}
+		return false
+	}
+	return s.finish(c, r)
+}
+
+// ResultFrom is Result for a result another replica received: never handed on.
+func (s *Service) ResultFrom(nodeID, commandID string, r Result) bool {
 	c := s.call(nodeID, commandID)
 	if c == nil {
 		return false

@@ -248,33 +248,66 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 	defer cancel()
 	stream := a.client.ConnectEdge(sctx)
 	streamID := randomID()
-	var seq uint64
 	// sent holds the heartbeats not yet acknowledged (only the stream loop touches it).
 	sent := map[uint64]time.Time{}
-	// send seals ev with the key and token current now (tool calls send from their
-	// own goroutines; tokMu serializes them with the loop and with key swaps) and
-	// returns its sequence number.
+	// One goroutine owns the request side: it numbers, seals and sends each
+	// envelope in turn, so sequence numbers reach the server in order and no lock
+	// is held across a network send. It reads the key and token under tokMu for
+	// each envelope (a rotation swaps both at once), then lets go before sending.
+	type sent1 struct {
+		seq uint64
+		err error
+	}
+	type outgoing struct {
+		ev   *edgev1.EdgeEvent
+		done chan sent1
+	}
+	outbox := make(chan outgoing)
+	go func() {
+		var seq uint64
+		for {
+			var o outgoing
+			select {
+			case o = <-outbox:
+			case <-sctx.Done():
+				return
+			}
+			a.tokMu.Lock()
+			key, token, nodeID, now := a.key, a.token, a.nodeID, a.serverNow()
+			a.tokMu.Unlock()
+			seq++
+			env, err := seal.Seal(key, seal.Header{
+				Kind:     edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT,
+				Token:    token,
+				NodeID:   nodeID,
+				StreamID: streamID,
+				Sequence: seq,
+				Time:     now,
+			}, o.ev)
+			if err == nil {
+				err = stream.Send(env)
+			}
+			if err == nil {
+				n := seq
+				a.update(func(s *Snapshot) { s.Sent = n })
+			}
+			o.done <- sent1{seq, err}
+		}
+	}()
+	// send hands ev to the sending goroutine (tool calls send from their own
+	// goroutines too) and returns its sequence number once it is on the wire.
 	send := func(ev *edgev1.EdgeEvent) (uint64, error) {
-		a.tokMu.Lock()
-		defer a.tokMu.Unlock()
-		seq++
-		env, err := seal.Seal(a.key, seal.Header{
-			Kind:     edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT,
-			Token:    a.token,
-			NodeID:   a.nodeID,
-			StreamID: streamID,
-			Sequence: seq,
-			Time:     a.serverNow(),
-		}, ev)
-		if err != nil {
-			return 0, err
+		o := outgoing{ev: ev, done: make(chan sent1, 1)}
+		select {
+		case outbox <- o:
+		case <-sctx.Done():
+			return 0, io.EOF
 		}
-		if err := stream.Send(env); err != nil {
-			return 0, err
+		r := <-o.done
+		if r.err != nil {
+			return 0, r.err
 		}
-		n := seq
-		a.update(func(s *Snapshot) { s.Sent = n })
-		return n, nil
+		return r.seq, nil
 	}
 
 	recv := make(chan received, 1)

@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
@@ -59,19 +61,47 @@ func TestSocketRefusesAnotherUID(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("SO_PEERCRED is Linux's")
 	}
-	var log strings.Builder
+	log := &lockedLog{}
 	own, other := t.TempDir(), t.TempDir()
 	serveAt(t, own, io.Discard)
-	serveAt(t, other, &log, WithOwner(os.Geteuid()+4242))
+	serveAt(t, other, log, WithOwner(os.Geteuid()+4242))
 	if err := status(own); err != nil {
 		t.Fatalf("the owner is refused: %v", err)
 	}
 	if err := status(other); err == nil {
 		t.Fatal("a connection from a uid other than the owner's was served")
 	}
-	if !strings.Contains(log.String(), "refused a connection from another user") || !strings.Contains(log.String(), fmt.Sprintf("peer_uid=%d", os.Geteuid())) {
-		t.Fatalf("refusal not logged with the peer's uid:\n%s", log.String())
+	// The server logs on its own goroutine, possibly after the client saw the
+	// refusal: wait for the line rather than read a buffer it is writing.
+	logged := func() bool {
+		l := log.String()
+		return strings.Contains(l, "refused a connection from another user") && strings.Contains(l, fmt.Sprintf("peer_uid=%d", os.Geteuid()))
 	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !logged() {
+		if time.Now().After(deadline) {
+			t.Fatalf("refusal not logged with the peer's uid:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lockedLog is a log sink the server writes and the test reads at the same time.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // As root, a real process of another user connects. The file modes are opened up so

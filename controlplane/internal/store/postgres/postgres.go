@@ -80,6 +80,9 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 		// parse is exactly where it may miss one: say nothing about the text.
 		return nil, errors.New("postgres: the database URL does not parse as a postgres:// URL or key=value connection string")
 	}
+	// Statements are prepared once per connection and reused: pgx's default exec
+	// mode (QueryExecModeCacheStatement) keeps a prepared-statement cache on every
+	// connection, so the hot statements of a rotation parse and plan once.
 	var o Options
 	if len(opts) > 0 {
 		o = opts[0]

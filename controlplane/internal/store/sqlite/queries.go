@@ -166,11 +166,6 @@ func isForeignKeyViolation(err error) bool {
 	return sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
 }
 
-func isUniqueViolation(err error) bool {
-	c := sqliteCode(err)
-	return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
-}
-
 // wrapf adds context to err, turning sql.ErrNoRows into store.ErrNotFound.
 func wrapf(err error, format string, args ...any) error {
 	if errors.Is(err, sql.ErrNoRows) {

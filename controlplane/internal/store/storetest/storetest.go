@@ -70,6 +70,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentFleetRunEvents", testConcurrentFleetRunEvents},
 		{"ConcurrentFleetFinishers", testConcurrentFleetFinishers},
 		{"Ping", testPing},
+		{"Uniqueness", testUniqueness},
+		{"KeepSessions", testKeepSessions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
