@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aegis-edge/aegis/api/buildinfo"
 	"io"
 	"log/slog"
 
@@ -83,8 +84,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		flags = append(flags, l.flag)
 	}
 	return &cli.App{
-		Name:      "controlplane",
-		Usage:     "the Aegis Edge control plane: enrollment, node tokens, live daemon streams, operator API",
+		Name:  "controlplane",
+		Usage: "the Aegis Edge control plane: enrollment, node tokens, live daemon streams, operator API",
+		// --version (and -v): version, commit and Go toolchain.
+		Version:   buildinfo.Get().String(),
 		Writer:    stdout,
 		ErrWriter: stderr,
 		// Errors are printed once, by run.

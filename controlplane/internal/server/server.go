@@ -163,6 +163,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s.metrics = metrics.New(reg)
+	registerBuildInfo(reg)
 
 	issuer, err := tokens.LoadIssuer(ctx, s.store, cfg.TokenTTL)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aegis-edge/aegis/api/buildinfo"
 	"io"
 	"log/slog"
 	"time"
@@ -15,8 +16,8 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is the release version; release builds stamp it through api/buildinfo.
+var version = buildinfo.Get().Version
 
 const runDescription = `Runs the daemon in the foreground (systemd runs it as a service).
 
@@ -71,6 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := &cli.App{
 		Name:      "edged",
 		Usage:     "the Aegis Edge daemon: this host's identity, connected to the control plane",
+		Version:   buildinfo.Get().String(),
 		Writer:    stdout,
 		ErrWriter: stderr,
 		// Errors are printed once, below, with the exit code decided there.
@@ -95,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				Name:  "version",
 				Usage: "print the version",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintf(stdout, "edged %s\n", version)
+					fmt.Fprintln(stdout, buildinfo.Get().Line("edged"))
 					return nil
 				},
 			},
