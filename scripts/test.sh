@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-modules=(api controlplane edged aegisctl)
+modules=(api controlplane edged aegisctl deploy)
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -36,7 +36,7 @@ if [ -n "${AEGIS_TEST_POSTGRES_URL:-}" ]; then
 else
   echo "PostgreSQL tests: off (set AEGIS_TEST_POSTGRES_URL to run them)"
 fi
-go test -count=1 ./api/... ./controlplane/... ./edged/... ./aegisctl/...
+go test -count=1 ./api/... ./controlplane/... ./edged/... ./aegisctl/... ./deploy/...
 
 step "fuzz targets, a few seconds each (the seed corpus runs in go test above)"
 fuzztime=${AEGIS_FUZZTIME:-3s}
