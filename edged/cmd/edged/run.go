@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				UsageText:   "edged run [--state-dir DIR] [--config FILE]",
 				Description: runDescription,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "state-dir", Usage: "state directory (default: $" + keystore.EnvStateDir + ", else ~/.aegis/edge)"},
+					&cli.StringFlag{Name: "state-dir", Usage: "state directory (default: $" + keystore.EnvStateDir + ", else $STATE_DIRECTORY under systemd, else " + keystore.SystemStateDir + " if it exists, else ~/.aegis/edge)"},
 					&cli.StringFlag{Name: "config", Usage: "YAML config file", EnvVars: []string{"AEGIS_EDGE_CONFIG"}},
 					&cli.DurationFlag{Name: "heartbeat-interval", Usage: "heartbeat period until the server sets one (default 10s)"},
 					&cli.IntFlag{Name: "token-refresh-margin-secs", Usage: "refresh the node token this many seconds before it expires (default 300)"},
