@@ -30,3 +30,16 @@ lint:
 # (docker load / podman load / crane push). deploy/Dockerfile builds the same with Docker.
 image:
 	go run ./deploy/cmd/build-image -o dist/aegis-controlplane-image.tar -version $(VERSION)
+
+# The edged package: dist/aegis-edge_VERSION_ARCH.deb and .rpm (nfpm, pinned in tools/),
+# holding edged, aegisctl, the aegis link, the systemd unit and /etc/aegis/edged.yaml.
+GOARCH ?= $(shell go env GOARCH)
+# Package versions must start with a digit: v1.2.3 -> 1.2.3, an untagged tree -> 0.0.0~gitSHA.
+PKG_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo $${v\#v} || echo 0.0.0~git$$(git rev-parse --short HEAD))
+PKG_ENV = VERSION=$(PKG_VERSION) GOARCH=$(GOARCH) GOVERSION=$(shell go env GOVERSION)
+package:
+	@mkdir -p dist/pkg
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) go build -trimpath -ldflags "-s -w $(LDFLAGS)" -o dist/pkg/edged ./edged/cmd/edged
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) go build -trimpath -ldflags "-s -w $(LDFLAGS)" -o dist/pkg/aegisctl ./aegisctl/cmd/aegisctl
+	$(PKG_ENV) go tool nfpm package -f deploy/nfpm/nfpm.yaml -p deb -t dist/
+	$(PKG_ENV) go tool nfpm package -f deploy/nfpm/nfpm.yaml -p rpm -t dist/
