@@ -27,6 +27,12 @@ fi
 step "each module builds alone"
 for m in "${modules[@]}"; do (cd "$m" && GOWORK=off go build ./...); done
 
+step "aegisctl cross-builds (operators' laptops)"
+for target in linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64; do
+  GOOS=${target%/*} GOARCH=${target#*/} go build -o /dev/null ./aegisctl/cmd/aegisctl
+  echo "ok   aegisctl $target"
+done
+
 step "go vet"
 for m in "${modules[@]}"; do (cd "$m" && go vet ./...); done
 
