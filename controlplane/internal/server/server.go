@@ -336,6 +336,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	s.mountIntrospection(mux)
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	if cfg.MetricsListen == "" {
 		mux.Handle("GET /metrics", metricsHandler)
