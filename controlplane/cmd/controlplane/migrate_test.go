@@ -33,6 +33,9 @@ func statusJSON(t *testing.T, args ...string) migrateStatus {
 	return st
 }
 
+// These tests run the cli app in-process and not in parallel: urfave/cli's help and
+// version flags are package globals it writes to on every run.
+
 // status changes nothing; up applies everything once; a second up applies nothing.
 func testMigrate(t *testing.T, kind string, args ...string) {
 	before := statusJSON(t, args...)
@@ -64,19 +67,16 @@ func testMigrate(t *testing.T, kind string, args ...string) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func TestMigrateSQLite(t *testing.T) {
-	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data")
 	testMigrate(t, "sqlite", "--data-dir", dir)
 }
 
 func TestMigratePostgres(t *testing.T) {
-	t.Parallel()
 	url := pgtest.Fresh(t, pgtest.URL(t))
 	testMigrate(t, "postgres", "--database-url", url)
 }
 
 func TestMigrateBadInput(t *testing.T) {
-	t.Parallel()
 	code, _, errb := runCmd(t, "migrate", "sideways", "--data-dir", t.TempDir())
 	if code == 0 || !strings.Contains(errb, "controlplane migrate status") {
 		t.Fatalf("unknown subcommand: %d %s", code, errb)
@@ -92,7 +92,6 @@ func TestMigrateBadInput(t *testing.T) {
 }
 
 func TestCheckConfigAndVersion(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	code, out, errb := runCmd(t, "serve", "--check-config", "--data-dir", filepath.Join(dir, "d"), "--metrics-listen", "0.0.0.0:9090", "--log-format", "json")
 	if code != 0 || !strings.HasPrefix(out, "configuration ok") {
