@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-modules=(api controlplane edged aegisctl)
+modules=(api controlplane edged aegisctl deploy)
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -27,6 +27,12 @@ fi
 step "each module builds alone"
 for m in "${modules[@]}"; do (cd "$m" && GOWORK=off go build ./...); done
 
+step "aegisctl cross-builds (operators' laptops)"
+for target in linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64; do
+  GOOS=${target%/*} GOARCH=${target#*/} go build -o /dev/null ./aegisctl/cmd/aegisctl
+  echo "ok   aegisctl $target"
+done
+
 step "go vet"
 for m in "${modules[@]}"; do (cd "$m" && go vet ./...); done
 
@@ -42,7 +48,7 @@ fi
 # The race detector over the modules whose code runs concurrently; aegisctl's
 # end-to-end scripts run the real binaries and gain nothing from it.
 go test -race -count=1 ./api/... ./controlplane/... ./edged/...
-go test -count=1 ./aegisctl/...
+go test -count=1 ./aegisctl/... ./deploy/...
 
 step "fuzz targets, a few seconds each (the seed corpus runs in go test above)"
 fuzztime=${AEGIS_FUZZTIME:-3s}

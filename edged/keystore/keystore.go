@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -61,12 +62,31 @@ var (
 	ErrInsecure = errors.New("insecure permissions")
 )
 
+// SystemStateDir is the state directory of a host where edged was installed from the
+// package: systemd's StateDirectory=aegis-edge, created by the package 0700.
+const SystemStateDir = "/var/lib/aegis-edge"
+
 // ResolveDir picks the state directory: the flag if set, else $AEGIS_EDGE_STATE_DIR,
-// else ~/.aegis/edge. The result is absolute.
+// else $STATE_DIRECTORY (edged under its systemd unit), else SystemStateDir when it
+// exists (aegisctl on a host with the package: `sudo aegis edge status` finds the
+// daemon without --state-dir), else ~/.aegis/edge. The result is absolute.
 func ResolveDir(flag string) (string, error) {
+	return resolveDir(flag, os.Getenv, SystemStateDir)
+}
+
+func resolveDir(flag string, getenv func(string) string, systemDir string) (string, error) {
 	dir := flag
 	if dir == "" {
-		dir = os.Getenv(EnvStateDir)
+		dir = getenv(EnvStateDir)
+	}
+	if dir == "" {
+		// systemd sets it to the unit's StateDirectory= paths, colon-separated.
+		dir, _, _ = strings.Cut(getenv("STATE_DIRECTORY"), ":")
+	}
+	if dir == "" {
+		if fi, err := os.Stat(systemDir); err == nil && fi.IsDir() {
+			dir = systemDir
+		}
 	}
 	if dir == "" {
 		home, err := os.UserHomeDir()

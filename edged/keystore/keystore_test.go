@@ -294,3 +294,32 @@ func TestLoadAndRemoveIdentity(t *testing.T) {
 		t.Fatalf("left %v", entries)
 	}
 }
+
+// On a packaged host: systemd's $STATE_DIRECTORY for the daemon, the system directory
+// for aegisctl; an explicit flag or $AEGIS_EDGE_STATE_DIR still wins.
+func TestResolveDirPackagedHost(t *testing.T) {
+	sys := filepath.Join(t.TempDir(), "aegis-edge")
+	env := map[string]string{"HOME": "/home/someone"}
+	getenv := func(k string) string { return env[k] }
+	t.Setenv("HOME", "/home/someone")
+	if got, _ := resolveDir("", getenv, sys); got != "/home/someone/.aegis/edge" {
+		t.Errorf("no system dir yet: got %q", got)
+	}
+	if err := os.Mkdir(sys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := resolveDir("", getenv, sys); got != sys {
+		t.Errorf("system dir present: got %q, want %q", got, sys)
+	}
+	env["STATE_DIRECTORY"] = "/var/lib/from-systemd:/var/lib/other"
+	if got, _ := resolveDir("", getenv, sys); got != "/var/lib/from-systemd" {
+		t.Errorf("$STATE_DIRECTORY: got %q", got)
+	}
+	env[EnvStateDir] = "/from/env"
+	if got, _ := resolveDir("", getenv, sys); got != "/from/env" {
+		t.Errorf("%s over $STATE_DIRECTORY: got %q", EnvStateDir, got)
+	}
+	if got, _ := resolveDir("/from/flag", getenv, sys); got != "/from/flag" {
+		t.Errorf("flag: got %q", got)
+	}
+}

@@ -7,8 +7,6 @@ import (
 	"os"
 	"strconv"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Lock takes the directory's mutation lock (flock on .lock), waiting for a holder in
@@ -23,13 +21,13 @@ func (d *Dir) Lock(ctx context.Context) (unlock func(), err error) {
 	// Poll with LOCK_NB rather than block in flock(2), so a stuck holder cannot make
 	// the caller ignore its context.
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+		busy, err := tryLock(f, true)
+		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", d.File(LockFile), err)
+		}
+		if !busy {
+			break
 		}
 		select {
 		case <-ctx.Done():
@@ -39,7 +37,7 @@ func (d *Dir) Lock(ctx context.Context) (unlock func(), err error) {
 		}
 	}
 	return func() {
-		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = unlockFile(f)
 		_ = f.Close()
 	}, nil
 }
@@ -57,9 +55,9 @@ func (d *Dir) LockDaemon() (*DaemonLock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", d.File(PIDFile), err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if busy, err := tryLock(f, true); err != nil || busy {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if busy {
 			return nil, fmt.Errorf("%w on %s (pid file %s)", ErrDaemonRunning, d.path, d.File(PIDFile))
 		}
 		return nil, fmt.Errorf("lock %s: %w", d.File(PIDFile), err)
@@ -77,7 +75,7 @@ func (l *DaemonLock) Release() error {
 		return nil
 	}
 	_ = l.f.Truncate(0)
-	err := unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+	err := unlockFile(l.f)
 	cerr := l.f.Close()
 	l.f = nil
 	return errors.Join(err, cerr)
@@ -94,12 +92,13 @@ func (d *Dir) DaemonRunning() (bool, error) {
 		return false, fmt.Errorf("open %s: %w", d.File(PIDFile), err)
 	}
 	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return true, nil
-		}
+	busy, err := tryLock(f, false)
+	if err != nil {
 		return false, fmt.Errorf("probe %s: %w", d.File(PIDFile), err)
 	}
-	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	if busy {
+		return true, nil
+	}
+	_ = unlockFile(f)
 	return false, nil
 }

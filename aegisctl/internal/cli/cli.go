@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aegis-edge/aegis/api/buildinfo"
 	"io"
 	"os"
 	"path/filepath"
@@ -124,7 +125,8 @@ func (a *app) newApp() *ucli.App {
 		Reader:               a.env.Stdin,
 		Writer:               a.env.Stdout,
 		ErrWriter:            a.env.Stderr,
-		HideVersion:          true,
+		// --version (and -v): version, commit and Go toolchain, as every binary has.
+		Version:              buildinfo.Get().String(),
 		HideHelpCommand:      true,
 		EnableBashCompletion: true,
 		// Errors are printed once, by RunEnv, as one line.

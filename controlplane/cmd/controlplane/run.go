@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aegis-edge/aegis/api/buildinfo"
 	"io"
 	"log/slog"
 
@@ -71,6 +72,12 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.DatabaseMaxConns = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
+		str("log-format", "AEGIS_LOG_FORMAT", d.LogFormat, "`FORMAT` of the log on stderr: text, or json (one object per line, for log collectors)",
+			func(f *config.File, v string) { f.LogFormat = v }),
+		str("metrics-listen", "AEGIS_METRICS_LISTEN", "", "`ADDR` (host:port) to serve /metrics on in plain HTTP, e.g. 0.0.0.0:9090 for a Prometheus scraper without the CA; then /metrics leaves the TLS port",
+			func(f *config.File, v string) { f.MetricsListen = v }),
+		str("bootstrap-token-file", "AEGIS_BOOTSTRAP_TOKEN_FILE", "", "`FILE` holding the admin API token (\"<16 hex>.<32 hex>\") to install on first start instead of writing a generated DIR/admin.token; on Kubernetes a mounted Secret",
+			func(f *config.File, v string) { f.BootstrapTokenFile = v }),
 	}
 }
 
@@ -79,14 +86,21 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	flags := []cli.Flag{&cli.StringFlag{
 		Name:    "config",
 		EnvVars: []string{"AEGIS_CONTROLPLANE_CONFIG"},
-		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, fleet_max_concurrency, max_concurrent_rotations, log_level); environment and flags override it",
+		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, fleet_max_concurrency, max_concurrent_rotations, log_level, log_format, metrics_listen, bootstrap_token_file); environment and flags override it",
 	}}
+	configFlag := flags[0]
+	flags = append(flags, &cli.BoolFlag{
+		Name:  "check-config",
+		Usage: "validate the settings, the TLS files and the bootstrap token, print the result and exit without serving (a dry start for CI and Helm charts)",
+	})
 	for _, l := range layers {
 		flags = append(flags, l.flag)
 	}
 	return &cli.App{
-		Name:      "controlplane",
-		Usage:     "the Aegis Edge control plane: enrollment, node tokens, live daemon streams, operator API",
+		Name:  "controlplane",
+		Usage: "the Aegis Edge control plane: enrollment, node tokens, live daemon streams, operator API",
+		// --version (and -v): version, commit and Go toolchain.
+		Version:   buildinfo.Get().String(),
 		Writer:    stdout,
 		ErrWriter: stderr,
 		// Errors are printed once, by run.
@@ -115,7 +129,7 @@ Examples:
 			Action: func(c *cli.Context) error {
 				return serve(c, layers, stderr)
 			},
-		}, keysCommand(stdout)},
+		}, keysCommand(stdout), migrateCommand(stdout, configFlag, layers)},
 	}
 }
 
@@ -123,11 +137,42 @@ func serve(c *cli.Context, layers []flagLayer, stderr io.Writer) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("serve takes no arguments, got %q: see controlplane serve --help", c.Args().First())
 	}
+	cfg, err := resolveConfig(c, layers)
+	if err != nil {
+		return err
+	}
+	if c.Bool("check-config") {
+		if err := server.CheckConfig(cfg); err != nil {
+			return fmt.Errorf("invalid configuration:\n%w", err)
+		}
+		fmt.Fprintf(c.App.Writer, "configuration ok: listen %s, database %s, data dir %s\n", cfg.Listen, cfg.DatabaseKind, cfg.DataDir)
+		return nil
+	}
+	logger := newLogger(stderr, cfg)
+	srv, err := server.New(c.Context, server.Options{Config: cfg, Logger: logger})
+	if err != nil {
+		return err
+	}
+	return srv.Run(c.Context)
+}
+
+// newLogger is the process's one logger, text or JSON as --log-format says.
+func newLogger(w io.Writer, cfg config.Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// resolveConfig merges defaults, the --config file and the flags (with their
+// environment variables) that c defines, and validates the result once.
+func resolveConfig(c *cli.Context, layers []flagLayer) (config.Config, error) {
 	var file config.File
 	if p := c.String("config"); p != "" {
 		f, err := config.LoadFile(p)
 		if err != nil {
-			return err
+			return config.Config{}, err
 		}
 		file = f
 	}
@@ -140,12 +185,7 @@ func serve(c *cli.Context, layers []flagLayer, stderr io.Writer) error {
 	}
 	cfg, err := config.Merge(config.Defaults(), file, given).Resolve()
 	if err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
+		return config.Config{}, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	srv, err := server.New(c.Context, server.Options{Config: cfg, Logger: logger})
-	if err != nil {
-		return err
-	}
-	return srv.Run(c.Context)
+	return cfg, nil
 }

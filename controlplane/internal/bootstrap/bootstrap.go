@@ -5,6 +5,7 @@
 package bootstrap
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -20,6 +21,10 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/tokens"
 )
 
+// ErrBadAdminToken: the given bootstrap admin token is not in the "<id>.<secret>" form.
+// The message never repeats the text.
+var ErrBadAdminToken = errors.New(`bootstrap admin token is malformed: want "<16 hex>.<32 hex>", e.g. from: printf '%s.%s\n' "$(openssl rand -hex 8)" "$(openssl rand -hex 16)"`)
+
 // AdminTokenFile is the bootstrap admin token's file name in the data directory.
 const AdminTokenFile = "admin.token"
 
@@ -30,6 +35,11 @@ type Config struct {
 	Now     func() time.Time
 	Rand    io.Reader
 	Logger  *slog.Logger
+	// AdminToken, if set, is the bootstrap admin token to install instead of minting
+	// one ("<id>.<secret>", as apitoken prints): on Kubernetes it comes from a Secret
+	// the operator already holds, so nobody needs a shell in the pod to read
+	// admin.token. No admin.token file is written then.
+	AdminToken string
 }
 
 // Run creates whatever first-start state is missing. The admin token is minted only
@@ -91,12 +101,27 @@ func run(ctx context.Context, cfg Config) error {
 		if len(apiTokens) > 0 {
 			return nil
 		}
-		text, rec, err := apitoken.Mint(cfg.Rand, def.ID, store.RoleAdmin, "bootstrap", now)
+		rnd := cfg.Rand
+		if cfg.AdminToken != "" {
+			id, secret, err := apitoken.Parse(cfg.AdminToken)
+			if err != nil {
+				return ErrBadAdminToken
+			}
+			// Mint reads the id and secret bytes from its random source: handing it
+			// the given token's bytes yields exactly that token and its record.
+			raw, _ := hex.DecodeString(id + secret)
+			rnd = bytes.NewReader(raw)
+		}
+		text, rec, err := apitoken.Mint(rnd, def.ID, store.RoleAdmin, "bootstrap", now)
 		if err != nil {
 			return err
 		}
 		if err := tx.CreateAPIToken(ctx, rec); err != nil {
 			return fmt.Errorf("store bootstrap admin token: %w", err)
+		}
+		if cfg.AdminToken != "" {
+			cfg.Logger.Info("installed the bootstrap admin API token from --bootstrap-token-file", "token_id", rec.ID)
+			return nil
 		}
 		// Written inside the transaction: if the file cannot be written, the token is
 		// not committed either, and the next start tries again.

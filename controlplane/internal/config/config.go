@@ -45,6 +45,14 @@ type File struct {
 	// DatabaseMaxConns sizes the PostgreSQL connection pool ("" = the URL's
 	// pool_max_conns, else the store's default, postgres.DefaultMaxConns).
 	DatabaseMaxConns string `yaml:"database_max_conns"`
+	// MetricsListen, if set, serves /metrics on its own plain-HTTP listener (and no
+	// longer on the TLS port), so a Prometheus scraper needs no CA.
+	MetricsListen string `yaml:"metrics_listen"`
+	// LogFormat is text or json.
+	LogFormat string `yaml:"log_format"`
+	// BootstrapTokenFile holds the admin API token to install on first start instead
+	// of minting admin.token (Kubernetes: a mounted Secret).
+	BootstrapTokenFile string `yaml:"bootstrap_token_file"`
 }
 
 // Defaults are the documented defaults (DESIGN §9).
@@ -57,6 +65,7 @@ func Defaults() File {
 		MaxClockSkew:      "60s",
 		RotationOverlap:   "60s",
 		LogLevel:          "info",
+		LogFormat:         "text",
 		// A parallel fleet run of thousands still moves in waves of this many.
 		FleetMaxConcurrency: "100",
 		// About what one PostgreSQL primary sustains with good latency (DESIGN §7:
@@ -88,6 +97,9 @@ func Merge(layers ...File) File {
 		set(&out.FleetMaxConcurrency, l.FleetMaxConcurrency)
 		set(&out.MaxConcurrentRotations, l.MaxConcurrentRotations)
 		set(&out.DatabaseMaxConns, l.DatabaseMaxConns)
+		set(&out.MetricsListen, l.MetricsListen)
+		set(&out.LogFormat, l.LogFormat)
+		set(&out.BootstrapTokenFile, l.BootstrapTokenFile)
 	}
 	return out
 }
@@ -141,6 +153,12 @@ type Config struct {
 	// DatabaseMaxConns is the PostgreSQL pool size given by --database-max-conns
 	// (0: the URL's pool_max_conns, else postgres.DefaultMaxConns).
 	DatabaseMaxConns int
+	// MetricsListen is "" (metrics on the TLS port) or HOST:PORT for plain HTTP.
+	MetricsListen string
+	// LogJSON selects slog's JSON handler.
+	LogJSON bool
+	// BootstrapToken is the content of --bootstrap-token-file, "" when not given.
+	BootstrapToken string
 }
 
 // Resolve validates f (already merged over Defaults) into a Config. Each error names
@@ -254,6 +272,37 @@ func (f File) Resolve() (Config, error) {
 		c.LogLevel = slog.LevelError
 	default:
 		bad("invalid --log-level %q: want debug, info, warn or error", f.LogLevel)
+	}
+
+	if f.MetricsListen != "" {
+		if _, p, err := net.SplitHostPort(f.MetricsListen); err != nil {
+			bad("invalid --metrics-listen %q: want HOST:PORT, e.g. 0.0.0.0:9090", f.MetricsListen)
+		} else if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			bad("invalid --metrics-listen %q: port must be a number from 0 to 65535", f.MetricsListen)
+		} else if f.MetricsListen == f.Listen && n != 0 {
+			bad("--metrics-listen %q is the --listen address: give metrics a port of their own, or leave it empty to serve /metrics on the TLS port", f.MetricsListen)
+		}
+	}
+	c.MetricsListen = f.MetricsListen
+
+	switch strings.ToLower(f.LogFormat) {
+	case "text", "":
+	case "json":
+		c.LogJSON = true
+	default:
+		bad("invalid --log-format %q: want text or json", f.LogFormat)
+	}
+
+	if p := f.BootstrapTokenFile; p != "" {
+		raw, err := os.ReadFile(p)
+		switch {
+		case err != nil:
+			bad("--bootstrap-token-file: %v: mount the Secret holding the token there, or drop the flag to have admin.token generated", err)
+		case strings.TrimSpace(string(raw)) == "":
+			bad("--bootstrap-token-file %s is empty: it must hold one admin API token, \"<16 hex>.<32 hex>\"", p)
+		default:
+			c.BootstrapToken = strings.TrimSpace(string(raw))
+		}
 	}
 
 	if len(errs) > 0 {

@@ -97,6 +97,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Rotations and attestations that had to wait for a slot of --max-concurrent-rotations.",
 		}),
 	}
+	initFamilies(m)
 	if reg != nil {
 		reg.MustRegister(m.connectedDaemons, m.rpcRequests, m.envelopeRejections, m.enrollments,
 			m.heartbeats, m.blacklistEntries, m.attestations, m.tokenRefreshes, m.keyRotations, m.keyRotationSecs,

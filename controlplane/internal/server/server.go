@@ -133,6 +133,11 @@ type Server struct {
 	bus      broadcast.Bus
 	replica  string
 	ready    atomic.Bool
+	// metricsLn and metricsHTTP serve /metrics in plain HTTP with --metrics-listen.
+	metricsLn   net.Listener
+	metricsHTTP *http.Server
+	// certs reloads --tls-cert/--tls-key when they change; nil for a generated pair.
+	certs *certReloader
 }
 
 // New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
@@ -175,7 +180,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			_ = s.store.Close()
 		}
 	}()
-	if err := bootstrap.Run(ctx, bootstrap.Config{Store: s.store, DataDir: cfg.DataDir, Now: s.now, Rand: rnd, Logger: s.log}); err != nil {
+	if err := bootstrap.Run(ctx, bootstrap.Config{Store: s.store, DataDir: cfg.DataDir, Now: s.now, Rand: rnd, Logger: s.log, AdminToken: cfg.BootstrapToken}); err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
 
@@ -194,6 +199,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s.metrics = metrics.New(reg)
+	registerBuildInfo(reg)
 
 	issuer, err := tokens.LoadIssuer(ctx, s.store, cfg.TokenTTL)
 	if err != nil {
@@ -378,15 +384,26 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.mountIntrospection(mux)
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if cfg.MetricsListen == "" {
+		mux.Handle("GET /metrics", metricsHandler)
+	} else if err := s.listenMetrics(metricsHandler); err != nil {
+		return nil, err
+	}
+	tlsConf := &tls.Config{
+		Certificates: []tls.Certificate{s.tls.Certificate},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}
+	if cfg.TLSCert != "" {
+		s.certs = newCertReloader(cfg.TLSCert, cfg.TLSKey, s.tls.Certificate, s.log)
+		tlsConf.Certificates, tlsConf.GetCertificate = nil, s.certs.GetCertificate
+	}
 
 	s.http = &http.Server{
-		Handler: mux,
-		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{s.tls.Certificate},
-			MinVersion:   tls.VersionTLS12,
-			NextProtos:   []string{"h2", "http/1.1"},
-		},
+		Handler:           mux,
+		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -442,8 +459,15 @@ func (s *Server) Run(ctx context.Context) error {
 	// after a restart) and any whose replica died.
 	go func() { defer wg.Done(); s.fleet.Run(bg) }()
 
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- s.http.ServeTLS(s.ln, "", "") }()
+	if s.metricsHTTP != nil {
+		go func() {
+			if err := s.metricsHTTP.Serve(s.metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("metrics listener: %w", err)
+			}
+		}()
+	}
 	s.ready.Store(true)
 	s.log.Info("control plane serving", "url", s.URL(), "advertise_url", s.cfg.AdvertiseURL, "data_dir", s.cfg.DataDir, "database", s.cfg.DatabaseKind, "replica", s.replica)
 
@@ -484,6 +508,12 @@ func (s *Server) shutdown() error {
 	if err := s.http.Shutdown(ctx); err != nil {
 		_ = s.http.Close()
 		return fmt.Errorf("http shutdown: %w", err)
+	}
+	// Metrics last: a scrape during shutdown still sees the streams closing.
+	if s.metricsHTTP != nil {
+		if err := s.metricsHTTP.Shutdown(ctx); err != nil {
+			_ = s.metricsHTTP.Close()
+		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/aegis-edge/aegis/api/buildinfo"
 	"io"
 	"log/slog"
 	"time"
@@ -15,8 +16,8 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is the release version; release builds stamp it through api/buildinfo.
+var version = buildinfo.Get().Version
 
 const runDescription = `Runs the daemon in the foreground (systemd runs it as a service).
 
@@ -80,6 +81,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:      "edged",
 		Usage:     "the Aegis Edge daemon: this host's identity, connected to the control plane",
+		Version:   buildinfo.Get().String(),
 		Writer:    stdout,
 		ErrWriter: stderr,
 		// Errors are printed once, below, with the exit code decided there.
@@ -91,7 +93,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				UsageText:   "edged run [--state-dir DIR] [--config FILE]",
 				Description: runDescription,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "state-dir", Usage: "state directory (default: $" + keystore.EnvStateDir + ", else ~/.aegis/edge)"},
+					&cli.StringFlag{Name: "state-dir", Usage: "state directory (default: $" + keystore.EnvStateDir + ", else $STATE_DIRECTORY under systemd, else " + keystore.SystemStateDir + " if it exists, else ~/.aegis/edge)"},
 					&cli.StringFlag{Name: "config", Usage: "YAML config file", EnvVars: []string{"AEGIS_EDGE_CONFIG"}},
 					&cli.DurationFlag{Name: "heartbeat-interval", Usage: "heartbeat period until the server sets one (default 10s)"},
 					&cli.IntFlag{Name: "token-refresh-margin-secs", Usage: "refresh the node token this many seconds before it expires (default 300)"},
@@ -104,7 +106,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Name:  "version",
 				Usage: "print the version",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintf(stdout, "edged %s\n", version)
+					fmt.Fprintln(stdout, buildinfo.Get().Line("edged"))
 					return nil
 				},
 			},

@@ -3,11 +3,13 @@ package postgres
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -110,4 +112,64 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("postgres: migrate: %w", err)
 	}
 	return nil
+}
+
+// MigrationState is one embedded migration and whether a database has applied it.
+type MigrationState struct {
+	Version int
+	Name    string
+	// AppliedAt is zero while the migration is pending.
+	AppliedAt time.Time
+}
+
+// MigrationStatus reports, without changing anything, which of this binary's
+// migrations the schema in url's search_path has applied. newer lists versions the
+// database has that this binary does not know: a newer release ran.
+func MigrationStatus(ctx context.Context, url string) (states []MigrationState, newer []int, err error) {
+	ms, err := loadMigrations()
+	if err != nil {
+		return nil, nil, fmt.Errorf("postgres: %w", err)
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, nil, errors.New("postgres: the database URL does not parse as a postgres:// URL or key=value connection string")
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("postgres: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	applied := map[int]time.Time{}
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+		return nil, nil, fmt.Errorf("postgres: read schema: %w", err)
+	}
+	if exists {
+		rows, err := conn.Query(ctx, `SELECT version, applied_at FROM schema_migrations`)
+		if err != nil {
+			return nil, nil, fmt.Errorf("postgres: read schema_migrations: %w", err)
+		}
+		for rows.Next() {
+			var v int
+			var at time.Time
+			if err := rows.Scan(&v, &at); err != nil {
+				rows.Close()
+				return nil, nil, err
+			}
+			applied[v] = at.UTC()
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, m := range ms {
+		states = append(states, MigrationState{Version: m.version, Name: m.name, AppliedAt: applied[m.version]})
+		delete(applied, m.version)
+	}
+	for v := range applied {
+		newer = append(newer, v)
+	}
+	slices.Sort(newer)
+	return states, newer, nil
 }

@@ -4,8 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -110,4 +114,67 @@ func appliedVersions(ctx context.Context, tx *sql.Tx) ([]int, error) {
 		vs = append(vs, v)
 	}
 	return vs, rows.Err()
+}
+
+// MigrationState is one embedded migration and whether a database has applied it.
+type MigrationState struct {
+	Version int
+	Name    string
+	// AppliedAt is zero while the migration is pending.
+	AppliedAt time.Time
+}
+
+// MigrationStatus reports, without changing anything (it does not create the file),
+// which of this binary's migrations the database at path has applied. newer lists
+// versions the database has that this binary does not know: a newer release ran.
+func MigrationStatus(ctx context.Context, path string) (states []MigrationState, newer []int, err error) {
+	ms, err := loadMigrations()
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite: %w", err)
+	}
+	applied := map[int]time.Time{}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlite: %w", err)
+	}
+	if _, statErr := os.Stat(abs); statErr == nil {
+		db, err := openDB("file:"+(&url.URL{Path: abs}).EscapedPath(), 1, true)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`).Scan(&n); err != nil {
+			return nil, nil, fmt.Errorf("sqlite: read schema: %w", err)
+		}
+		if n > 0 {
+			rows, err := db.QueryContext(ctx, `SELECT version, applied_at FROM schema_migrations`)
+			if err != nil {
+				return nil, nil, fmt.Errorf("sqlite: read schema_migrations: %w", err)
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var v int
+				var at int64
+				if err := rows.Scan(&v, &at); err != nil {
+					return nil, nil, err
+				}
+				applied[v] = time.UnixMicro(at).UTC()
+			}
+			if err := rows.Err(); err != nil {
+				return nil, nil, err
+			}
+		}
+	} else if !errors.Is(statErr, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("sqlite: %w", statErr)
+	}
+	for _, m := range ms {
+		states = append(states, MigrationState{Version: m.version, Name: m.name, AppliedAt: applied[m.version]})
+		delete(applied, m.version)
+	}
+	for v := range applied {
+		newer = append(newer, v)
+	}
+	slices.Sort(newer)
+	return states, newer, nil
 }
