@@ -73,7 +73,8 @@ func TestMigrateSQLite(t *testing.T) {
 
 func TestMigratePostgres(t *testing.T) {
 	url := pgtest.Fresh(t, pgtest.URL(t))
-	testMigrate(t, "postgres", "--database-url", url)
+	// A data dir of its own: the default, ./aegis-data, is inside the source tree.
+	testMigrate(t, "postgres", "--database-url", url, "--data-dir", t.TempDir())
 }
 
 func TestMigrateBadInput(t *testing.T) {
