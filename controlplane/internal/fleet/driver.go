@@ -187,6 +187,9 @@ func (d *driver) drive() error {
 					return err
 				}
 			}
+			if h.State == store.FleetHostPending {
+				h.StartedAt = d.e.cfg.Now().UTC()
+			}
 			wg.Go(func() {
 				defer func() { <-slots }()
 				d.host(h)
@@ -380,6 +383,11 @@ func ended(h store.FleetRunHost, state, reason, msg string) store.FleetRunHost {
 // ok is false when the driver stopped before an outcome.
 func (d *driver) act(h *store.FleetRunHost) (out store.FleetRunHost, ok bool) {
 	st := d.e.cfg.Store
+	// A host skipped before it starts has no start time.
+	slotAt := h.StartedAt
+	if h.State == store.FleetHostPending {
+		h.StartedAt = time.Time{}
+	}
 	dm, err := st.GetDaemon(d.ctx, h.NodeID)
 	switch {
 	case d.ctx.Err() != nil:
@@ -404,7 +412,9 @@ func (d *driver) act(h *store.FleetRunHost) (out store.FleetRunHost, ok bool) {
 		if !known {
 			creds.KeyFingerprint = fingerprint.Of(dm.PublicKey)
 		}
-		h.State, h.StartedAt = store.FleetHostRunning, d.e.cfg.Now().UTC()
+		// The start time is when the host got its slot (drive), so start times follow
+		// the plan's order.
+		h.State, h.StartedAt = store.FleetHostRunning, slotAt
 		h.StartKeyFingerprint, h.StartTokenJTI = creds.KeyFingerprint, creds.TokenJTI
 		// Durable before the command is sent: a driver that resumes the run must
 		// know the host was asked, or it would ask again (a second rotation, a
