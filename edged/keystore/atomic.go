@@ -26,8 +26,14 @@ func (d *Dir) WriteFile(name string, data []byte) error {
 }
 
 // Remove deletes name (missing is fine) and fsyncs the directory.
+// Nothing to remove costs no fsync: every reconcile clears files that are usually
+// absent, and a removal made earlier was made durable by whoever made it.
 func (d *Dir) Remove(name string) error {
-	if err := os.Remove(d.File(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	err := os.Remove(d.File(name))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
 		return err
 	}
 	return syncDir(d.path)

@@ -249,7 +249,8 @@ func (h *Host) finish(old Identity, rec record, newKey ed25519.PrivateKey, token
 	return res, nil
 }
 
-// fsyncs: a rotation makes 7 (it made 13), each one needed:
+// fsyncs: a rotation makes 7 (it made 14, counted with strace on `aegis edge keys
+// rotate` for a stopped host), each one needed:
 //
 //   - S1: the data of node.key.next and of rotation.json, and one fsync of the
 //     directory for both entries, before the request is sent (3).
