@@ -117,14 +117,14 @@ func oneLine(s string) string {
 
 func (a *app) newApp() *ucli.App {
 	root := &ucli.App{
-		Name:                 a.name,
-		HelpName:             a.name,
-		Usage:                "operate Aegis Edge: enroll hosts, check their status, manage the fleet",
-		UsageText:            a.name + " [--help] COMMAND [COMMAND ...] [flags] [args]",
-		Description:          "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts, edge exec, edge keys revoke-remote, edge fleet.\nOperators, tenants and the audit trail: api-tokens, tenants, audit.\n\n`" + a.name + " help COMMAND...` shows any command's help; `" + a.name + " completion bash|zsh|fish` completes them.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
-		Reader:               a.env.Stdin,
-		Writer:               a.env.Stdout,
-		ErrWriter:            a.env.Stderr,
+		Name:        a.name,
+		HelpName:    a.name,
+		Usage:       "operate Aegis Edge: enroll hosts, check their status, manage the fleet",
+		UsageText:   a.name + " [--help] COMMAND [COMMAND ...] [flags] [args]",
+		Description: "Host side (talks to the local edged, or works on the state dir when it is stopped):\nedge enroll, edge status, edge keys rotate, edge token refresh, edge logout.\nOperator side (talks to the control plane with the profile saved by login):\nlogin, edge enrollment-tokens, edge hosts, edge exec, edge keys revoke-remote, edge fleet.\nOperators, tenants and the audit trail: api-tokens, tenants, audit.\n\n`" + a.name + " help COMMAND...` shows any command's help; `" + a.name + " completion bash|zsh|fish` completes them.\n\nExample:\n  " + a.name + " login --server https://127.0.0.1:7443 --token-file admin.token --ca-file ca.crt\n  " + a.name + " edge enroll --token \"$(" + a.name + " edge enrollment-tokens create)\"\n  " + a.name + " edge status",
+		Reader:      a.env.Stdin,
+		Writer:      a.env.Stdout,
+		ErrWriter:   a.env.Stderr,
 		// --version (and -v): version, commit and Go toolchain, as every binary has.
 		Version:              buildinfo.Get().String(),
 		HideHelpCommand:      true,
