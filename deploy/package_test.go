@@ -45,8 +45,10 @@ func TestEdgedPackage(t *testing.T) {
 	run(t, root, static, "go", "build", "-o", filepath.Join(bin, "aegisctl"), "./aegisctl/cmd/aegisctl")
 	nfpm := filepath.Join(work, "nfpm")
 	run(t, root, nil, "go", "build", "-o", nfpm, "github.com/goreleaser/nfpm/v2/cmd/nfpm")
-	if err := os.Symlink(filepath.Join(root, "deploy"), filepath.Join(stage, "deploy")); err != nil {
-		t.Fatal(err)
+	for _, dir := range []string{"deploy", "docs"} {
+		if err := os.Symlink(filepath.Join(root, dir), filepath.Join(stage, dir)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	out := filepath.Join(work, "out")
 	os.Mkdir(out, 0o755)
@@ -70,6 +72,8 @@ func TestEdgedPackage(t *testing.T) {
 		"./usr/bin/aegisctl":                           "-rwxr-xr-x root/root",
 		"./usr/lib/systemd/system/aegis-edged.service": "-rw-r--r-- root/root",
 		"./etc/aegis/edged.yaml":                       "-rw------- root/root",
+		"./usr/share/man/man1/edged.1":                 "-rw-r--r-- root/root",
+		"./usr/share/man/man1/aegisctl.1":              "-rw-r--r-- root/root",
 	}
 	seen := map[string]bool{}
 	for _, line := range strings.Split(strings.TrimSpace(listing), "\n") {
