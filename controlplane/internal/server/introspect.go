@@ -38,7 +38,7 @@ type adminOnly struct{ store store.Store }
 func (a adminOnly) check(ctx context.Context, h http.Header) error {
 	tok, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
 	if !ok || tok == "" {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New(`server reflection takes an admin token: grpcurl -H "Authorization: Bearer $(cat admin.token)" ...`))
+		return connect.NewError(connect.CodeUnauthenticated, errors.New(`server reflection takes an admin token (grpcurl -H "Authorization: Bearer $(cat admin.token)" ADDR list)`))
 	}
 	p, err := apitoken.Authenticate(ctx, a.store, tok)
 	if errors.Is(err, apitoken.ErrUnauthenticated) {
