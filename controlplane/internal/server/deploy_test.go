@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,7 +126,7 @@ func TestBootstrapTokenFile(t *testing.T) {
 	if err := os.WriteFile(tf, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
+	var logs lockedBuffer
 	data := filepath.Join(dir, "data")
 	s := startServer(t, config.File{DataDir: data, BootstrapTokenFile: tf}, &logs)
 	if _, err := os.Stat(filepath.Join(data, bootstrap.AdminTokenFile)); !errors.Is(err, os.ErrNotExist) {
@@ -239,4 +240,22 @@ func TestTLSReloadWithoutRestart(t *testing.T) {
 	if code, _ := get(t, tlsClient(second.CAPEM), s.URL()+"/healthz"); code != http.StatusOK {
 		t.Fatalf("healthz with the new CA: %d", code)
 	}
+}
+
+// lockedBuffer is a log sink the test can read while the server writes to it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
