@@ -42,6 +42,27 @@ func (d *Dir) Lock(ctx context.Context) (unlock func(), err error) {
 	}, nil
 }
 
+// TryLock takes the directory's mutation lock if it is free: ok is false (and
+// nothing is held) while another holder has it.
+func (d *Dir) TryLock() (unlock func(), ok bool, err error) {
+	f, err := os.OpenFile(d.File(LockFile), os.O_RDWR|os.O_CREATE, FileMode)
+	if err != nil {
+		return nil, false, fmt.Errorf("open lock %s: %w", d.File(LockFile), err)
+	}
+	busy, err := tryLock(f, true)
+	if err != nil || busy {
+		f.Close()
+		if err != nil {
+			return nil, false, fmt.Errorf("lock %s: %w", d.File(LockFile), err)
+		}
+		return nil, false, nil
+	}
+	return func() {
+		_ = unlockFile(f)
+		_ = f.Close()
+	}, true, nil
+}
+
 // DaemonLock is held by a running edged for its whole life (flock on edged.pid), so
 // only one daemon ever serves a state directory.
 type DaemonLock struct {

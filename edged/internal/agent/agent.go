@@ -298,66 +298,27 @@ func (a *Agent) waitEnrolled(ctx context.Context) (*keystore.Identity, error) {
 		case err != nil:
 			return nil, err
 		default:
-			rev, revoked, err := dir.ReadRevoked()
+			// An enrollment (or a rotation) writes these files under the directory's
+			// lock: read them only when no one is writing, never half written.
+			unlock, free, err := dir.TryLock()
 			if err != nil {
 				return nil, err
 			}
-			if !revoked || rev.NodeID != node.NodeID {
-				if err := dir.CheckPermissions(); err != nil {
-					return nil, err
-				}
-				id, err := dir.Load()
-				if err != nil {
-					return nil, fmt.Errorf("state dir %s is incomplete: %w; run `aegis edge logout` and enroll again", dir.Path(), err)
-				}
-				// A node.key written over by hand would be refused as bad_signature on
-				// every attempt: say so once and wait for the owner to put it back.
-				var mm *keystore.KeyMismatchError
-				if err := dir.CheckKeyBinding(id.Key, id.Token); errors.As(err, &mm) {
-					if loggedMismatch != mm.Error() {
-						a.log.Error("not connecting: node.key does not match the key this host's token is bound to",
-							"node_id", node.NodeID, "key_fingerprint", mm.KeyFingerprint, "token_key_fingerprint", mm.TokenFingerprint,
-							"archived_match", mm.Archived, "fix", mm.Error())
-						loggedMismatch = mm.Error()
-					}
-					a.update(func(s *Snapshot) {
-						s.Enrolled = true
-						s.NodeID = node.NodeID
-						s.Tenant = node.Tenant
-						s.ServerURL = node.ServerURL
-						s.Status = StatusDisconnected
-						s.SessionID = ""
-						s.ConnectedSince = time.Time{}
-						s.KeyFingerprint = mm.KeyFingerprint
-						s.LastError = mm.Error()
-					})
-					break
-				} else if err != nil {
-					return nil, err
-				}
+			if !free {
+				a.update(func(s *Snapshot) {
+					s.Status = StatusDisconnected
+					s.LastError = "the state dir is busy: an enrollment or key rotation is in progress"
+				})
+				break
+			}
+			id, done, err := a.readEnrolled(node, &loggedRevoked, &loggedMismatch)
+			unlock()
+			if err != nil {
+				return nil, err
+			}
+			if done {
 				return id, nil
 			}
-			if !loggedRevoked {
-				a.log.Error("this host's identity was revoked by the control plane; edged will not reconnect with it",
-					"node_id", node.NodeID, "reason", rev.Reason, "revoked_at", rev.At,
-					"fix", "get a new enrollment token, then run `aegis edge logout` and `aegis edge enroll --token T`")
-				loggedRevoked = true
-			}
-			a.update(func(s *Snapshot) {
-				s.Enrolled = true
-				s.NodeID = node.NodeID
-				s.Tenant = node.Tenant
-				s.ServerURL = node.ServerURL
-				s.Status = StatusRevoked
-				s.SessionID = ""
-				s.ConnectedSince = time.Time{}
-				s.LastError = "revoked (" + rev.Reason + "): get a new enrollment token, run `aegis edge logout`, then `aegis edge enroll --token T`"
-				if s.KeyFingerprint == "" {
-					if key, err := dir.ReadKey(); err == nil {
-						s.KeyFingerprint = fingerprint.Of(key.Public().(ed25519.PublicKey))
-					}
-				}
-			})
 		}
 		select {
 		case <-ctx.Done():
@@ -365,6 +326,74 @@ func (a *Agent) waitEnrolled(ctx context.Context) (*keystore.Identity, error) {
 		case <-time.After(a.cfg.EnrollPoll):
 		}
 	}
+}
+
+// readEnrolled reads a complete enrollment for node under the directory's lock: done
+// with the identity to serve, or not done (revoked, or node.key overwritten by hand)
+// after saying so in the status.
+func (a *Agent) readEnrolled(node keystore.Node, loggedRevoked *bool, loggedMismatch *string) (*keystore.Identity, bool, error) {
+	dir := a.cfg.Dir
+	rev, revoked, err := dir.ReadRevoked()
+	if err != nil {
+		return nil, false, err
+	}
+	if !revoked || rev.NodeID != node.NodeID {
+		if err := dir.CheckPermissions(); err != nil {
+			return nil, false, err
+		}
+		id, err := dir.Load()
+		if err != nil {
+			return nil, false, fmt.Errorf("state dir %s is incomplete: %w; run `aegis edge logout` and enroll again", dir.Path(), err)
+		}
+		// A node.key written over by hand would be refused as bad_signature on
+		// every attempt: say so once and wait for the owner to put it back.
+		var mm *keystore.KeyMismatchError
+		if err := dir.CheckKeyBinding(id.Key, id.Token); errors.As(err, &mm) {
+			if *loggedMismatch != mm.Error() {
+				a.log.Error("not connecting: node.key does not match the key this host's token is bound to",
+					"node_id", node.NodeID, "key_fingerprint", mm.KeyFingerprint, "token_key_fingerprint", mm.TokenFingerprint,
+					"archived_match", mm.Archived, "fix", mm.Error())
+				*loggedMismatch = mm.Error()
+			}
+			a.update(func(s *Snapshot) {
+				s.Enrolled = true
+				s.NodeID = node.NodeID
+				s.Tenant = node.Tenant
+				s.ServerURL = node.ServerURL
+				s.Status = StatusDisconnected
+				s.SessionID = ""
+				s.ConnectedSince = time.Time{}
+				s.KeyFingerprint = mm.KeyFingerprint
+				s.LastError = mm.Error()
+			})
+			return nil, false, nil
+		} else if err != nil {
+			return nil, false, err
+		}
+		return id, true, nil
+	}
+	if !*loggedRevoked {
+		a.log.Error("this host's identity was revoked by the control plane; edged will not reconnect with it",
+			"node_id", node.NodeID, "reason", rev.Reason, "revoked_at", rev.At,
+			"fix", "get a new enrollment token, then run `aegis edge logout` and `aegis edge enroll --token T`")
+		*loggedRevoked = true
+	}
+	a.update(func(s *Snapshot) {
+		s.Enrolled = true
+		s.NodeID = node.NodeID
+		s.Tenant = node.Tenant
+		s.ServerURL = node.ServerURL
+		s.Status = StatusRevoked
+		s.SessionID = ""
+		s.ConnectedSince = time.Time{}
+		s.LastError = "revoked (" + rev.Reason + "): get a new enrollment token, run `aegis edge logout`, then `aegis edge enroll --token T`"
+		if s.KeyFingerprint == "" {
+			if key, err := dir.ReadKey(); err == nil {
+				s.KeyFingerprint = fingerprint.Of(key.Public().(ed25519.PublicKey))
+			}
+		}
+	})
+	return nil, false, nil
 }
 
 // backoff is the full-jitter delay before reconnect attempt n (0-based):

@@ -413,3 +413,33 @@ func TestLogout(t *testing.T) {
 	}
 	waitFor(t, "Connected after re-enrolling", 5*time.Second, connected(r))
 }
+
+// An enrollment writes its files under the state-dir lock; a daemon waiting for it
+// must not read them half written (node.json there, node.key not yet) and give up:
+// it waits for the lock, then serves the finished identity. (The cause of TestLogout
+// failing under load: the re-enrollment raced the daemon's poll.)
+func TestDaemonWaitsForAnEnrollmentInProgress(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{HeartbeatInterval: hb})
+	dir := enrolled(t, srv)
+	unlock, err := dir.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Half written, as an enrollment in progress leaves it.
+	if err := os.Rename(dir.File(keystore.KeyFile), dir.File("key.later")); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, dir, nil)
+	waitFor(t, "the daemon to see the enrollment in progress", 5*time.Second, func() bool {
+		return strings.Contains(r.a.Status().LastError, "an enrollment or key rotation is in progress")
+	})
+	// The enrollment finishes and lets go of the directory.
+	if err := os.Rename(dir.File("key.later"), dir.File(keystore.KeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	waitFor(t, "Connected once the enrollment finished", 5*time.Second, connected(r))
+	if err := r.stop(); err != nil {
+		t.Fatalf("agent ended with %v", err)
+	}
+}
