@@ -378,13 +378,28 @@ func (e *Engine) Watch(ctx context.Context, p apitoken.Principal, id string, aft
 			}
 		}
 		if len(recs) == 0 {
-			// A run that ended without its last event (it cannot, since both are
-			// one transaction; belt and braces) must not hold a watcher forever.
+			// A finished run must not hold a watcher forever. Its last event commits
+			// with its state, but it may have committed between the read of the
+			// events above and this read of the state: read the events once more
+			// before ending, or the watcher misses run_finished.
 			rec, err := e.cfg.Store.GetFleetRun(ctx, id)
 			if err != nil {
 				return err
 			}
 			if rec.State != store.FleetRunRunning {
+				recs, err := e.cfg.Store.ListFleetRunEvents(ctx, id, after)
+				if err != nil {
+					return err
+				}
+				for _, rec := range recs {
+					ev, err := decodeEvent(rec)
+					if err != nil {
+						return err
+					}
+					if err := send(ev); err != nil {
+						return err
+					}
+				}
 				return nil
 			}
 		}
