@@ -14,6 +14,7 @@ import (
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
@@ -51,6 +52,8 @@ type ClusterConfig struct {
 	// ReplicaID names this process in session rows.
 	ReplicaID string
 	Rand      io.Reader
+	// KeyPolicy gives each stream's Welcome its policy max key age; nil: none.
+	KeyPolicy *keypolicy.Service
 }
 
 // Cluster implements edgev1connect.NodeClusterServiceHandler.
@@ -199,11 +202,13 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 	log := c.cfg.Logger.With("node", nodeID, "session", sessionID)
 	log.InfoContext(ctx, "stream open", "agent_version", ev.GetHello().GetAgentVersion(), "hostname", ev.GetHello().GetHostname())
 
-	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: &edgev1.Welcome{
+	welcome := &edgev1.Welcome{
 		SessionId:         sessionID,
 		ServerTime:        timestamppb.New(now),
 		HeartbeatInterval: durationpb.New(c.cfg.HeartbeatInterval),
-	}}}); err != nil {
+	}
+	c.withPolicyMax(ctx, nodeID, welcome) // keypolicy_hook.go
+	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: welcome}}); err != nil {
 		return nil
 	}
 
@@ -323,6 +328,8 @@ func command(c session.Command) *edgev1.EdgeCommand {
 		return invokeToolPB(c)
 	case session.CommandCancelTool:
 		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CancelTool{CancelTool: &edgev1.CancelTool{CommandId: c.CommandID}}}
+	case session.CommandRotationPolicy:
+		return rotationPolicyPB(c) // keypolicy_hook.go
 	case session.CommandRotateKey:
 		rk := &edgev1.RotateKeyCommand{FleetRunId: c.FleetRunID}
 		if c.KeepOld > 0 {

@@ -33,6 +33,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/operators"
@@ -273,6 +274,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		CADER:        s.tls.CADER,
 		AdvertiseURL: cfg.AdvertiseURL,
 	})
+	keyPolicy := keypolicy.New(keypolicy.Config{Store: s.store, Now: s.now, Logger: s.log, Notify: func(nodeID string, max time.Duration) bool {
+		return s.sessions.Send(nodeID, session.Command{Kind: session.CommandRotationPolicy, MaxKeyAge: max}) == nil
+	}})
 	cluster := rpc.NewCluster(rpc.ClusterConfig{
 		Challenges: challenge.New(challenge.Config{
 			Store:     s.store,
@@ -306,6 +310,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		ReplicaID:         s.replica,
 		Rand:              rnd,
+		KeyPolicy:         keyPolicy,
 	})
 	admin := rpc.NewAdmin(rpc.AdminConfig{
 		Enroll: enrollSvc,
@@ -321,6 +326,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ToolCalls:  s.tools,
 		Operators:  operators.New(operators.Config{Store: s.store, Now: s.now, Rand: rnd}),
 		Fleet:      s.fleet,
+		KeyPolicy:  keyPolicy,
 		Store:      s.store,
 		Now:        s.now,
 		Logger:     s.log,
