@@ -169,7 +169,12 @@ func runDaemon(ctx context.Context, c *cli.Context, stderr io.Writer) error {
 		Policy:              cfg.Policy,
 		MaxOutputBytes:      cfg.MaxOutputBytes,
 		DefaultToolDeadline: cfg.DefaultDeadline,
+		MaxKeyAge:           cfg.MaxKeyAge,
+		KeepOld:             cfg.KeepOld,
 	})
+	for _, w := range cfg.Warnings {
+		logger.Warn(w)
+	}
 	if cfg.Policy == nil {
 		logger.Warn("no security_contexts in the config: every tool call will be denied")
 	} else {

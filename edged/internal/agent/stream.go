@@ -359,6 +359,7 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 		}
 	}
 	a.learnServerTime(welcome.GetServerTime().AsTime())
+	a.welcomePolicy(welcome) // cadence.go
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
@@ -448,7 +449,7 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 				return true, &disconnectError{reason: d.GetReason(), after: d.GetReconnectAfter().AsDuration(), msg: d.GetMessage()}
 			case *edgev1.EdgeCommand_Welcome:
 				// A second Welcome is harmless; ignore it.
-			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey:
+			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey, *edgev1.EdgeCommand_RotationPolicy:
 				a.handleCommand(ctx, log, r.cmd)
 			case *edgev1.EdgeCommand_InvokeTool, *edgev1.EdgeCommand_CancelTool, *edgev1.EdgeCommand_CommandResultAck:
 				a.handleToolCommand(callsCtx, r.cmd)
