@@ -124,7 +124,9 @@ func (c *cadence) run(ctx context.Context) {
 		if p.Max > 0 {
 			d := p.At.Sub(c.now())
 			if failures > 0 {
-				d = max(d, c.backoff(failures))
+				// Retry on the backoff: the key is due (or nearly), and the plan's
+				// moment has passed.
+				d = c.backoff(failures)
 			}
 			wait = c.after(max(d, 0))
 		}
