@@ -124,6 +124,13 @@ func TestRotationPolicies(t *testing.T) {
 		if h := host(other.id); h.GetOverdue() {
 			t.Error("the dev host (24h) is overdue after 31s")
 		}
+		// The metrics say so too, fleet-wide.
+		body := scrape(t, srv)
+		for _, want := range []string{"aegis_edge_hosts_key_overdue 1", "aegis_edge_host_key_age_days_count 2", `aegis_edge_host_key_age_days_bucket{le="1"} 2`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+		}
 		hl, err := admin.ListHosts(ctx, connect.NewRequest(&edgev1.ListHostsRequest{Target: "key_age>30s"}))
 		if err != nil {
 			t.Fatal(err)

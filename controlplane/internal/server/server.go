@@ -170,6 +170,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s.metrics = metrics.New(reg)
+	reg.MustRegister(&keypolicy.Collector{Store: s.store, Now: s.now, Logger: s.log}) // key age, overdue hosts
 
 	issuer, err := tokens.LoadIssuer(ctx, s.store, cfg.TokenTTL)
 	if err != nil {
