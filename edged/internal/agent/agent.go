@@ -216,6 +216,8 @@ type Agent struct {
 
 	// cadence schedules routine rotations (set by New, run by Run).
 	cadence *cadence
+	// refreshJitter spreads token refreshes (refresh_jitter.go).
+	refreshJitter refreshJitter
 }
 
 // New makes an agent; Run starts it.

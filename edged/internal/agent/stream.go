@@ -515,6 +515,7 @@ func (a *Agent) refreshAt(token string) (time.Time, bool) {
 	if !iat.IsZero() && margin >= exp.Sub(iat) {
 		margin = exp.Sub(iat) / 2
 	}
+	margin = a.refreshJitter.margin(token, margin, a.cfg.Jitter) // refresh_jitter.go
 	return exp.Add(-margin).Add(-time.Duration(a.offset.Load())), true
 }
 
