@@ -137,3 +137,61 @@ func TestLocalMaxKeyAgeAndADaemonStartedLate(t *testing.T) {
 		return serverFingerprint(t, srv, node.NodeID) != before
 	})
 }
+
+func serverHost(t *testing.T, srv *cptest.Server, nodeID string) *edgev1.Host {
+	t.Helper()
+	h, err := srv.AdminClient().GetHost(context.Background(), connect.NewRequest(&edgev1.GetHostRequest{NodeId: nodeID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.Msg.GetHost()
+}
+
+// A host that cannot reach the control plane when its key falls due is shown
+// overdue, keeps its old key (the control plane still holds it), reports why it could
+// not rotate, and rotates once it can reach the control plane again.
+func TestOverdueWhileUnreachableThenRotates(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{HeartbeatInterval: hb})
+	requireRotation(t, srv)
+	dir := filepath.Join(t.TempDir(), "edge")
+	if _, err := enroll.Enroll(context.Background(), enroll.Options{Token: srv.EnrollmentToken(t, "prod"), StateDir: dir, Name: "cut-1"}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := keystore.Open(dir).ReadNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := &netCut{}
+	r := start(t, keystore.Open(dir), func(c *agent.Config) { c.HTTPClient = cut.client })
+	waitFor(t, "Connected", 5*time.Second, connected(r))
+	before := r.a.Status().KeyFingerprint
+
+	if _, err := srv.AdminClient().SetRotationPolicy(context.Background(), connect.NewRequest(&edgev1.SetRotationPolicyRequest{
+		Name: "prod", Target: "tags=AnyOf(prod)", MaxKeyAge: durationpb.New(10 * time.Second),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the daemon to learn the policy", 5*time.Second, func() bool { return r.a.Status().MaxKeyAge == 10*time.Second })
+	cut.set(true)
+	waitFor(t, "the stream to drop", 5*time.Second, func() bool { return r.a.Status().Status != agent.StatusConnected })
+
+	waitFor(t, "the control plane to show the host overdue", 30*time.Second, func() bool { return serverHost(t, srv, node.NodeID).GetOverdue() })
+	waitFor(t, "the daemon to report the failed attempt", 10*time.Second, func() bool { return r.a.Status().RotationError != "" })
+	if s := r.a.Status(); s.KeyFingerprint != before || s.Rotations != 0 {
+		t.Fatalf("the key changed while unreachable: %s (was %s), rotations %d", s.KeyFingerprint, before, s.Rotations)
+	}
+	if got := serverHost(t, srv, node.NodeID).GetKeyFingerprint(); got != before {
+		t.Fatalf("the control plane holds %s, want the old key %s", got, before)
+	}
+
+	cut.set(false)
+	waitFor(t, "a rotation once reachable", 30*time.Second, func() bool { return r.a.Status().Rotations >= 1 })
+	waitFor(t, "Connected with the new key, not overdue", 10*time.Second, func() bool {
+		h := serverHost(t, srv, node.NodeID)
+		s := r.a.Status()
+		return s.Status == agent.StatusConnected && h.GetKeyFingerprint() == s.KeyFingerprint && h.GetKeyFingerprint() != before && !h.GetOverdue()
+	})
+	if s := r.a.Status(); s.RotationError != "" {
+		t.Errorf("the failure is still reported after the rotation: %q", s.RotationError)
+	}
+}
