@@ -51,12 +51,14 @@ type Token struct {
 
 // Command is a server->daemon command that crosses replicas.
 type Command struct {
-	// Kind is "refresh_token" or "rotate_key".
+	// Kind is "refresh_token", "rotate_key" or "rotation_policy".
 	Kind       string `json:"k"`
 	Reason     string `json:"r,omitempty"`
 	FleetRunID string `json:"f,omitempty"`
 	// KeepOld in nanoseconds; 0 is the host's default.
 	KeepOld time.Duration `json:"ko,omitempty"`
+	// MaxKeyAge in nanoseconds, for "rotation_policy"; 0 is none.
+	MaxKeyAge time.Duration `json:"ma,omitempty"`
 }
 
 // Handler acts on another replica's events. Handle must not block for long: it runs

@@ -172,3 +172,26 @@ func TestRotationPolicies(t *testing.T) {
 		}
 	})
 }
+
+// A policy set through one replica reaches a daemon whose stream is on the other.
+func TestReplicasPolicyReachesOtherReplica(t *testing.T) {
+	a, b, _ := replicas(t)
+	_, st := onReplica(t, a, b)
+	if _, err := a.AdminClient().SetRotationPolicy(context.Background(), connect.NewRequest(&edgev1.SetRotationPolicyRequest{
+		Name: "everyone", Target: "all", MaxKeyAge: durationpb.New(7 * 24 * time.Hour),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		cmd, err := st.recv()
+		if err != nil {
+			t.Fatalf("waiting for the policy on replica B: %v", err)
+		}
+		if rp := cmd.GetRotationPolicy(); rp != nil {
+			if got := rp.GetMaxKeyAge().AsDuration(); got != 7*24*time.Hour {
+				t.Fatalf("pushed %v, want 7d", got)
+			}
+			return
+		}
+	}
+}

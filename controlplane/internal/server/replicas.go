@@ -57,7 +57,7 @@ func (s *Server) sendCommand(ctx context.Context, nodeID string, c session.Comma
 		return err
 	}
 	return s.bus.Publish(ctx, broadcast.Event{Kind: broadcast.KindCommand, NodeID: nodeID, At: s.now().UTC(), Command: &broadcast.Command{
-		Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld,
+		Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld, MaxKeyAge: c.MaxKeyAge,
 	}})
 }
 
@@ -81,8 +81,10 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		if e.Command == nil {
 			return
 		}
-		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld}
+		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld, MaxKeyAge: e.Command.MaxKeyAge}
 		switch e.Command.Kind {
+		case session.CommandRotationPolicy.String():
+			c.Kind = session.CommandRotationPolicy
 		case session.CommandRefreshToken.String():
 			c.Kind = session.CommandRefreshToken
 		case session.CommandRotateKey.String():

@@ -276,7 +276,8 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		AdvertiseURL: cfg.AdvertiseURL,
 	})
 	keyPolicy := keypolicy.New(keypolicy.Config{Store: s.store, Now: s.now, Logger: s.log, Notify: func(nodeID string, max time.Duration) bool {
-		return s.sessions.Send(nodeID, session.Command{Kind: session.CommandRotationPolicy, MaxKeyAge: max}) == nil
+		// sendCommand reaches the stream on whichever replica holds it.
+		return s.sendCommand(context.Background(), nodeID, session.Command{Kind: session.CommandRotationPolicy, MaxKeyAge: max}) == nil
 	}})
 	cluster := rpc.NewCluster(rpc.ClusterConfig{
 		Challenges: challenge.New(challenge.Config{
