@@ -94,8 +94,10 @@ func (c *cadence) setPolicy(max time.Duration) {
 	c.mu.Unlock()
 	if changed {
 		c.log.Info("rotation policy from the control plane", "policy_max_key_age", keyage.Format(max), "local_max_key_age", keyage.Format(c.local))
-		c.poke()
 	}
+	// Replan even when unchanged: a Welcome also follows an enrollment or a restored
+	// identity, whose key the scheduler has not seen yet.
+	c.poke()
 }
 
 // plan is the current plan; a new key gets a new draw.

@@ -195,3 +195,22 @@ func TestOverdueWhileUnreachableThenRotates(t *testing.T) {
 		t.Errorf("the failure is still reported after the rotation: %q", s.RotationError)
 	}
 }
+
+// edged started before the host enrolled: once enrolled, its local max key age
+// schedules the new key's rotation (nothing else wakes the scheduler but the stream).
+func TestLocalMaxKeyAgeAfterEnrollingUnderARunningDaemon(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{HeartbeatInterval: hb})
+	requireRotation(t, srv)
+	dir := filepath.Join(t.TempDir(), "edge")
+	kd := keystore.Open(dir)
+	if err := kd.Create(); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, kd, func(c *agent.Config) { c.MaxKeyAge = 2 * time.Second })
+	if _, err := enrollInto(t, srv, dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "Connected", 5*time.Second, connected(r))
+	waitFor(t, "a plan for the new key", 5*time.Second, func() bool { return !r.a.Status().NextRotationAt.IsZero() })
+	waitFor(t, "a routine rotation", 30*time.Second, func() bool { return r.a.Status().Rotations >= 1 })
+}
