@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -110,7 +111,12 @@ func (a *app) setKeyPolicy(c *ucli.Context) error {
 	resp, err := client.SetRotationPolicy(ctx, connect.NewRequest(&edgev1.SetRotationPolicyRequest{Name: name, Target: c.String("target"), MaxKeyAge: durationpb.New(age)}))
 	if err != nil {
 		if connect.CodeOf(err) == connect.CodeInvalidArgument {
-			return usagef("%s", orDefault(connectMessage(err), "invalid rotation policy"))
+			msg := orDefault(connectMessage(err), "invalid rotation policy")
+			if strings.HasPrefix(msg, "target ") || strings.HasPrefix(msg, "a target ") {
+				// The same words as fleet runs and hosts list.
+				return usagef("bad --target: %s", msg)
+			}
+			return usagef("%s", msg)
 		}
 		return a.rpcError(err, p.Server)
 	}
