@@ -17,7 +17,7 @@ import (
 
 var now = time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 
-func openStore(t *testing.T) store.Store {
+func openStore(t testing.TB) store.Store {
 	t.Helper()
 	s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "cp.db"))
 	if err != nil {
@@ -30,7 +30,7 @@ func openStore(t *testing.T) store.Store {
 	return s
 }
 
-func addDaemon(t *testing.T, s store.Store, id string, tags []string, keySince time.Time, status string) {
+func addDaemon(t testing.TB, s store.Store, id string, tags []string, keySince time.Time, status string) {
 	t.Helper()
 	key := sha256.Sum256([]byte(id))
 	d := store.Daemon{NodeID: id, TenantID: "t-1", DisplayName: id, Tags: tags, OS: "linux", PublicKey: key[:], Status: store.DaemonActive, EnrolledAt: keySince}

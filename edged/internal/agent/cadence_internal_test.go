@@ -126,6 +126,13 @@ func (tc *testCadence) count() int {
 	return len(tc.rotations)
 }
 
+// rotated is a copy of the rotation times so far.
+func (tc *testCadence) rotated() []time.Time {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return append([]time.Time(nil), tc.rotations...)
+}
+
 func TestCadencePolicyFromTheControlPlane(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tc := newTestCadence(0)
@@ -149,7 +156,7 @@ func TestCadencePolicyFromTheControlPlane(t *testing.T) {
 		if tc.count() != 1 {
 			t.Fatalf("%d rotations by the due time, want 1", tc.count())
 		}
-		first := tc.rotations[0]
+		first := tc.rotated()[0]
 		if age := first.Sub(start); age < 89*keyage.Day || age >= 90*keyage.Day {
 			t.Errorf("rotated at key age %v, want in the last day before 90d", age)
 		}
@@ -161,16 +168,16 @@ func TestCadencePolicyFromTheControlPlane(t *testing.T) {
 		a.policyCommand(&edgev1.RotationPolicyCommand{MaxKeyAge: durationpb.New(time.Hour)})
 		time.Sleep(lateSpread)
 		synctest.Wait()
-		if tc.count() != 2 || tc.rotations[1].Sub(changed) > lateSpread {
-			t.Fatalf("rotations %v after the policy became 1h at %v: want a second one within %v", tc.rotations, changed, lateSpread)
+		if rs := tc.rotated(); len(rs) != 2 || rs[1].Sub(changed) > lateSpread {
+			t.Fatalf("rotations %v after the policy became 1h at %v: want a second one within %v", rs, changed, lateSpread)
 		}
 		time.Sleep(time.Hour)
 		synctest.Wait()
 		if tc.count() != 3 {
 			t.Fatalf("%d rotations an hour later, want 3", tc.count())
 		}
-		if age := tc.rotations[2].Sub(tc.rotations[1]); age >= time.Hour || age < time.Hour-keyage.Window(time.Hour) {
-			t.Errorf("third rotation at key age %v, want in the 1h key's window", age)
+		if rs := tc.rotated(); rs[2].Sub(rs[1]) >= time.Hour || rs[2].Sub(rs[1]) < time.Hour-keyage.Window(time.Hour) {
+			t.Errorf("third rotation at key age %v, want in the 1h key's window", rs[2].Sub(rs[1]))
 		}
 
 		// The policy is deleted (unset): no more rotations.
@@ -194,14 +201,14 @@ func TestCadenceLocalSettingSmallerWins(t *testing.T) {
 		tc.setPolicy(90 * keyage.Day)
 		time.Sleep(7 * keyage.Day)
 		synctest.Wait()
-		if tc.count() != 1 || tc.rotations[0].Sub(start) >= 7*keyage.Day {
-			t.Fatalf("rotations %v: want one before the local 7d", tc.rotations)
+		if rs := tc.rotated(); len(rs) != 1 || rs[0].Sub(start) >= 7*keyage.Day {
+			t.Fatalf("rotations %v: want one before the local 7d", rs)
 		}
 		tc.setPolicy(2 * keyage.Day) // now the policy is smaller
 		time.Sleep(2 * keyage.Day)
 		synctest.Wait()
-		if tc.count() != 2 || tc.rotations[1].Sub(tc.rotations[0]) >= 2*keyage.Day {
-			t.Fatalf("rotations %v: want a second one within the policy's 2d", tc.rotations)
+		if rs := tc.rotated(); len(rs) != 2 || rs[1].Sub(rs[0]) >= 2*keyage.Day {
+			t.Fatalf("rotations %v: want a second one within the policy's 2d", rs)
 		}
 	})
 }
@@ -214,22 +221,28 @@ func TestCadenceRetriesUntilReachable(t *testing.T) {
 		tc.fail = true
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
+		var mu sync.Mutex
 		var attempts []time.Time
 		rotate := tc.rotate
 		tc.rotate = func(ctx context.Context) error {
+			mu.Lock()
 			attempts = append(attempts, time.Now())
+			mu.Unlock()
 			return rotate(ctx)
 		}
 		go tc.run(ctx)
 		start := time.Now()
 		time.Sleep(time.Hour + 10*time.Second)
 		synctest.Wait()
-		if tc.count() != 0 || len(attempts) < 3 {
-			t.Fatalf("%d rotations, %d attempts: want attempts that all failed", tc.count(), len(attempts))
+		mu.Lock()
+		seen := append([]time.Time(nil), attempts...)
+		mu.Unlock()
+		if tc.count() != 0 || len(seen) < 3 {
+			t.Fatalf("%d rotations, %d attempts: want attempts that all failed", tc.count(), len(seen))
 		}
-		for i := 2; i < len(attempts); i++ {
-			if attempts[i].Sub(attempts[i-1]) <= attempts[i-1].Sub(attempts[i-2]) {
-				t.Errorf("attempt gaps do not grow: %v", attempts)
+		for i := 2; i < len(seen); i++ {
+			if seen[i].Sub(seen[i-1]) <= seen[i-1].Sub(seen[i-2]) {
+				t.Errorf("attempt gaps do not grow: %v", seen)
 			}
 		}
 		tc.mu.Lock()
