@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aegis-edge/aegis/api/keyage"
@@ -78,13 +79,41 @@ func SelectorHost(d store.Daemon, now time.Time) selector.Host {
 func Max(ps []store.RotationPolicy, h selector.Host) time.Duration {
 	var maxes []time.Duration
 	for _, p := range ps {
-		sel, err := selector.Parse(p.Target)
+		sel, err := parsed(p.Target)
 		if err != nil || !sel.Matches(h) {
 			continue
 		}
 		maxes = append(maxes, p.MaxKeyAge)
 	}
 	return keyage.Effective(maxes...)
+}
+
+// parsedTargets caches parsed policy targets: Max runs for every host of a listing
+// or a scrape, and a tenant has a handful of policies. Bounded: cleared when full.
+var parsedTargets struct {
+	sync.Mutex
+	m map[string]parseResult
+}
+
+type parseResult struct {
+	sel selector.Selector
+	err error
+}
+
+const maxParsedTargets = 1024
+
+func parsed(target string) (selector.Selector, error) {
+	parsedTargets.Lock()
+	defer parsedTargets.Unlock()
+	if r, ok := parsedTargets.m[target]; ok {
+		return r.sel, r.err
+	}
+	if parsedTargets.m == nil || len(parsedTargets.m) >= maxParsedTargets {
+		parsedTargets.m = map[string]parseResult{}
+	}
+	sel, err := selector.Parse(target)
+	parsedTargets.m[target] = parseResult{sel, err}
+	return sel, err
 }
 
 // KeyStatus is a host's key against its policy maximum.
