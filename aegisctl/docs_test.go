@@ -341,7 +341,7 @@ var volatile = []struct {
 	{regexp.MustCompile(`\bfr-[0-9a-f]{16}\b`), "RUN"},
 	{regexp.MustCompile(`\bt-[0-9a-f]{8}\b`), "TENANT"},
 	{regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`), "UUID"},
-	{regexp.MustCompile(`\b\d+(\.\d+)?(ms|s)\b`), "DURATION"},
+	{regexp.MustCompile(`\b\d+(\.\d+)?(ms|s|m|h|d)\b`), "DURATION"},
 	{regexp.MustCompile(`\s+`), " "},
 }
 

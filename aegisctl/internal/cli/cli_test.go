@@ -235,8 +235,8 @@ func TestLoginSavesProfileOnlyWhenAccepted(t *testing.T) {
 		t.Fatal(code)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NODE_ID") || !strings.HasSuffix(lines[0], "TENANT") ||
-		!strings.Contains(lines[1], "prod,web") || !strings.Contains(lines[2], "Revoked") || !strings.HasSuffix(lines[2], "t-0a1b2c3d") {
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NODE_ID") || !strings.Contains(lines[0], "TENANT") || !strings.HasSuffix(lines[0], "KEY_AGE  KEY_DUE_AT  OVERDUE") ||
+		!strings.Contains(lines[1], "prod,web") || !strings.Contains(lines[2], "Revoked") || !strings.Contains(lines[2], "t-0a1b2c3d") {
 		t.Fatalf("table:\n%s", out)
 	}
 

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/keyage"
 	ucli "github.com/urfave/cli/v2"
 )
 
@@ -25,8 +26,11 @@ func (a *app) hostsCommand() *ucli.Command {
 				Usage:     "list the hosts of your tenant",
 				UsageText: a.name + " edge hosts list [--target SEL] [-o json]",
 				Description: "SEL is all, tags=AnyOf(a,b), tags=AllOf(a,b), tags=NoneOf(a), nodes=<id>,...,\n" +
-					"name=<glob>, os=linux, combined with ';'.\n\n" +
-					"Example:\n  " + a.name + " edge hosts list -o json",
+					"name=<glob>, os=linux, key_age>90d, combined with ';'.\n" +
+					"KEY_AGE is how old each host's key is; KEY_DUE_AT when it reaches the smallest max age of\n" +
+					"the rotation policies selecting it (`" + a.name + " edge keys policy list`); OVERDUE marks\n" +
+					"a key older than that.\n\n" +
+					"Example:\n  " + a.name + " edge hosts list -o json\n  " + a.name + " edge hosts list --target 'key_age>90d'",
 				Flags: []ucli.Flag{
 					&ucli.StringFlag{Name: "target", Value: "all", Usage: "which hosts to list (a target selector)"},
 					outputFlag,
@@ -91,6 +95,13 @@ type hostJSON struct {
 	KeyFingerprint string   `json:"key_fingerprint"`
 	KeyRotatedAt   *string  `json:"key_rotated_at"`
 	LastSeenAt     *string  `json:"last_seen_at"`
+	// Routine rotation: the key's age (as 93d, and in seconds), when it falls due
+	// under the rotation policies (null when none selects the host), and whether it
+	// is past that.
+	KeyAge     string  `json:"key_age"`
+	KeyAgeSecs int64   `json:"key_age_secs"`
+	KeyDueAt   *string `json:"key_due_at"`
+	Overdue    bool    `json:"overdue"`
 }
 
 func hostStatus(s edgev1.HostStatus) string {
@@ -119,7 +130,18 @@ func toHostJSON(h *edgev1.Host) hostJSON {
 		KeyFingerprint: h.GetKeyFingerprint(),
 		KeyRotatedAt:   timePtr(asTime(h.GetKeyRotatedAt())),
 		LastSeenAt:     timePtr(asTime(h.GetLastSeenAt())),
+		KeyAge:         keyage.Human(h.GetKeyAge().AsDuration()),
+		KeyAgeSecs:     int64(h.GetKeyAge().AsDuration() / time.Second),
+		KeyDueAt:       timePtr(asTime(h.GetKeyDueAt())),
+		Overdue:        h.GetOverdue(),
 	}
+}
+
+func overdueMark(j hostJSON) string {
+	if j.Overdue {
+		return "OVERDUE"
+	}
+	return "-"
 }
 
 func (a *app) listHosts(c *ucli.Context) error {
@@ -144,11 +166,12 @@ func (a *app) listHosts(c *ucli.Context) error {
 		return a.rpcError(err, p.Server)
 	}
 	hosts := resp.Msg.GetHosts()
-	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT\tTENANT",
+	return writeList(a.env.Stdout, out, "hosts", hosts, toHostJSON, "NODE_ID\tNAME\tSTATUS\tTAGS\tKEY_FINGERPRINT\tKEY_ROTATED_AT\tLAST_SEEN_AT\tTENANT\tKEY_AGE\tKEY_DUE_AT\tOVERDUE",
 		func(h *edgev1.Host) []string {
 			j := toHostJSON(h)
 			return []string{j.NodeID, orDash(j.Name), j.Status, orDash(strings.Join(j.Tags, ",")),
-				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt), orDash(j.Tenant)}
+				orDash(j.KeyFingerprint), derefDash(j.KeyRotatedAt), derefDash(j.LastSeenAt), orDash(j.Tenant),
+				j.KeyAge, derefDash(j.KeyDueAt), overdueMark(j)}
 		})
 }
 
@@ -188,6 +211,11 @@ func (a *app) getHost(c *ucli.Context) error {
 	fmt.Fprintf(w, "key_fingerprint: %s\n", j.KeyFingerprint)
 	fmt.Fprintf(w, "key_rotated_at: %s\n", derefDash(j.KeyRotatedAt))
 	fmt.Fprintf(w, "last_seen_at: %s\n", derefDash(j.LastSeenAt))
+	fmt.Fprintf(w, "key_age: %s\n", j.KeyAge)
+	fmt.Fprintf(w, "key_due_at: %s\n", derefDash(j.KeyDueAt))
+	if j.Overdue {
+		fmt.Fprintf(w, "overdue: yes (the key is older than its rotation policy allows)\n")
+	}
 	if e := asTime(h.GetEnrolledAt()); !e.IsZero() {
 		fmt.Fprintf(w, "enrolled_at: %s\n", formatTime(e))
 	}

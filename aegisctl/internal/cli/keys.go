@@ -22,10 +22,12 @@ func (a *app) keysCommand() *ucli.Command {
 		UsageText: a.name + " edge keys COMMAND [flags]",
 		Description: "Example:\n  " + a.name + " edge keys rotate\n  " +
 			a.name + " edge keys rotate --keep-old 72h -o json\n  " +
-			a.name + " edge keys revoke-remote n-7a3b2f0c91d4",
+			a.name + " edge keys revoke-remote n-7a3b2f0c91d4\n  " +
+			a.name + " edge keys policy set prod --target 'tags=AnyOf(prod)' --max-age 90d",
 		Subcommands: []*ucli.Command{
 			a.keysRotateCommand(),
 			a.keysRevokeRemoteCommand(),
+			a.keysPolicyCommand(),
 		},
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/keyage"
 	"github.com/aegis-edge/aegis/api/nodetoken"
 	"github.com/aegis-edge/aegis/edged/keystore"
 	"github.com/aegis-edge/aegis/edged/localclient"
@@ -69,6 +70,13 @@ type hostStatusReport struct {
 	ServerURL      string  `json:"server_url"`
 	LastError      string  `json:"last_error"`
 	StateDir       string  `json:"state_dir"`
+	// Routine rotation, from the running daemon (null/"" when it is stopped or no
+	// max key age applies): the effective max age, when the key falls due, when the
+	// daemon will rotate it, and why the last attempt failed.
+	MaxKeyAge      string  `json:"max_key_age"`
+	KeyDueAt       *string `json:"key_due_at"`
+	NextRotationAt *string `json:"next_rotation_at"`
+	RotationError  string  `json:"rotation_error"`
 }
 
 func (a *app) status(c *ucli.Context) error {
@@ -133,6 +141,14 @@ func (a *app) status(c *ucli.Context) error {
 	fmt.Fprintf(w, "status: %s\n", rep.Status)
 	fmt.Fprintf(w, "key_fingerprint: %s\n", rep.KeyFingerprint)
 	fmt.Fprintf(w, "token_expires: %s\n", derefDash(rep.TokenExpires))
+	if rep.MaxKeyAge != "" {
+		fmt.Fprintf(w, "max_key_age: %s\n", rep.MaxKeyAge)
+		fmt.Fprintf(w, "key_due_at: %s\n", derefDash(rep.KeyDueAt))
+		fmt.Fprintf(w, "next_rotation_at: %s (routine rotation, done by edged)\n", derefDash(rep.NextRotationAt))
+	}
+	if rep.RotationError != "" {
+		fmt.Fprintf(w, "rotation_error: %s (the current key stays in use; edged retries)\n", oneLine(rep.RotationError))
+	}
 	if !rep.DaemonRunning && rep.Status == "Revoked" {
 		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
 	} else if !rep.DaemonRunning {
@@ -155,7 +171,15 @@ func (a *app) statusFromDaemon(ctx context.Context, dir *keystore.Dir) (hostStat
 		return hostStatusReport{}, err
 	}
 	s := resp.Msg
+	maxAge := ""
+	if d := s.GetMaxKeyAge().AsDuration(); d > 0 {
+		maxAge = keyage.Format(d)
+	}
 	return hostStatusReport{
+		MaxKeyAge:      maxAge,
+		KeyDueAt:       timePtr(asTime(s.GetKeyDueAt())),
+		NextRotationAt: timePtr(asTime(s.GetNextRotationAt())),
+		RotationError:  s.GetRotationError(),
 		NodeID:         s.GetNodeId(),
 		Tenant:         s.GetTenant().GetId(),
 		TenantKind:     s.GetTenant().GetKind(),

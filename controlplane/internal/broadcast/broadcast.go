@@ -113,7 +113,8 @@ type Token struct {
 
 // Command is a server->daemon command that crosses replicas.
 type Command struct {
-	// Kind is "refresh_token", "rotate_key", "invoke_tool" or "cancel_tool".
+	// Kind is "refresh_token", "rotate_key", "invoke_tool", "cancel_tool" or
+	// "rotation_policy".
 	Kind       string `json:"k"`
 	Reason     string `json:"r,omitempty"`
 	FleetRunID string `json:"f,omitempty"`
@@ -123,6 +124,8 @@ type Command struct {
 	CommandID string `json:"i,omitempty"`
 	// Invoke is the call to run ("invoke_tool").
 	Invoke *Invocation `json:"v,omitempty"`
+	// MaxKeyAge in nanoseconds, for "rotation_policy"; 0 is none.
+	MaxKeyAge time.Duration `json:"ma,omitempty"`
 }
 
 // Invocation is a tool call for a daemon, as the session package has it.

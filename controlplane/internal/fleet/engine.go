@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/selector"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
@@ -176,8 +177,9 @@ func (e *Engine) resolve(ctx context.Context, p apitoken.Principal, spec Spec) (
 		return Spec{}, Plan{}, nil, fmt.Errorf("list daemons: %w", err)
 	}
 	var hosts []store.Daemon
+	now := e.cfg.Now()
 	for _, d := range ds {
-		if sel.Matches(selector.Host{NodeID: d.NodeID, Name: d.DisplayName, Tags: d.Tags, OS: d.OS}) {
+		if sel.Matches(keypolicy.SelectorHost(d, now)) {
 			hosts = append(hosts, d)
 		}
 	}

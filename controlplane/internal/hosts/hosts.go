@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/apitoken"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/selector"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
@@ -44,6 +45,8 @@ type Host struct {
 	// TokenExpiresAt is when the host's newest active token expires; set by Get
 	// only (zero when it holds none).
 	TokenExpiresAt time.Time
+	// Key is the key's age against the rotation policies (List and Get).
+	Key keypolicy.KeyStatus
 }
 
 // Config wires a Service.
@@ -90,13 +93,20 @@ func (s *Service) List(ctx context.Context, p apitoken.Principal, target string)
 	if err != nil {
 		return nil, err
 	}
+	policies, err := s.cfg.Store.ListRotationPolicies(ctx, p.Scope())
+	if err != nil {
+		return nil, fmt.Errorf("list rotation policies: %w", err)
+	}
+	byTenant := keypolicy.ByTenant(policies)
 	now := s.cfg.Now()
 	out := make([]Host, 0, len(ds))
 	for _, d := range ds {
-		if !sel.Matches(selector.Host{NodeID: d.NodeID, Name: d.DisplayName, Tags: d.Tags, OS: d.OS}) {
+		if !sel.Matches(keypolicy.SelectorHost(d, now)) {
 			continue
 		}
-		out = append(out, s.host(d, tenants[d.TenantID], now))
+		h := s.host(d, tenants[d.TenantID], now)
+		h.Key = keypolicy.StatusOf(d, byTenant[d.TenantID], now)
+		out = append(out, h)
 	}
 	return out, nil
 }
@@ -116,6 +126,11 @@ func (s *Service) Get(ctx context.Context, p apitoken.Principal, nodeID string) 
 	}
 	now := s.cfg.Now()
 	h := s.host(d, t, now)
+	policies, err := s.cfg.Store.ListRotationPolicies(ctx, d.TenantID)
+	if err != nil {
+		return Host{}, fmt.Errorf("rotation policies of host: %w", err)
+	}
+	h.Key = keypolicy.StatusOf(d, policies, now)
 	toks, err := s.cfg.Store.ActiveNodeTokens(ctx, nodeID, now)
 	if err != nil {
 		return Host{}, fmt.Errorf("tokens of host: %w", err)

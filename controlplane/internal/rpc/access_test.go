@@ -261,6 +261,36 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			_, err := c.DeleteHost(ctx, connect.NewRequest(&edgev1.DeleteHostRequest{NodeId: h.id}))
 			return err
 		}
+		setPolicy := func(c edgev1connect.EdgeAdminServiceClient, name string) error {
+			_, err := c.SetRotationPolicy(ctx, connect.NewRequest(&edgev1.SetRotationPolicyRequest{Name: name, Target: "tags=AnyOf(nothing-has-this)", MaxKeyAge: durationpb.New(90 * 24 * time.Hour)}))
+			return err
+		}
+		if err := setPolicy(srv.AdminClient(), "policy-a"); err != nil {
+			t.Fatal(err)
+		}
+		calls[edgev1connect.EdgeAdminServiceSetRotationPolicyProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			return setPolicy(c, "set-by-caller")
+		}
+		calls[edgev1connect.EdgeAdminServiceListRotationPoliciesProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			resp, err := c.ListRotationPolicies(ctx, connect.NewRequest(&edgev1.ListRotationPoliciesRequest{}))
+			if err != nil {
+				return err
+			}
+			for _, p := range resp.Msg.GetPolicies() {
+				if p.GetName() == "policy-a" && p.GetTenantId() == tenantA {
+					return nil
+				}
+			}
+			return connect.NewError(connect.CodeNotFound, errors.New("policy A not listed"))
+		}
+		calls[edgev1connect.EdgeAdminServiceDeleteRotationPolicyProcedure] = func(c edgev1connect.EdgeAdminServiceClient) error {
+			// Tenant A's policy, made afresh for each caller.
+			if err := setPolicy(srv.AdminClient(), "to-delete"); err != nil {
+				t.Fatal(err)
+			}
+			_, err := c.DeleteRotationPolicy(ctx, connect.NewRequest(&edgev1.DeleteRotationPolicyRequest{Name: "to-delete"}))
+			return err
+		}
 		for proc := range rpc.AdminPermissions {
 			if calls[proc] == nil {
 				t.Errorf("%s has a permission but no row in this test", proc)
@@ -299,6 +329,10 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			edgev1connect.EdgeAdminServiceListFleetRunsProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
 			edgev1connect.EdgeAdminServiceGetFleetRunProcedure:    {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
 			edgev1connect.EdgeAdminServiceDeleteHostProcedure:     {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			// A policy is made in the caller's own tenant; another tenant's is NotFound.
+			edgev1connect.EdgeAdminServiceSetRotationPolicyProcedure:    {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": ok, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceListRotationPoliciesProcedure: {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},
+			edgev1connect.EdgeAdminServiceDeleteRotationPolicyProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 		}
 		for proc, byClient := range want {
 			for name, wantCode := range byClient {

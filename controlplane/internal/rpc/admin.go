@@ -13,10 +13,12 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/operators"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"github.com/aegis-edge/aegis/controlplane/internal/toolcall"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -28,6 +30,7 @@ type AdminConfig struct {
 	ToolCalls  *toolcall.Service
 	Operators  *operators.Service
 	Fleet      *fleet.Engine
+	KeyPolicy  *keypolicy.Service
 	Store      store.Tx
 	Now        func() time.Time
 	Logger     *slog.Logger
@@ -231,6 +234,9 @@ func hostPB(h hosts.Host) *edgev1.Host {
 		Os:              d.OS,
 		SecurityContext: d.SecurityContext,
 		TokenExpiresAt:  ts(h.TokenExpiresAt),
+		KeyAge:          durationpb.New(h.Key.Age),
+		KeyDueAt:        ts(h.Key.DueAt),
+		Overdue:         h.Key.Overdue,
 	}
 }
 

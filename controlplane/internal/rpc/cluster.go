@@ -15,6 +15,7 @@ import (
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
@@ -55,6 +56,8 @@ type ClusterConfig struct {
 	// MaxMessageBytes is the read limit the handler is served with, named in the
 	// refusal of a larger message; 0 leaves it out of the message.
 	MaxMessageBytes int
+	// KeyPolicy gives each stream's Welcome its policy max key age; nil: none.
+	KeyPolicy *keypolicy.Service
 }
 
 // Cluster implements edgev1connect.NodeClusterServiceHandler.
@@ -204,11 +207,13 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 	log := c.cfg.Logger.With("node", nodeID, "session", sessionID)
 	log.InfoContext(ctx, "stream open", "agent_version", ev.GetHello().GetAgentVersion(), "hostname", ev.GetHello().GetHostname())
 
-	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: &edgev1.Welcome{
+	welcome := &edgev1.Welcome{
 		SessionId:         sessionID,
 		ServerTime:        timestamppb.New(now),
 		HeartbeatInterval: durationpb.New(c.cfg.HeartbeatInterval),
-	}}}); err != nil {
+	}
+	c.withPolicyMax(ctx, nodeID, welcome) // keypolicy_hook.go
+	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: welcome}}); err != nil {
 		return nil
 	}
 
@@ -355,6 +360,8 @@ func command(c session.Command) *edgev1.EdgeCommand {
 		return invokeToolPB(c)
 	case session.CommandCancelTool:
 		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CancelTool{CancelTool: &edgev1.CancelTool{CommandId: c.CommandID}}}
+	case session.CommandRotationPolicy:
+		return rotationPolicyPB(c) // keypolicy_hook.go
 	case session.CommandRotateKey:
 		rk := &edgev1.RotateKeyCommand{FleetRunId: c.FleetRunID}
 		if c.KeepOld > 0 {

@@ -16,6 +16,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/operators"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
@@ -45,7 +46,7 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 	case errors.Is(err, store.ErrNotFound):
 		code = connect.CodeNotFound
 	case errors.Is(err, enroll.ErrInvalid), errors.Is(err, hosts.ErrInvalid), errors.Is(err, toolcall.ErrInvalid),
-		errors.Is(err, fleet.ErrInvalid), errors.Is(err, operators.ErrInvalid):
+		errors.Is(err, fleet.ErrInvalid), errors.Is(err, operators.ErrInvalid), errors.Is(err, keypolicy.ErrInvalid):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, operators.ErrExists):
 		code = connect.CodeAlreadyExists

@@ -70,6 +70,9 @@ var AdminPermissions = map[string]Access{
 	edgev1connect.EdgeAdminServiceListTenantsProcedure:            AdminOnly,
 	edgev1connect.EdgeAdminServiceListAuditProcedure:              Read,
 	edgev1connect.EdgeAdminServiceVerifyAuditProcedure:            AdminOnly,
+	edgev1connect.EdgeAdminServiceSetRotationPolicyProcedure:      Write,
+	edgev1connect.EdgeAdminServiceListRotationPoliciesProcedure:   Read,
+	edgev1connect.EdgeAdminServiceDeleteRotationPolicyProcedure:   Write,
 }
 
 func allowed(p apitoken.Principal, need Access) bool {

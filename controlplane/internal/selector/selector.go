@@ -1,7 +1,7 @@
 // Package selector owns target selectors, the one language operators use to name a
 // set of hosts (`hosts list --target`, fleet runs): `all`, `tags=AnyOf(a,b)`,
-// `tags=AllOf(a,b)`, `tags=NoneOf(a)`, `nodes=ID,ID`, `name=GLOB`, `os=NAME`, joined
-// by `;` meaning AND. Parse either returns a Selector or an *Error naming the column
+// `tags=AllOf(a,b)`, `tags=NoneOf(a)`, `nodes=ID,ID`, `name=GLOB`, `os=NAME`,
+// `key_age>DURATION` (`90d`, `12h`: keys older than that), joined by `;` meaning AND. Parse either returns a Selector or an *Error naming the column
 // and what was expected there, so a malformed selector starts nothing. Matching is
 // pure: tenant scoping is the caller's (the store query), never the selector's.
 package selector
@@ -11,6 +11,9 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
+
+	"github.com/aegis-edge/aegis/api/keyage"
 )
 
 // MaxLength bounds a selector's text; a longer one is refused before parsing.
@@ -30,6 +33,8 @@ type Host struct {
 	Name   string
 	Tags   []string
 	OS     string
+	// KeyAge is how old the host's current key is, at the caller's now.
+	KeyAge time.Duration
 }
 
 // Selector is a parsed target: the AND of its terms. The zero value (no terms)
@@ -57,11 +62,13 @@ const (
 	kNodes
 	kName
 	kOS
+	kKeyAgeOver
 )
 
 type term struct {
 	kind   kind
 	values []string // tags, node ids; for kName one glob, for kOS one name
+	age    time.Duration
 }
 
 // Matches reports whether h is selected.
@@ -91,6 +98,8 @@ func (t term) matches(h Host) bool {
 		return ok
 	case kOS:
 		return strings.EqualFold(t.values[0], h.OS)
+	case kKeyAgeOver:
+		return h.KeyAge > t.age
 	}
 	return false
 }
@@ -195,10 +204,12 @@ func (p *parser) term() (term, error) {
 	}
 	switch key {
 	case "tags", "nodes", "name", "os":
+	case "key_age":
+		return p.keyAge()
 	case "":
-		return term{}, p.errorf("expected a term (all, tags=, nodes=, name= or os=), got %s", p.found())
+		return term{}, p.errorf("expected a term (all, tags=, nodes=, name=, os= or key_age>), got %s", p.found())
 	default:
-		return term{}, &Error{Column: keyCol + 1, Msg: fmt.Sprintf("unknown term %q: expected all, tags=, nodes=, name= or os=", key)}
+		return term{}, &Error{Column: keyCol + 1, Msg: fmt.Sprintf("unknown term %q: expected all, tags=, nodes=, name=, os= or key_age>", key)}
 	}
 	p.space()
 	if !p.accept('=') {
@@ -236,6 +247,25 @@ func (p *parser) term() (term, error) {
 		}
 		return term{kind: kOS, values: []string{v}}, nil
 	}
+}
+
+// keyAge reads `>DURATION` after key_age: hosts whose key is older than DURATION.
+func (p *parser) keyAge() (term, error) {
+	p.space()
+	if !p.accept('>') {
+		return term{}, p.errorf("expected '>' after key_age (as in key_age>90d), got %s", p.found())
+	}
+	p.space()
+	col := p.pos
+	v := p.word(false)
+	if v == "" {
+		return term{}, p.errorf("expected a duration after key_age> (e.g. 90d, 12h), got %s", p.found())
+	}
+	d, err := keyage.Parse(v)
+	if err != nil {
+		return term{}, &Error{Column: col + 1, Msg: fmt.Sprintf("%q is not a duration: write e.g. key_age>90d or key_age>12h", v)}
+	}
+	return term{kind: kKeyAgeOver, age: d}, nil
 }
 
 func (p *parser) tags() (term, error) {

@@ -4,12 +4,13 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 var (
-	web1 = Host{NodeID: "n-00000000000a", Name: "web-east-1", Tags: []string{"web", "prod"}, OS: "linux"}
-	web2 = Host{NodeID: "n-00000000000b", Name: "web-east-2", Tags: []string{"web"}, OS: "linux"}
-	db1  = Host{NodeID: "n-00000000000c", Name: "db-mirror-1", Tags: []string{"db", "prod", "potentially-affected"}, OS: "linux"}
+	web1 = Host{NodeID: "n-00000000000a", Name: "web-east-1", Tags: []string{"web", "prod"}, OS: "linux", KeyAge: 91 * 24 * time.Hour}
+	web2 = Host{NodeID: "n-00000000000b", Name: "web-east-2", Tags: []string{"web"}, OS: "linux", KeyAge: 90 * 24 * time.Hour}
+	db1  = Host{NodeID: "n-00000000000c", Name: "db-mirror-1", Tags: []string{"db", "prod", "potentially-affected"}, OS: "linux", KeyAge: 2 * time.Hour}
 	mac  = Host{NodeID: "n-00000000000d", Name: "laptop", Tags: nil, OS: "darwin"}
 	all  = []Host{web1, web2, db1, mac}
 )
@@ -47,6 +48,12 @@ func TestMatches(t *testing.T) {
 		{"tags=AnyOf(web);tags=NoneOf(prod)", "web-east-2"},
 		{" tags = AnyOf( web , db ) ; os=linux ; name=*-1 ", "web-east-1 db-mirror-1"},
 		{"all;tags=AnyOf(db)", "db-mirror-1"},
+		{"key_age>90d", "web-east-1"},
+		{"key_age>89d", "web-east-1 web-east-2"},
+		{"key_age>1h", "web-east-1 web-east-2 db-mirror-1"},
+		{"key_age > 1d12h ; tags=AnyOf(web)", "web-east-1 web-east-2"},
+		{"key_age>0s", "web-east-1 web-east-2 db-mirror-1"},
+		{"key_age>3h;os=linux", "web-east-1 web-east-2"},
 	} {
 		if got := strings.Join(selected(t, tc.sel), " "); got != tc.want {
 			t.Errorf("%q selects [%s], want [%s]", tc.sel, got, tc.want)
@@ -94,6 +101,12 @@ func TestErrors(t *testing.T) {
 		{"all,os=linux", 4, `expected ';' between terms or the end of the selector, got ","`},
 		{"tags=AnyOf(a);;os=linux", 15, "expected a term"},
 		{strings.Repeat("a", MaxLength+1), MaxLength + 1, "longer than"},
+		{"key_age", 8, "expected '>' after key_age (as in key_age>90d)"},
+		{"key_age<90d", 8, "expected '>' after key_age"},
+		{"key_age>", 9, "expected a duration after key_age>"},
+		{"key_age>90", 9, `"90" is not a duration: write e.g. key_age>90d`},
+		{"os=linux;key_age>ninety", 18, `"ninety" is not a duration`},
+		{"key_age=90d", 8, "expected '>' after key_age"},
 	} {
 		_, err := Parse(tc.sel)
 		var pe *Error
@@ -114,6 +127,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		"all", "tags=AnyOf(a,b)", "tags=AllOf(a)", "tags=NoneOf(x,y,z)", "nodes=n-0123456789ab,n-00000000000a",
 		"name=web-*", "os=linux", "tags=AnyOf(web);os=linux;name=*-1", " tags = AnyOf( a ) ", "tags=Any(", ";;", "name=[",
+		"key_age>90d", "key_age > 12h;tags=AnyOf(prod)", "key_age>", "key_age<1d", "key_age>90", "key_age>1.5d",
 	} {
 		f.Add(s)
 	}

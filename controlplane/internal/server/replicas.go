@@ -38,7 +38,7 @@ func (s *Server) sendCommand(ctx context.Context, nodeID string, c session.Comma
 	if gerr != nil || d.SessionID == "" || d.SessionReplica == s.replica {
 		return err
 	}
-	bc := &broadcast.Command{Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld, CommandID: c.CommandID}
+	bc := &broadcast.Command{Kind: c.Kind.String(), Reason: c.Reason, FleetRunID: c.FleetRunID, KeepOld: c.KeepOld, CommandID: c.CommandID, MaxKeyAge: c.MaxKeyAge}
 	if v := c.Invoke; v != nil {
 		bc.Invoke = &broadcast.Invocation{Tool: v.Tool, Command: v.Command, Args: v.Args, Cwd: v.Cwd, Env: v.Env,
 			Deadline: v.Deadline, SecurityContext: v.SecurityContext}
@@ -74,8 +74,10 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		if e.Command == nil {
 			return
 		}
-		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld, CommandID: e.Command.CommandID}
+		c := session.Command{Reason: e.Command.Reason, FleetRunID: e.Command.FleetRunID, KeepOld: e.Command.KeepOld, CommandID: e.Command.CommandID, MaxKeyAge: e.Command.MaxKeyAge}
 		switch e.Command.Kind {
+		case session.CommandRotationPolicy.String():
+			c.Kind = session.CommandRotationPolicy
 		case session.CommandRefreshToken.String():
 			c.Kind = session.CommandRefreshToken
 		case session.CommandRotateKey.String():

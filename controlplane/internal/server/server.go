@@ -33,6 +33,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/fleet"
 	"github.com/aegis-edge/aegis/controlplane/internal/hosts"
+	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/operators"
@@ -200,6 +201,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	s.metrics = metrics.New(reg)
 	registerBuildInfo(reg)
+	reg.MustRegister(&keypolicy.Collector{Store: s.store, Now: s.now, Logger: s.log}) // key age, overdue hosts
 
 	issuer, err := tokens.LoadIssuer(ctx, s.store, cfg.TokenTTL)
 	if err != nil {
@@ -308,6 +310,10 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		CADER:        s.tls.CADER,
 		AdvertiseURL: cfg.AdvertiseURL,
 	})
+	keyPolicy := keypolicy.New(keypolicy.Config{Store: s.store, Now: s.now, Logger: s.log, Notify: func(nodeID string, max time.Duration) bool {
+		// sendCommand reaches the stream on whichever replica holds it.
+		return s.sendCommand(context.Background(), nodeID, session.Command{Kind: session.CommandRotationPolicy, MaxKeyAge: max}) == nil
+	}})
 	cluster := rpc.NewCluster(rpc.ClusterConfig{
 		Challenges: challenge.New(challenge.Config{
 			Store:     s.store,
@@ -342,6 +348,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ReplicaID:         s.replica,
 		Rand:              rnd,
 		MaxMessageBytes:   readMaxBytes,
+		KeyPolicy:         keyPolicy,
 	})
 	admin := rpc.NewAdmin(rpc.AdminConfig{
 		Enroll: enrollSvc,
@@ -357,6 +364,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ToolCalls:  s.tools,
 		Operators:  operators.New(operators.Config{Store: s.store, Now: s.now, Rand: rnd}),
 		Fleet:      s.fleet,
+		KeyPolicy:  keyPolicy,
 		Store:      s.store,
 		Now:        s.now,
 		Logger:     s.log,

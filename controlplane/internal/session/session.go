@@ -56,6 +56,8 @@ const (
 	CommandInvokeTool
 	// CommandCancelTool: stop the running tool call CommandID.
 	CommandCancelTool
+	// CommandRotationPolicy: the host's policy max key age is now MaxKeyAge.
+	CommandRotationPolicy
 )
 
 func (k CommandKind) String() string {
@@ -68,6 +70,8 @@ func (k CommandKind) String() string {
 		return "invoke_tool"
 	case CommandCancelTool:
 		return "cancel_tool"
+	case CommandRotationPolicy:
+		return "rotation_policy"
 	}
 	return "unknown"
 }
@@ -85,6 +89,8 @@ type Command struct {
 	CommandID string
 	// Invoke is the call to run (CommandInvokeTool).
 	Invoke *Invocation
+	// MaxKeyAge is the host's policy maximum, 0 for none (CommandRotationPolicy).
+	MaxKeyAge time.Duration
 }
 
 // Invocation is one tool call as the daemon receives it.

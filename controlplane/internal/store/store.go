@@ -117,6 +117,27 @@ type Daemon struct {
 	SessionSince   time.Time
 }
 
+// KeySince is when the daemon's current key was made: its last rotation, else its
+// enrollment. A key's age is counted from here.
+func (d Daemon) KeySince() time.Time {
+	if !d.KeyRotatedAt.IsZero() {
+		return d.KeyRotatedAt
+	}
+	return d.EnrolledAt
+}
+
+// RotationPolicy is a tenant's named rule for routine rotation: hosts its Target
+// selects must not keep a key older than MaxKeyAge.
+type RotationPolicy struct {
+	TenantID  string
+	Name      string
+	Target    string // a selector, in canonical form
+	MaxKeyAge time.Duration
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	UpdatedBy string // actor of the last change
+}
+
 // NodeToken records every NodeSecurityToken issued.
 type NodeToken struct {
 	JTI            string
@@ -370,6 +391,15 @@ type Tx interface {
 	AppendFleetRunEvent(ctx context.Context, e FleetRunEvent) (FleetRunEvent, error)
 	// ListFleetRunEvents lists the run's events with sequence > after, in order.
 	ListFleetRunEvents(ctx context.Context, runID string, after uint64) ([]FleetRunEvent, error)
+
+	// PutRotationPolicy creates the policy (tenant, name) or replaces its target, max
+	// age, update time and updater (created_at is kept). ErrNotFound if no such tenant.
+	PutRotationPolicy(ctx context.Context, p RotationPolicy) error
+	GetRotationPolicy(ctx context.Context, tenantID, name string) (RotationPolicy, error)
+	// ListRotationPolicies lists a tenant's policies ("" = all) by tenant, then name.
+	ListRotationPolicies(ctx context.Context, tenantID string) ([]RotationPolicy, error)
+	// DeleteRotationPolicy: ErrNotFound if the tenant has no policy of that name.
+	DeleteRotationPolicy(ctx context.Context, tenantID, name string) error
 
 	// AppendAudit records e in the caller's transaction (it commits or rolls back with
 	// the change it describes) and puts it on the hash chain: ID (the last entry's +

@@ -37,7 +37,9 @@ edged already serves the same state dir.
 While running, it serves 'aegis edge status', 'aegis edge keys rotate', 'aegis edge token
 refresh' and 'aegis edge logout' on <state-dir>/edged.sock (mode 0600): it rotates its
 own key without dropping its stream, finishes or undoes a rotation a crash interrupted
-(on every start), and deletes archived keys once their --keep-old has passed.
+(on every start), and deletes archived keys once their --keep-old has passed. It also
+rotates by itself before its key grows older than rotation.max_key_age or the control
+plane's rotation policies allow, at a random moment in the window before the due time.
 
 Config file (YAML; every key optional; flags win):
 
@@ -46,6 +48,10 @@ Config file (YAML; every key optional; flags win):
    reconnect_max_backoff: 30s
    log_level: info                 # debug, info, warn, error
 
+   rotation:                       # routine rotation on cadence
+     max_key_age: 90d              # rotate before the key is this old (the control
+                                   # plane's policies may ask for less); 10s minimum
+     keep_old: 24h                 # how long a routine rotation keeps the old key
    tools:
      max_output_bytes: 1048576     # output of one call beyond this is dropped (reported)
      default_deadline: 60s         # for a call that came without a deadline
@@ -171,7 +177,12 @@ func runDaemon(ctx context.Context, c *cli.Context, stderr io.Writer) error {
 		Policy:              cfg.Policy,
 		MaxOutputBytes:      cfg.MaxOutputBytes,
 		DefaultToolDeadline: cfg.DefaultDeadline,
+		MaxKeyAge:           cfg.MaxKeyAge,
+		KeepOld:             cfg.KeepOld,
 	})
+	for _, w := range cfg.Warnings {
+		logger.Warn(w)
+	}
 	if cfg.Policy == nil {
 		logger.Warn("no security_contexts in the config: every tool call will be denied")
 	} else {

@@ -82,6 +82,11 @@ type Config struct {
 	// ResultBuffer is how many unacknowledged tool results are kept across
 	// reconnects (default 256); the oldest is dropped when it is full.
 	ResultBuffer int
+	// MaxKeyAge is rotation.max_key_age: rotate the key before it is this old (0:
+	// only the control plane's policies decide). KeepOld is how long a routine
+	// rotation keeps the archived key (0: the rotation default).
+	MaxKeyAge time.Duration
+	KeepOld   time.Duration
 }
 
 func (c *Config) defaults() {
@@ -157,6 +162,14 @@ type Snapshot struct {
 	// server has not acknowledged yet.
 	ToolCalls      int
 	PendingResults int
+	// Routine rotation (cadence.go): the effective max key age (0: none), when the
+	// current key was made and falls due, the moment picked to rotate it, and why
+	// the last attempt failed.
+	MaxKeyAge      time.Duration
+	KeySince       time.Time
+	KeyDueAt       time.Time
+	NextRotationAt time.Time
+	RotationError  string
 }
 
 // Agent is one running daemon.
@@ -200,6 +213,11 @@ type Agent struct {
 
 	// calls are the tool calls of the identity being served (set by serve).
 	calls *calls
+
+	// cadence schedules routine rotations (set by New, run by Run).
+	cadence *cadence
+	// refreshJitter spreads token refreshes (refresh_jitter.go).
+	refreshJitter refreshJitter
 }
 
 // New makes an agent; Run starts it.
@@ -207,6 +225,7 @@ func New(cfg Config) *Agent {
 	cfg.defaults()
 	a := &Agent{cfg: cfg, log: cfg.Logger, started: cfg.Now(), kick: make(chan struct{}, 1), loggedOut: make(chan struct{}, 1)}
 	a.snap = Snapshot{Status: StatusDisconnected, LastError: "not enrolled: run `aegis edge enroll --token T`"}
+	a.cadence = a.newCadence()
 	return a
 }
 
@@ -243,14 +262,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	hkDone := make(chan struct{})
+	cadenceDone := make(chan struct{})
 	hctx, stopHK := context.WithCancel(ctx)
 	defer func() {
 		stopHK()
 		<-hkDone
+		<-cadenceDone
 	}()
 	go func() {
 		defer close(hkDone)
 		a.housekeeping(hctx)
+	}()
+	go func() {
+		defer close(cadenceDone)
+		a.cadence.run(hctx)
 	}()
 	for {
 		id, err := a.waitEnrolled(ctx)

@@ -224,7 +224,9 @@ func TestRefreshBeforeExpiryKeepsStream(t *testing.T) {
 	dir := enrolled(t, srv)
 	node, _ := dir.ReadNode()
 	tok0, _ := dir.ReadToken()
-	r := start(t, dir, func(c *agent.Config) { c.RefreshMargin = 59 * time.Second })
+	// Jitter 0: the refresh comes the whole margin before expiry (1s after issue),
+	// not up to half the margin later.
+	r := start(t, dir, func(c *agent.Config) { c.RefreshMargin = 59 * time.Second; c.Jitter = func() float64 { return 0 } })
 	waitFor(t, "Connected", 5*time.Second, connected(r))
 	s0 := r.a.Status()
 	waitFor(t, "an automatic refresh", 5*time.Second, func() bool {

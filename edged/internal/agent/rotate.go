@@ -60,6 +60,9 @@ func (a *Agent) swap(id rotation.Identity) {
 	case a.tokenChanged <- struct{}{}:
 	default:
 	}
+	if keyChanged && a.cadence != nil {
+		a.cadence.poke() // a new key: plan its rotation afresh
+	}
 	a.heartbeatNow()
 }
 
@@ -186,6 +189,8 @@ func (a *Agent) handleCommand(ctx context.Context, log *slog.Logger, cmd *edgev1
 				log.Warn("token refresh asked by the control plane failed", "error", errMessage(err))
 			}
 		}()
+	case *edgev1.EdgeCommand_RotationPolicy:
+		a.policyCommand(c.RotationPolicy)
 	case *edgev1.EdgeCommand_RotateKey:
 		opts := rotation.RotateOptions{KeepOld: c.RotateKey.GetKeepOld().AsDuration(), FleetRunID: c.RotateKey.GetFleetRunId()}
 		go func() {

@@ -392,6 +392,7 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 		}
 	}
 	a.learnServerTime(welcome.GetServerTime().AsTime())
+	a.welcomePolicy(welcome) // cadence.go
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
@@ -481,7 +482,7 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 				return true, &disconnectError{reason: d.GetReason(), after: d.GetReconnectAfter().AsDuration(), msg: d.GetMessage()}
 			case *edgev1.EdgeCommand_Welcome:
 				// A second Welcome is harmless; ignore it.
-			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey:
+			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey, *edgev1.EdgeCommand_RotationPolicy:
 				a.handleCommand(ctx, log, r.cmd)
 			case *edgev1.EdgeCommand_InvokeTool, *edgev1.EdgeCommand_CancelTool, *edgev1.EdgeCommand_CommandResultAck:
 				a.handleToolCommand(callsCtx, r.cmd)
@@ -547,6 +548,7 @@ func (a *Agent) refreshAt(token string) (time.Time, bool) {
 	if !iat.IsZero() && margin >= exp.Sub(iat) {
 		margin = exp.Sub(iat) / 2
 	}
+	margin = a.refreshJitter.margin(token, margin, a.cfg.Jitter) // refresh_jitter.go
 	return exp.Add(-margin).Add(-time.Duration(a.offset.Load())), true
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aegis-edge/aegis/api/keyage"
 	"github.com/aegis-edge/aegis/edged/internal/policy"
 	"go.yaml.in/yaml/v3"
 )
@@ -23,6 +24,8 @@ type File struct {
 	LogLevel               *string        `yaml:"log_level"`
 	// Tools is the tools: section.
 	Tools Tools `yaml:"tools"`
+	// Rotation is the rotation: section (routine rotation on cadence).
+	Rotation Rotation `yaml:"rotation"`
 	// SecurityContexts is the local security policy; nil when the file has none
 	// (then every tool call is denied).
 	SecurityContexts map[string]policy.Context `yaml:"security_contexts"`
@@ -32,6 +35,15 @@ type File struct {
 type Tools struct {
 	MaxOutputBytes  *int64         `yaml:"max_output_bytes"`
 	DefaultDeadline *time.Duration `yaml:"default_deadline"`
+}
+
+// Rotation are the host owner's settings for routine rotation.
+type Rotation struct {
+	// MaxKeyAge: rotate before the key is this old (`90d`, `12h`); the control
+	// plane's policies may ask for less, never more.
+	MaxKeyAge *time.Duration `yaml:"max_key_age"`
+	// KeepOld: how long a routine rotation keeps the archived old key.
+	KeepOld *time.Duration `yaml:"keep_old"`
 }
 
 // Flags are the values given on the command line; nil means "not given".
@@ -52,6 +64,12 @@ type Config struct {
 	DefaultDeadline time.Duration
 	// Policy is the local security policy; nil denies every tool call.
 	Policy *policy.Policy
+	// MaxKeyAge is rotation.max_key_age (0: none locally).
+	MaxKeyAge time.Duration
+	// KeepOld is rotation.keep_old (0: the rotation default).
+	KeepOld time.Duration
+	// Warnings are accepted settings the operator should hear about (logged at start).
+	Warnings []string
 }
 
 // Defaults as documented in DESIGN.md.
@@ -111,8 +129,10 @@ func parse(path string, raw []byte) (File, error) {
 			err = decodeTools(v, &f.Tools)
 		case "security_contexts":
 			f.SecurityContexts, err = decodeContexts(v)
+		case "rotation":
+			err = decodeRotation(v, &f.Rotation)
 		default:
-			err = errors.New("unknown setting (known: heartbeat_interval, token_refresh_margin_secs, reconnect_max_backoff, log_level, tools, security_contexts)")
+			err = errors.New("unknown setting (known: heartbeat_interval, token_refresh_margin_secs, reconnect_max_backoff, log_level, tools, rotation, security_contexts)")
 		}
 		if err != nil {
 			var le *lineError
@@ -177,6 +197,12 @@ func Build(stateDir string, file, flags File) (Config, error) {
 		if src.SecurityContexts != nil {
 			contexts = src.SecurityContexts
 		}
+		if src.Rotation.MaxKeyAge != nil {
+			c.MaxKeyAge = *src.Rotation.MaxKeyAge
+		}
+		if src.Rotation.KeepOld != nil {
+			c.KeepOld = *src.Rotation.KeepOld
+		}
 	}
 	var errs []error
 	if c.HeartbeatInterval < 10*time.Millisecond || c.HeartbeatInterval > time.Hour {
@@ -198,6 +224,18 @@ func Build(stateDir string, file, flags File) (Config, error) {
 	}
 	if c.DefaultDeadline < time.Second || c.DefaultDeadline > 24*time.Hour {
 		errs = append(errs, fmt.Errorf("tools.default_deadline %s: want between 1s and 24h", c.DefaultDeadline))
+	}
+	if c.MaxKeyAge != 0 {
+		w, err := keyage.Check(c.MaxKeyAge)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rotation.max_key_age: %v (write e.g. 90d)", err))
+		}
+		if w != "" {
+			c.Warnings = append(c.Warnings, "rotation.max_key_age: "+w)
+		}
+	}
+	if c.KeepOld < 0 || c.KeepOld > keyage.Max {
+		errs = append(errs, fmt.Errorf("rotation.keep_old %s: want between 0 and %s", keyage.Format(c.KeepOld), keyage.Format(keyage.Max)))
 	}
 	if contexts != nil {
 		p, err := policy.New(contexts)

@@ -191,3 +191,40 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestRotationSettings(t *testing.T) {
+	f, err := parse("edged.yaml", []byte("rotation:\n  max_key_age: 90d\n  keep_old: 1d12h\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Build("/var/lib/aegis", f, File{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxKeyAge != 90*24*time.Hour || c.KeepOld != 36*time.Hour || len(c.Warnings) != 0 {
+		t.Errorf("max %v keep %v warnings %q", c.MaxKeyAge, c.KeepOld, c.Warnings)
+	}
+
+	f, err = parse("edged.yaml", []byte("rotation:\n  max_key_age: 30s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Build("/var/lib/aegis", f, File{}); err != nil || len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "below 1h") {
+		t.Errorf("30s: %v, warnings %q", err, c.Warnings)
+	}
+
+	for _, tc := range []struct{ yaml, want string }{
+		{"rotation:\n  max_key_age: ninety\n", `line 2: rotation.max_key_age: "ninety" is not a duration like 90d or 12h`},
+		{"rotation:\n  max_age: 90d\n", "line 2: rotation.max_age: unknown setting (known: max_key_age, keep_old)"},
+		{"rotation: 90d\n", "line 1: rotation: want a mapping"},
+	} {
+		_, err := parse("edged.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+	f, _ = parse("edged.yaml", []byte("rotation:\n  max_key_age: 5s\n"))
+	if _, err := Build("/var/lib/aegis", f, File{}); err == nil || !strings.Contains(err.Error(), "rotation.max_key_age: max key age 5s is below the minimum 10s") {
+		t.Errorf("5s: %v", err)
+	}
+}

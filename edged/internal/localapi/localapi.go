@@ -21,6 +21,7 @@ import (
 	"github.com/aegis-edge/aegis/edged/internal/agent"
 	"github.com/aegis-edge/aegis/edged/keystore"
 	"github.com/aegis-edge/aegis/edged/rotation"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -58,6 +59,13 @@ func (s *Service) Status(context.Context, *connect.Request[edgev1.StatusRequest]
 		ConnectedSince:   ts(snap.ConnectedSince),
 		LastError:        snap.LastError,
 		LastHeartbeatAck: ts(snap.LastHeartbeatAck),
+		KeyDueAt:         ts(snap.KeyDueAt),
+		NextRotationAt:   ts(snap.NextRotationAt),
+		KeySince:         ts(snap.KeySince),
+		RotationError:    snap.RotationError,
+	}
+	if snap.MaxKeyAge > 0 {
+		resp.MaxKeyAge = durationpb.New(snap.MaxKeyAge)
 	}
 	if snap.Tenant.ID != "" {
 		resp.Tenant = &edgev1.Tenant{Id: snap.Tenant.ID, Name: snap.Tenant.Name, Kind: snap.Tenant.Kind}

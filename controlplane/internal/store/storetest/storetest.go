@@ -69,6 +69,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"FleetRunStartInOneTx", testFleetRunStartInOneTx},
 		{"ConcurrentFleetRunEvents", testConcurrentFleetRunEvents},
 		{"ConcurrentFleetFinishers", testConcurrentFleetFinishers},
+		{"RotationPolicies", testRotationPolicies},
 		{"Ping", testPing},
 		{"Uniqueness", testUniqueness},
 		{"KeepSessions", testKeepSessions},

@@ -597,8 +597,15 @@ type Host struct {
 	// When the host's newest unrevoked token expires (GetHost only; unset in lists,
 	// and when it holds none).
 	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How old the host's key is (since enrollment or its last rotation).
+	KeyAge *durationpb.Duration `protobuf:"bytes,14,opt,name=key_age,json=keyAge,proto3" json:"key_age,omitempty"`
+	// When the key reaches the smallest max age of the policies selecting the host
+	// (unset when no policy selects it).
+	KeyDueAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=key_due_at,json=keyDueAt,proto3" json:"key_due_at,omitempty"`
+	// The key is older than that max age.
+	Overdue       bool `protobuf:"varint,16,opt,name=overdue,proto3" json:"overdue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -720,6 +727,27 @@ func (x *Host) GetTokenExpiresAt() *timestamppb.Timestamp {
 		return x.TokenExpiresAt
 	}
 	return nil
+}
+
+func (x *Host) GetKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.KeyAge
+	}
+	return nil
+}
+
+func (x *Host) GetKeyDueAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.KeyDueAt
+	}
+	return nil
+}
+
+func (x *Host) GetOverdue() bool {
+	if x != nil {
+		return x.Overdue
+	}
+	return false
 }
 
 type ListHostsRequest struct {
@@ -3085,6 +3113,400 @@ func (x *DeleteHostResponse) GetHost() *Host {
 	return nil
 }
 
+type RotationPolicy struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	TenantId string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The target selector, in canonical form.
+	Target    string                 `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	MaxKeyAge *durationpb.Duration   `protobuf:"bytes,4,opt,name=max_key_age,json=maxKeyAge,proto3" json:"max_key_age,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// "op:<api token id>" of the last change.
+	UpdatedBy string `protobuf:"bytes,7,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	// How many of the tenant's hosts the target selects now.
+	HostsSelected int32 `protobuf:"varint,8,opt,name=hosts_selected,json=hostsSelected,proto3" json:"hosts_selected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationPolicy) Reset() {
+	*x = RotationPolicy{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationPolicy) ProtoMessage() {}
+
+func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationPolicy.ProtoReflect.Descriptor instead.
+func (*RotationPolicy) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *RotationPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetMaxKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxKeyAge
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetHostsSelected() int32 {
+	if x != nil {
+		return x.HostsSelected
+	}
+	return 0
+}
+
+type SetRotationPolicyRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Target string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	// At least 10s.
+	MaxKeyAge     *durationpb.Duration `protobuf:"bytes,3,opt,name=max_key_age,json=maxKeyAge,proto3" json:"max_key_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRotationPolicyRequest) Reset() {
+	*x = SetRotationPolicyRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRotationPolicyRequest) ProtoMessage() {}
+
+func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *SetRotationPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetRotationPolicyRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *SetRotationPolicyRequest) GetMaxKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxKeyAge
+	}
+	return nil
+}
+
+type SetRotationPolicyResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Policy *RotationPolicy        `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// True when a policy of that name was replaced.
+	Replaced bool `protobuf:"varint,2,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	// Said to the operator, e.g. for a max age below 1h.
+	Warnings      []string `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRotationPolicyResponse) Reset() {
+	*x = SetRotationPolicyResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRotationPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRotationPolicyResponse) ProtoMessage() {}
+
+func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRotationPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetRotationPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *SetRotationPolicyResponse) GetPolicy() *RotationPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *SetRotationPolicyResponse) GetReplaced() bool {
+	if x != nil {
+		return x.Replaced
+	}
+	return false
+}
+
+func (x *SetRotationPolicyResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+type ListRotationPoliciesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRotationPoliciesRequest) Reset() {
+	*x = ListRotationPoliciesRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRotationPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRotationPoliciesRequest) ProtoMessage() {}
+
+func (x *ListRotationPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRotationPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListRotationPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{57}
+}
+
+type ListRotationPoliciesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policies      []*RotationPolicy      `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRotationPoliciesResponse) Reset() {
+	*x = ListRotationPoliciesResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRotationPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRotationPoliciesResponse) ProtoMessage() {}
+
+func (x *ListRotationPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRotationPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListRotationPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ListRotationPoliciesResponse) GetPolicies() []*RotationPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+type DeleteRotationPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRotationPolicyRequest) Reset() {
+	*x = DeleteRotationPolicyRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRotationPolicyRequest) ProtoMessage() {}
+
+func (x *DeleteRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *DeleteRotationPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteRotationPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *RotationPolicy        `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRotationPolicyResponse) Reset() {
+	*x = DeleteRotationPolicyResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRotationPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRotationPolicyResponse) ProtoMessage() {}
+
+func (x *DeleteRotationPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRotationPolicyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRotationPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *DeleteRotationPolicyResponse) GetPolicy() *RotationPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_aegis_edge_v1_admin_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_admin_proto_rawDesc = "" +
@@ -3125,7 +3547,7 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x11enrollment_tokens\x18\x01 \x03(\v2\x1e.aegis.edge.v1.EnrollmentTokenR\x10enrollmentTokens\".\n" +
 	"\x1cRevokeEnrollmentTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1f\n" +
-	"\x1dRevokeEnrollmentTokenResponse\"\xac\x04\n" +
+	"\x1dRevokeEnrollmentTokenResponse\"\xb4\x05\n" +
 	"\x04Host\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12-\n" +
@@ -3142,7 +3564,11 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	" \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\v \x01(\tR\x02os\x12)\n" +
 	"\x10security_context\x18\f \x01(\tR\x0fsecurityContext\x12D\n" +
-	"\x10token_expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\"f\n" +
+	"\x10token_expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x122\n" +
+	"\akey_age\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x06keyAge\x128\n" +
+	"\n" +
+	"key_due_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bkeyDueAt\x12\x18\n" +
+	"\aoverdue\x18\x10 \x01(\bR\aoverdue\"f\n" +
 	"\x10ListHostsRequest\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -3289,13 +3715,40 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x11DeleteHostRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"=\n" +
 	"\x12DeleteHostResponse\x12'\n" +
-	"\x04host\x18\x01 \x01(\v2\x13.aegis.edge.v1.HostR\x04host*{\n" +
+	"\x04host\x18\x01 \x01(\v2\x13.aegis.edge.v1.HostR\x04host\"\xd0\x02\n" +
+	"\x0eRotationPolicy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x129\n" +
+	"\vmax_key_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tmaxKeyAge\x129\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\a \x01(\tR\tupdatedBy\x12%\n" +
+	"\x0ehosts_selected\x18\b \x01(\x05R\rhostsSelected\"\x81\x01\n" +
+	"\x18SetRotationPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x129\n" +
+	"\vmax_key_age\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tmaxKeyAge\"\x8a\x01\n" +
+	"\x19SetRotationPolicyResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.aegis.edge.v1.RotationPolicyR\x06policy\x12\x1a\n" +
+	"\breplaced\x18\x02 \x01(\bR\breplaced\x12\x1a\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\"\x1d\n" +
+	"\x1bListRotationPoliciesRequest\"Y\n" +
+	"\x1cListRotationPoliciesResponse\x129\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x1d.aegis.edge.v1.RotationPolicyR\bpolicies\"1\n" +
+	"\x1bDeleteRotationPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"U\n" +
+	"\x1cDeleteRotationPolicyResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.aegis.edge.v1.RotationPolicyR\x06policy*{\n" +
 	"\n" +
 	"HostStatus\x12\x1b\n" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x17\n" +
-	"\x13HOST_STATUS_REVOKED\x10\x032\x9e\x11\n" +
+	"\x13HOST_STATUS_REVOKED\x10\x032\xe8\x13\n" +
 	"\x10EdgeAdminService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.aegis.edge.v1.WhoAmIRequest\x1a\x1d.aegis.edge.v1.WhoAmIResponse\x12r\n" +
 	"\x15CreateEnrollmentToken\x12+.aegis.edge.v1.CreateEnrollmentTokenRequest\x1a,.aegis.edge.v1.CreateEnrollmentTokenResponse\x12o\n" +
@@ -3322,7 +3775,10 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\tListAudit\x12\x1f.aegis.edge.v1.ListAuditRequest\x1a .aegis.edge.v1.ListAuditResponse\x12T\n" +
 	"\vVerifyAudit\x12!.aegis.edge.v1.VerifyAuditRequest\x1a\".aegis.edge.v1.VerifyAuditResponse\x12Q\n" +
 	"\n" +
-	"DeleteHost\x12 .aegis.edge.v1.DeleteHostRequest\x1a!.aegis.edge.v1.DeleteHostResponseB\xaf\x01\n" +
+	"DeleteHost\x12 .aegis.edge.v1.DeleteHostRequest\x1a!.aegis.edge.v1.DeleteHostResponse\x12f\n" +
+	"\x11SetRotationPolicy\x12'.aegis.edge.v1.SetRotationPolicyRequest\x1a(.aegis.edge.v1.SetRotationPolicyResponse\x12o\n" +
+	"\x14ListRotationPolicies\x12*.aegis.edge.v1.ListRotationPoliciesRequest\x1a+.aegis.edge.v1.ListRotationPoliciesResponse\x12o\n" +
+	"\x14DeleteRotationPolicy\x12*.aegis.edge.v1.DeleteRotationPolicyRequest\x1a+.aegis.edge.v1.DeleteRotationPolicyResponseB\xaf\x01\n" +
 	"\x11com.aegis.edge.v1B\n" +
 	"AdminProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
@@ -3339,7 +3795,7 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
 	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
@@ -3396,119 +3852,141 @@ var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(*VerifyAuditResponse)(nil),            // 52: aegis.edge.v1.VerifyAuditResponse
 	(*DeleteHostRequest)(nil),              // 53: aegis.edge.v1.DeleteHostRequest
 	(*DeleteHostResponse)(nil),             // 54: aegis.edge.v1.DeleteHostResponse
-	nil,                                    // 55: aegis.edge.v1.AuditEntry.DetailsEntry
-	(*Tenant)(nil),                         // 56: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),          // 57: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 58: google.protobuf.Duration
-	(*CommandProgress)(nil),                // 59: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),                  // 60: aegis.edge.v1.CommandResult
-	(*FleetRunSpec)(nil),                   // 61: aegis.edge.v1.FleetRunSpec
-	(*FleetPlan)(nil),                      // 62: aegis.edge.v1.FleetPlan
-	(*FleetRun)(nil),                       // 63: aegis.edge.v1.FleetRun
-	(*FleetEvent)(nil),                     // 64: aegis.edge.v1.FleetEvent
-	(*FleetHostResult)(nil),                // 65: aegis.edge.v1.FleetHostResult
+	(*RotationPolicy)(nil),                 // 55: aegis.edge.v1.RotationPolicy
+	(*SetRotationPolicyRequest)(nil),       // 56: aegis.edge.v1.SetRotationPolicyRequest
+	(*SetRotationPolicyResponse)(nil),      // 57: aegis.edge.v1.SetRotationPolicyResponse
+	(*ListRotationPoliciesRequest)(nil),    // 58: aegis.edge.v1.ListRotationPoliciesRequest
+	(*ListRotationPoliciesResponse)(nil),   // 59: aegis.edge.v1.ListRotationPoliciesResponse
+	(*DeleteRotationPolicyRequest)(nil),    // 60: aegis.edge.v1.DeleteRotationPolicyRequest
+	(*DeleteRotationPolicyResponse)(nil),   // 61: aegis.edge.v1.DeleteRotationPolicyResponse
+	nil,                                    // 62: aegis.edge.v1.AuditEntry.DetailsEntry
+	(*Tenant)(nil),                         // 63: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 64: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 65: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 66: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 67: aegis.edge.v1.CommandResult
+	(*FleetRunSpec)(nil),                   // 68: aegis.edge.v1.FleetRunSpec
+	(*FleetPlan)(nil),                      // 69: aegis.edge.v1.FleetPlan
+	(*FleetRun)(nil),                       // 70: aegis.edge.v1.FleetRun
+	(*FleetEvent)(nil),                     // 71: aegis.edge.v1.FleetEvent
+	(*FleetHostResult)(nil),                // 72: aegis.edge.v1.FleetHostResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	56, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	57, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	58, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	63, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	64, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	65, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	57, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	57, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	57, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	57, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	64, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	64, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	64, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	64, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	56, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	63, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	57, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	57, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	57, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
-	57, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
-	10, // 15: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
-	13, // 16: aegis.edge.v1.ListHostsResponse.counts:type_name -> aegis.edge.v1.HostStatusCounts
-	10, // 17: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
-	10, // 18: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
-	10, // 19: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
-	58, // 20: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
-	22, // 21: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
-	59, // 22: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
-	60, // 23: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
-	10, // 24: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
-	61, // 25: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	62, // 26: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	61, // 27: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	63, // 28: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	62, // 29: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	64, // 30: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
-	63, // 31: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	63, // 32: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
-	63, // 33: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	62, // 34: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	65, // 35: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
-	57, // 36: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	57, // 37: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
-	37, // 38: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	37, // 39: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
-	37, // 40: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	56, // 41: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	56, // 42: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
-	57, // 43: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	55, // 44: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
-	48, // 45: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
-	10, // 46: aegis.edge.v1.DeleteHostResponse.host:type_name -> aegis.edge.v1.Host
-	1,  // 47: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 48: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 49: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 50: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 51: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	14, // 52: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	16, // 53: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	18, // 54: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
-	20, // 55: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
-	23, // 56: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
-	25, // 57: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
-	27, // 58: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
-	29, // 59: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
-	31, // 60: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
-	33, // 61: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
-	35, // 62: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
-	38, // 63: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
-	40, // 64: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
-	42, // 65: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
-	44, // 66: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
-	46, // 67: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
-	49, // 68: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
-	51, // 69: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
-	53, // 70: aegis.edge.v1.EdgeAdminService.DeleteHost:input_type -> aegis.edge.v1.DeleteHostRequest
-	2,  // 71: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 72: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 73: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 74: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 75: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	15, // 76: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	17, // 77: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	19, // 78: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
-	21, // 79: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
-	24, // 80: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
-	26, // 81: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
-	28, // 82: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
-	30, // 83: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
-	32, // 84: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
-	34, // 85: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
-	36, // 86: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
-	39, // 87: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
-	41, // 88: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
-	43, // 89: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
-	45, // 90: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
-	47, // 91: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
-	50, // 92: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
-	52, // 93: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
-	54, // 94: aegis.edge.v1.EdgeAdminService.DeleteHost:output_type -> aegis.edge.v1.DeleteHostResponse
-	71, // [71:95] is the sub-list for method output_type
-	47, // [47:71] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	64, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	64, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	64, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	64, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
+	65, // 15: aegis.edge.v1.Host.key_age:type_name -> google.protobuf.Duration
+	64, // 16: aegis.edge.v1.Host.key_due_at:type_name -> google.protobuf.Timestamp
+	10, // 17: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
+	13, // 18: aegis.edge.v1.ListHostsResponse.counts:type_name -> aegis.edge.v1.HostStatusCounts
+	10, // 19: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
+	10, // 20: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
+	10, // 21: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
+	65, // 22: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	22, // 23: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
+	66, // 24: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	67, // 25: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	10, // 26: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
+	68, // 27: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	69, // 28: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	68, // 29: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	70, // 30: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	69, // 31: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	71, // 32: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
+	70, // 33: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	70, // 34: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
+	70, // 35: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	69, // 36: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	72, // 37: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
+	64, // 38: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	64, // 39: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
+	37, // 40: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	37, // 41: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
+	37, // 42: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	63, // 43: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	63, // 44: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
+	64, // 45: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	62, // 46: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
+	48, // 47: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
+	10, // 48: aegis.edge.v1.DeleteHostResponse.host:type_name -> aegis.edge.v1.Host
+	65, // 49: aegis.edge.v1.RotationPolicy.max_key_age:type_name -> google.protobuf.Duration
+	64, // 50: aegis.edge.v1.RotationPolicy.created_at:type_name -> google.protobuf.Timestamp
+	64, // 51: aegis.edge.v1.RotationPolicy.updated_at:type_name -> google.protobuf.Timestamp
+	65, // 52: aegis.edge.v1.SetRotationPolicyRequest.max_key_age:type_name -> google.protobuf.Duration
+	55, // 53: aegis.edge.v1.SetRotationPolicyResponse.policy:type_name -> aegis.edge.v1.RotationPolicy
+	55, // 54: aegis.edge.v1.ListRotationPoliciesResponse.policies:type_name -> aegis.edge.v1.RotationPolicy
+	55, // 55: aegis.edge.v1.DeleteRotationPolicyResponse.policy:type_name -> aegis.edge.v1.RotationPolicy
+	1,  // 56: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 57: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 58: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 59: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 60: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	14, // 61: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	16, // 62: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	18, // 63: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	20, // 64: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	23, // 65: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
+	25, // 66: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
+	27, // 67: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
+	29, // 68: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
+	31, // 69: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
+	33, // 70: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
+	35, // 71: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
+	38, // 72: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
+	40, // 73: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
+	42, // 74: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
+	44, // 75: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
+	46, // 76: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
+	49, // 77: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
+	51, // 78: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
+	53, // 79: aegis.edge.v1.EdgeAdminService.DeleteHost:input_type -> aegis.edge.v1.DeleteHostRequest
+	56, // 80: aegis.edge.v1.EdgeAdminService.SetRotationPolicy:input_type -> aegis.edge.v1.SetRotationPolicyRequest
+	58, // 81: aegis.edge.v1.EdgeAdminService.ListRotationPolicies:input_type -> aegis.edge.v1.ListRotationPoliciesRequest
+	60, // 82: aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy:input_type -> aegis.edge.v1.DeleteRotationPolicyRequest
+	2,  // 83: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 84: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 85: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 86: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 87: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	15, // 88: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	17, // 89: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	19, // 90: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	21, // 91: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	24, // 92: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
+	26, // 93: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
+	28, // 94: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
+	30, // 95: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
+	32, // 96: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
+	34, // 97: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
+	36, // 98: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
+	39, // 99: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
+	41, // 100: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
+	43, // 101: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
+	45, // 102: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
+	47, // 103: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
+	50, // 104: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
+	52, // 105: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
+	54, // 106: aegis.edge.v1.EdgeAdminService.DeleteHost:output_type -> aegis.edge.v1.DeleteHostResponse
+	57, // 107: aegis.edge.v1.EdgeAdminService.SetRotationPolicy:output_type -> aegis.edge.v1.SetRotationPolicyResponse
+	59, // 108: aegis.edge.v1.EdgeAdminService.ListRotationPolicies:output_type -> aegis.edge.v1.ListRotationPoliciesResponse
+	61, // 109: aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy:output_type -> aegis.edge.v1.DeleteRotationPolicyResponse
+	83, // [83:110] is the sub-list for method output_type
+	56, // [56:83] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -3529,7 +4007,7 @@ func file_aegis_edge_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1242,6 +1242,7 @@ type EdgeCommand struct {
 	//	*EdgeCommand_InvokeTool
 	//	*EdgeCommand_CancelTool
 	//	*EdgeCommand_CommandResultAck
+	//	*EdgeCommand_RotationPolicy
 	Command       isEdgeCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1356,6 +1357,15 @@ func (x *EdgeCommand) GetCommandResultAck() *CommandResultAck {
 	return nil
 }
 
+func (x *EdgeCommand) GetRotationPolicy() *RotationPolicyCommand {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_RotationPolicy); ok {
+			return x.RotationPolicy
+		}
+	}
+	return nil
+}
+
 type isEdgeCommand_Command interface {
 	isEdgeCommand_Command()
 }
@@ -1392,6 +1402,10 @@ type EdgeCommand_CommandResultAck struct {
 	CommandResultAck *CommandResultAck `protobuf:"bytes,8,opt,name=command_result_ack,json=commandResultAck,proto3,oneof"`
 }
 
+type EdgeCommand_RotationPolicy struct {
+	RotationPolicy *RotationPolicyCommand `protobuf:"bytes,9,opt,name=rotation_policy,json=rotationPolicy,proto3,oneof"`
+}
+
 func (*EdgeCommand_Welcome) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_HeartbeatAck) isEdgeCommand_Command() {}
@@ -1407,6 +1421,8 @@ func (*EdgeCommand_InvokeTool) isEdgeCommand_Command() {}
 func (*EdgeCommand_CancelTool) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_CommandResultAck) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_RotationPolicy) isEdgeCommand_Command() {}
 
 // InvokeTool asks the daemon to run one tool call. The daemon evaluates it against
 // its local security policy, in the context its current NodeSecurityToken names:
@@ -1939,8 +1955,11 @@ type Welcome struct {
 	ServerTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	// How often the server expects a heartbeat.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,3,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The smallest max key age of the rotation policies that select this host; unset
+	// when none does. The daemon rotates itself before its key is that old.
+	MaxKeyAge     *durationpb.Duration `protobuf:"bytes,4,opt,name=max_key_age,json=maxKeyAge,proto3" json:"max_key_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -1994,6 +2013,59 @@ func (x *Welcome) GetHeartbeatInterval() *durationpb.Duration {
 	return nil
 }
 
+func (x *Welcome) GetMaxKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxKeyAge
+	}
+	return nil
+}
+
+// RotationPolicyCommand tells a connected daemon its policy maximum changed (unset:
+// no policy selects it any more).
+type RotationPolicyCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxKeyAge     *durationpb.Duration   `protobuf:"bytes,1,opt,name=max_key_age,json=maxKeyAge,proto3" json:"max_key_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationPolicyCommand) Reset() {
+	*x = RotationPolicyCommand{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationPolicyCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationPolicyCommand) ProtoMessage() {}
+
+func (x *RotationPolicyCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationPolicyCommand.ProtoReflect.Descriptor instead.
+func (*RotationPolicyCommand) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RotationPolicyCommand) GetMaxKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxKeyAge
+	}
+	return nil
+}
+
 type HeartbeatAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The envelope sequence number acknowledged.
@@ -2005,7 +2077,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2089,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2102,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HeartbeatAck) GetSequence() uint64 {
@@ -2059,7 +2131,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2143,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2156,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Disconnect) GetReason() DisconnectReason {
@@ -2190,7 +2262,7 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x03 \x01(\tR\x02os\">\n" +
 	"\tHeartbeat\x121\n" +
-	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xa7\x04\n" +
+	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xf8\x04\n" +
 	"\vEdgeCommand\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.aegis.edge.v1.WelcomeH\x00R\awelcome\x12B\n" +
 	"\rheartbeat_ack\x18\x02 \x01(\v2\x1b.aegis.edge.v1.HeartbeatAckH\x00R\fheartbeatAck\x12;\n" +
@@ -2204,7 +2276,8 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"invokeTool\x12<\n" +
 	"\vcancel_tool\x18\a \x01(\v2\x19.aegis.edge.v1.CancelToolH\x00R\n" +
 	"cancelTool\x12O\n" +
-	"\x12command_result_ack\x18\b \x01(\v2\x1f.aegis.edge.v1.CommandResultAckH\x00R\x10commandResultAckB\t\n" +
+	"\x12command_result_ack\x18\b \x01(\v2\x1f.aegis.edge.v1.CommandResultAckH\x00R\x10commandResultAck\x12O\n" +
+	"\x0frotation_policy\x18\t \x01(\v2$.aegis.edge.v1.RotationPolicyCommandH\x00R\x0erotationPolicyB\t\n" +
 	"\acommand\"\xd6\x01\n" +
 	"\n" +
 	"InvokeTool\x12\x1d\n" +
@@ -2252,13 +2325,16 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x10RotateKeyCommand\x12 \n" +
 	"\ffleet_run_id\x18\x01 \x01(\tR\n" +
 	"fleetRunId\x124\n" +
-	"\bkeep_old\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\akeepOld\"\xaf\x01\n" +
+	"\bkeep_old\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\akeepOld\"\xea\x01\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x12H\n" +
-	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"g\n" +
+	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x129\n" +
+	"\vmax_key_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tmaxKeyAge\"R\n" +
+	"\x15RotationPolicyCommand\x129\n" +
+	"\vmax_key_age\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\tmaxKeyAge\"g\n" +
 	"\fHeartbeatAck\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -2312,7 +2388,7 @@ func file_aegis_edge_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(ChallengePurpose)(0),         // 0: aegis.edge.v1.ChallengePurpose
 	(OutputStream)(0),             // 1: aegis.edge.v1.OutputStream
@@ -2342,69 +2418,73 @@ var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(*RefreshTokenCommand)(nil),   // 25: aegis.edge.v1.RefreshTokenCommand
 	(*RotateKeyCommand)(nil),      // 26: aegis.edge.v1.RotateKeyCommand
 	(*Welcome)(nil),               // 27: aegis.edge.v1.Welcome
-	(*HeartbeatAck)(nil),          // 28: aegis.edge.v1.HeartbeatAck
-	(*Disconnect)(nil),            // 29: aegis.edge.v1.Disconnect
-	nil,                           // 30: aegis.edge.v1.CmdRunArgs.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
-	(*SealNodeEnvelope)(nil),      // 33: aegis.edge.v1.SealNodeEnvelope
+	(*RotationPolicyCommand)(nil), // 28: aegis.edge.v1.RotationPolicyCommand
+	(*HeartbeatAck)(nil),          // 29: aegis.edge.v1.HeartbeatAck
+	(*Disconnect)(nil),            // 30: aegis.edge.v1.Disconnect
+	nil,                           // 31: aegis.edge.v1.CmdRunArgs.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(*SealNodeEnvelope)(nil),      // 34: aegis.edge.v1.SealNodeEnvelope
 }
 var file_aegis_edge_v1_cluster_proto_depIdxs = []int32{
 	0,  // 0: aegis.edge.v1.ChallengeRequest.purpose:type_name -> aegis.edge.v1.ChallengePurpose
-	31, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
-	31, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
+	32, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 3: aegis.edge.v1.EnrollResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	31, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	31, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
-	31, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	31, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
+	32, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	32, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
+	32, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	32, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
 	8,  // 8: aegis.edge.v1.AttestResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	31, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	31, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
-	31, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
-	31, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
+	32, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	32, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
+	32, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
+	32, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
 	16, // 13: aegis.edge.v1.EdgeEvent.hello:type_name -> aegis.edge.v1.Hello
 	17, // 14: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
 	23, // 15: aegis.edge.v1.EdgeEvent.command_progress:type_name -> aegis.edge.v1.CommandProgress
 	24, // 16: aegis.edge.v1.EdgeEvent.command_result:type_name -> aegis.edge.v1.CommandResult
-	32, // 17: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	33, // 17: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
 	27, // 18: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
-	28, // 19: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
-	29, // 20: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
+	29, // 19: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
+	30, // 20: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
 	25, // 21: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
 	26, // 22: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
 	19, // 23: aegis.edge.v1.EdgeCommand.invoke_tool:type_name -> aegis.edge.v1.InvokeTool
 	21, // 24: aegis.edge.v1.EdgeCommand.cancel_tool:type_name -> aegis.edge.v1.CancelTool
 	22, // 25: aegis.edge.v1.EdgeCommand.command_result_ack:type_name -> aegis.edge.v1.CommandResultAck
-	20, // 26: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
-	31, // 27: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
-	30, // 28: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
-	1,  // 29: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
-	2,  // 30: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
-	32, // 31: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
-	32, // 32: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
-	31, // 33: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	32, // 34: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	31, // 35: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	3,  // 36: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
-	32, // 37: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
-	4,  // 38: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
-	6,  // 39: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
-	9,  // 40: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
-	33, // 41: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
-	33, // 42: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
-	33, // 43: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
-	5,  // 44: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
-	7,  // 45: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
-	10, // 46: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
-	18, // 47: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
-	12, // 48: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
-	14, // 49: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
-	44, // [44:50] is the sub-list for method output_type
-	38, // [38:44] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	28, // 26: aegis.edge.v1.EdgeCommand.rotation_policy:type_name -> aegis.edge.v1.RotationPolicyCommand
+	20, // 27: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
+	32, // 28: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
+	31, // 29: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
+	1,  // 30: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
+	2,  // 31: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
+	33, // 32: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
+	33, // 33: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
+	32, // 34: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	33, // 35: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	33, // 36: aegis.edge.v1.Welcome.max_key_age:type_name -> google.protobuf.Duration
+	33, // 37: aegis.edge.v1.RotationPolicyCommand.max_key_age:type_name -> google.protobuf.Duration
+	32, // 38: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	3,  // 39: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
+	33, // 40: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
+	4,  // 41: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
+	6,  // 42: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
+	9,  // 43: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
+	34, // 44: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
+	34, // 45: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
+	34, // 46: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
+	5,  // 47: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
+	7,  // 48: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
+	10, // 49: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
+	18, // 50: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
+	12, // 51: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
+	14, // 52: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
+	47, // [47:53] is the sub-list for method output_type
+	41, // [41:47] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_cluster_proto_init() }
@@ -2428,6 +2508,7 @@ func file_aegis_edge_v1_cluster_proto_init() {
 		(*EdgeCommand_InvokeTool)(nil),
 		(*EdgeCommand_CancelTool)(nil),
 		(*EdgeCommand_CommandResultAck)(nil),
+		(*EdgeCommand_RotationPolicy)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2435,7 +2516,7 @@ func file_aegis_edge_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_cluster_proto_rawDesc), len(file_aegis_edge_v1_cluster_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

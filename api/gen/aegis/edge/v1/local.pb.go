@@ -372,8 +372,18 @@ type StatusResponse struct {
 	// Why the daemon is not connected, when it is not.
 	LastError        string                 `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	LastHeartbeatAck *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_heartbeat_ack,json=lastHeartbeatAck,proto3" json:"last_heartbeat_ack,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Routine rotation: the effective max key age (the smaller of rotation.max_key_age
+	// and the control plane's policies; unset when neither sets one), when the key
+	// falls due, and the moment the daemon picked to rotate it.
+	MaxKeyAge      *durationpb.Duration   `protobuf:"bytes,10,opt,name=max_key_age,json=maxKeyAge,proto3" json:"max_key_age,omitempty"`
+	KeyDueAt       *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=key_due_at,json=keyDueAt,proto3" json:"key_due_at,omitempty"`
+	NextRotationAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=next_rotation_at,json=nextRotationAt,proto3" json:"next_rotation_at,omitempty"`
+	// When the current key was made (its age counts from here).
+	KeySince *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=key_since,json=keySince,proto3" json:"key_since,omitempty"`
+	// Why the last routine rotation attempt failed ("" when it did not).
+	RotationError string `protobuf:"bytes,14,opt,name=rotation_error,json=rotationError,proto3" json:"rotation_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -469,6 +479,41 @@ func (x *StatusResponse) GetLastHeartbeatAck() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StatusResponse) GetMaxKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxKeyAge
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetKeyDueAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.KeyDueAt
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetNextRotationAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRotationAt
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetKeySince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.KeySince
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRotationError() string {
+	if x != nil {
+		return x.RotationError
+	}
+	return ""
+}
+
 var File_aegis_edge_v1_local_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_local_proto_rawDesc = "" +
@@ -491,7 +536,7 @@ const file_aegis_edge_v1_local_proto_rawDesc = "" +
 	"\x1eEdgeLocalServiceLogoutResponse\x12'\n" +
 	"\x0fserver_notified\x18\x01 \x01(\bR\x0eserverNotified\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\x0f\n" +
-	"\rStatusRequest\"\xa7\x03\n" +
+	"\rStatusRequest\"\xc2\x05\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12-\n" +
 	"\x06tenant\x18\x02 \x01(\v2\x15.aegis.edge.v1.TenantR\x06tenant\x12\x16\n" +
@@ -503,7 +548,14 @@ const file_aegis_edge_v1_local_proto_rawDesc = "" +
 	"\x0fconnected_since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0econnectedSince\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\b \x01(\tR\tlastError\x12H\n" +
-	"\x12last_heartbeat_ack\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10lastHeartbeatAck2\xec\x02\n" +
+	"\x12last_heartbeat_ack\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x10lastHeartbeatAck\x129\n" +
+	"\vmax_key_age\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\tmaxKeyAge\x128\n" +
+	"\n" +
+	"key_due_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\bkeyDueAt\x12D\n" +
+	"\x10next_rotation_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0enextRotationAt\x127\n" +
+	"\tkey_since\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\bkeySince\x12%\n" +
+	"\x0erotation_error\x18\x0e \x01(\tR\rrotationError2\xec\x02\n" +
 	"\x10EdgeLocalService\x12E\n" +
 	"\x06Status\x12\x1c.aegis.edge.v1.StatusRequest\x1a\x1d.aegis.edge.v1.StatusResponse\x12Q\n" +
 	"\n" +
@@ -548,19 +600,23 @@ var file_aegis_edge_v1_local_proto_depIdxs = []int32{
 	9,  // 5: aegis.edge.v1.StatusResponse.token_expires:type_name -> google.protobuf.Timestamp
 	9,  // 6: aegis.edge.v1.StatusResponse.connected_since:type_name -> google.protobuf.Timestamp
 	9,  // 7: aegis.edge.v1.StatusResponse.last_heartbeat_ack:type_name -> google.protobuf.Timestamp
-	6,  // 8: aegis.edge.v1.EdgeLocalService.Status:input_type -> aegis.edge.v1.StatusRequest
-	0,  // 9: aegis.edge.v1.EdgeLocalService.RotateKeys:input_type -> aegis.edge.v1.RotateKeysRequest
-	2,  // 10: aegis.edge.v1.EdgeLocalService.RefreshToken:input_type -> aegis.edge.v1.RefreshTokenRequest
-	4,  // 11: aegis.edge.v1.EdgeLocalService.Logout:input_type -> aegis.edge.v1.EdgeLocalServiceLogoutRequest
-	7,  // 12: aegis.edge.v1.EdgeLocalService.Status:output_type -> aegis.edge.v1.StatusResponse
-	1,  // 13: aegis.edge.v1.EdgeLocalService.RotateKeys:output_type -> aegis.edge.v1.RotateKeysResponse
-	3,  // 14: aegis.edge.v1.EdgeLocalService.RefreshToken:output_type -> aegis.edge.v1.RefreshTokenResponse
-	5,  // 15: aegis.edge.v1.EdgeLocalService.Logout:output_type -> aegis.edge.v1.EdgeLocalServiceLogoutResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	8,  // 8: aegis.edge.v1.StatusResponse.max_key_age:type_name -> google.protobuf.Duration
+	9,  // 9: aegis.edge.v1.StatusResponse.key_due_at:type_name -> google.protobuf.Timestamp
+	9,  // 10: aegis.edge.v1.StatusResponse.next_rotation_at:type_name -> google.protobuf.Timestamp
+	9,  // 11: aegis.edge.v1.StatusResponse.key_since:type_name -> google.protobuf.Timestamp
+	6,  // 12: aegis.edge.v1.EdgeLocalService.Status:input_type -> aegis.edge.v1.StatusRequest
+	0,  // 13: aegis.edge.v1.EdgeLocalService.RotateKeys:input_type -> aegis.edge.v1.RotateKeysRequest
+	2,  // 14: aegis.edge.v1.EdgeLocalService.RefreshToken:input_type -> aegis.edge.v1.RefreshTokenRequest
+	4,  // 15: aegis.edge.v1.EdgeLocalService.Logout:input_type -> aegis.edge.v1.EdgeLocalServiceLogoutRequest
+	7,  // 16: aegis.edge.v1.EdgeLocalService.Status:output_type -> aegis.edge.v1.StatusResponse
+	1,  // 17: aegis.edge.v1.EdgeLocalService.RotateKeys:output_type -> aegis.edge.v1.RotateKeysResponse
+	3,  // 18: aegis.edge.v1.EdgeLocalService.RefreshToken:output_type -> aegis.edge.v1.RefreshTokenResponse
+	5,  // 19: aegis.edge.v1.EdgeLocalService.Logout:output_type -> aegis.edge.v1.EdgeLocalServiceLogoutResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_local_proto_init() }

@@ -103,6 +103,15 @@ const (
 	// EdgeAdminServiceDeleteHostProcedure is the fully-qualified name of the EdgeAdminService's
 	// DeleteHost RPC.
 	EdgeAdminServiceDeleteHostProcedure = "/aegis.edge.v1.EdgeAdminService/DeleteHost"
+	// EdgeAdminServiceSetRotationPolicyProcedure is the fully-qualified name of the EdgeAdminService's
+	// SetRotationPolicy RPC.
+	EdgeAdminServiceSetRotationPolicyProcedure = "/aegis.edge.v1.EdgeAdminService/SetRotationPolicy"
+	// EdgeAdminServiceListRotationPoliciesProcedure is the fully-qualified name of the
+	// EdgeAdminService's ListRotationPolicies RPC.
+	EdgeAdminServiceListRotationPoliciesProcedure = "/aegis.edge.v1.EdgeAdminService/ListRotationPolicies"
+	// EdgeAdminServiceDeleteRotationPolicyProcedure is the fully-qualified name of the
+	// EdgeAdminService's DeleteRotationPolicy RPC.
+	EdgeAdminServiceDeleteRotationPolicyProcedure = "/aegis.edge.v1.EdgeAdminService/DeleteRotationPolicy"
 )
 
 // EdgeAdminServiceClient is a client for the aegis.edge.v1.EdgeAdminService service.
@@ -152,6 +161,13 @@ type EdgeAdminServiceClient interface {
 	// that still holds a valid identity is refused (FailedPrecondition): revoke it first.
 	// Its public key stays claimed forever.
 	DeleteHost(context.Context, *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error)
+	// Rotation policies (routine rotation on cadence): each a target selector and a
+	// maximum key age. A host's effective maximum is the smallest of the policies that
+	// select it and of its own rotation.max_key_age; connected daemons learn a change
+	// at once. Set creates or replaces the policy of that name.
+	SetRotationPolicy(context.Context, *connect.Request[v1.SetRotationPolicyRequest]) (*connect.Response[v1.SetRotationPolicyResponse], error)
+	ListRotationPolicies(context.Context, *connect.Request[v1.ListRotationPoliciesRequest]) (*connect.Response[v1.ListRotationPoliciesResponse], error)
+	DeleteRotationPolicy(context.Context, *connect.Request[v1.DeleteRotationPolicyRequest]) (*connect.Response[v1.DeleteRotationPolicyResponse], error)
 }
 
 // NewEdgeAdminServiceClient constructs a client for the aegis.edge.v1.EdgeAdminService service. By
@@ -309,6 +325,24 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(edgeAdminServiceMethods.ByName("DeleteHost")),
 			connect.WithClientOptions(opts...),
 		),
+		setRotationPolicy: connect.NewClient[v1.SetRotationPolicyRequest, v1.SetRotationPolicyResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceSetRotationPolicyProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("SetRotationPolicy")),
+			connect.WithClientOptions(opts...),
+		),
+		listRotationPolicies: connect.NewClient[v1.ListRotationPoliciesRequest, v1.ListRotationPoliciesResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceListRotationPoliciesProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("ListRotationPolicies")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteRotationPolicy: connect.NewClient[v1.DeleteRotationPolicyRequest, v1.DeleteRotationPolicyResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceDeleteRotationPolicyProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("DeleteRotationPolicy")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -338,6 +372,9 @@ type edgeAdminServiceClient struct {
 	listAudit              *connect.Client[v1.ListAuditRequest, v1.ListAuditResponse]
 	verifyAudit            *connect.Client[v1.VerifyAuditRequest, v1.VerifyAuditResponse]
 	deleteHost             *connect.Client[v1.DeleteHostRequest, v1.DeleteHostResponse]
+	setRotationPolicy      *connect.Client[v1.SetRotationPolicyRequest, v1.SetRotationPolicyResponse]
+	listRotationPolicies   *connect.Client[v1.ListRotationPoliciesRequest, v1.ListRotationPoliciesResponse]
+	deleteRotationPolicy   *connect.Client[v1.DeleteRotationPolicyRequest, v1.DeleteRotationPolicyResponse]
 }
 
 // WhoAmI calls aegis.edge.v1.EdgeAdminService.WhoAmI.
@@ -460,6 +497,21 @@ func (c *edgeAdminServiceClient) DeleteHost(ctx context.Context, req *connect.Re
 	return c.deleteHost.CallUnary(ctx, req)
 }
 
+// SetRotationPolicy calls aegis.edge.v1.EdgeAdminService.SetRotationPolicy.
+func (c *edgeAdminServiceClient) SetRotationPolicy(ctx context.Context, req *connect.Request[v1.SetRotationPolicyRequest]) (*connect.Response[v1.SetRotationPolicyResponse], error) {
+	return c.setRotationPolicy.CallUnary(ctx, req)
+}
+
+// ListRotationPolicies calls aegis.edge.v1.EdgeAdminService.ListRotationPolicies.
+func (c *edgeAdminServiceClient) ListRotationPolicies(ctx context.Context, req *connect.Request[v1.ListRotationPoliciesRequest]) (*connect.Response[v1.ListRotationPoliciesResponse], error) {
+	return c.listRotationPolicies.CallUnary(ctx, req)
+}
+
+// DeleteRotationPolicy calls aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy.
+func (c *edgeAdminServiceClient) DeleteRotationPolicy(ctx context.Context, req *connect.Request[v1.DeleteRotationPolicyRequest]) (*connect.Response[v1.DeleteRotationPolicyResponse], error) {
+	return c.deleteRotationPolicy.CallUnary(ctx, req)
+}
+
 // EdgeAdminServiceHandler is an implementation of the aegis.edge.v1.EdgeAdminService service.
 type EdgeAdminServiceHandler interface {
 	// WhoAmI describes the caller's API token (used by `aegisctl login`).
@@ -507,6 +559,13 @@ type EdgeAdminServiceHandler interface {
 	// that still holds a valid identity is refused (FailedPrecondition): revoke it first.
 	// Its public key stays claimed forever.
 	DeleteHost(context.Context, *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error)
+	// Rotation policies (routine rotation on cadence): each a target selector and a
+	// maximum key age. A host's effective maximum is the smallest of the policies that
+	// select it and of its own rotation.max_key_age; connected daemons learn a change
+	// at once. Set creates or replaces the policy of that name.
+	SetRotationPolicy(context.Context, *connect.Request[v1.SetRotationPolicyRequest]) (*connect.Response[v1.SetRotationPolicyResponse], error)
+	ListRotationPolicies(context.Context, *connect.Request[v1.ListRotationPoliciesRequest]) (*connect.Response[v1.ListRotationPoliciesResponse], error)
+	DeleteRotationPolicy(context.Context, *connect.Request[v1.DeleteRotationPolicyRequest]) (*connect.Response[v1.DeleteRotationPolicyResponse], error)
 }
 
 // NewEdgeAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -660,6 +719,24 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		connect.WithSchema(edgeAdminServiceMethods.ByName("DeleteHost")),
 		connect.WithHandlerOptions(opts...),
 	)
+	edgeAdminServiceSetRotationPolicyHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceSetRotationPolicyProcedure,
+		svc.SetRotationPolicy,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("SetRotationPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceListRotationPoliciesHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceListRotationPoliciesProcedure,
+		svc.ListRotationPolicies,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("ListRotationPolicies")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceDeleteRotationPolicyHandler := connect.NewUnaryHandler(
+		EdgeAdminServiceDeleteRotationPolicyProcedure,
+		svc.DeleteRotationPolicy,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("DeleteRotationPolicy")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/aegis.edge.v1.EdgeAdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EdgeAdminServiceWhoAmIProcedure:
@@ -710,6 +787,12 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceVerifyAuditHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceDeleteHostProcedure:
 			edgeAdminServiceDeleteHostHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceSetRotationPolicyProcedure:
+			edgeAdminServiceSetRotationPolicyHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceListRotationPoliciesProcedure:
+			edgeAdminServiceListRotationPoliciesHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceDeleteRotationPolicyProcedure:
+			edgeAdminServiceDeleteRotationPolicyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -813,4 +896,16 @@ func (UnimplementedEdgeAdminServiceHandler) VerifyAudit(context.Context, *connec
 
 func (UnimplementedEdgeAdminServiceHandler) DeleteHost(context.Context, *connect.Request[v1.DeleteHostRequest]) (*connect.Response[v1.DeleteHostResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.DeleteHost is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) SetRotationPolicy(context.Context, *connect.Request[v1.SetRotationPolicyRequest]) (*connect.Response[v1.SetRotationPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.SetRotationPolicy is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) ListRotationPolicies(context.Context, *connect.Request[v1.ListRotationPoliciesRequest]) (*connect.Response[v1.ListRotationPoliciesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.ListRotationPolicies is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) DeleteRotationPolicy(context.Context, *connect.Request[v1.DeleteRotationPolicyRequest]) (*connect.Response[v1.DeleteRotationPolicyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy is not implemented"))
 }
