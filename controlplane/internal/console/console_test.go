@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"io"
 	"log/slog"
 	"net/http"
@@ -713,5 +714,46 @@ func TestShutdownEndsLiveStreams(t *testing.T) {
 	}
 	if l := logs.String(); strings.Contains(l, "stopped with an error") || strings.Contains(l, "http shutdown") {
 		t.Fatalf("shutdown with a live page open:\n%s", l)
+	}
+}
+
+// The host list and a host's page say when its key is due under the rotation
+// policies that select it, and say "overdue" in words once it is past.
+func TestKeyDueAndOverdue(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	cp := cptest.Start(t, cptest.Options{Now: clk.Now})
+	tenant := tenantOf(t, cp)
+	ids := addHosts(t, cp, tenant, "web", 1, "prod")
+	addHosts(t, cp, tenant, "db", 1)
+	if _, err := cp.AdminClient().SetRotationPolicy(context.Background(), connect.NewRequest(&edgev1.SetRotationPolicyRequest{
+		Name: "prod-hourly", Target: "tags=AnyOf(prod)", MaxKeyAge: durationpb.New(time.Hour),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, cp)
+	b.signIn(cp.AdminToken)
+	row := func(body, node string) string {
+		i := strings.Index(body, `<tr data-node="`+node+`">`)
+		if i < 0 {
+			t.Fatalf("no row for %s:\n%s", node, body)
+		}
+		j := strings.Index(body[i:], "</tr>")
+		return body[i : i+j]
+	}
+	page := b.get("/ui/hosts")
+	web, db := row(page.body, ids[0]), row(page.body, "n-db00000")
+	if strings.Contains(web, "overdue") || !regexp.MustCompile(`<td>\d{4}-\d\d-\d\dT[^<]*Z</td>`).MatchString(web) {
+		t.Fatalf("a host due in an hour: row\n%s", web)
+	}
+	if !strings.Contains(db, "<td>-</td>") || strings.Contains(db, "overdue") {
+		t.Fatalf("a host no policy selects: row\n%s", db)
+	}
+	clk.Add(2 * time.Hour)
+	page = b.get("/ui/hosts")
+	if web := row(page.body, ids[0]); !strings.Contains(web, "overdue since") {
+		t.Fatalf("a host two hours past its due time: row\n%s", web)
+	}
+	if host := b.get("/ui/hosts/" + ids[0]); !regexp.MustCompile(`id="key-due">overdue since `).MatchString(host.body) {
+		t.Fatalf("host page lacks the overdue key:\n%s", host.body)
 	}
 }

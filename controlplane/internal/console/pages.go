@@ -77,6 +77,7 @@ type hostRow struct {
 	Tags        []string `json:"tags"`
 	Fingerprint string   `json:"fingerprint"`
 	KeyAge      string   `json:"key_age"`
+	KeyDue      string   `json:"key_due"`
 	LastSeen    string   `json:"last_seen"`
 	Tenant      string   `json:"tenant,omitempty"`
 }
@@ -113,8 +114,21 @@ func statusText(s edgev1.HostStatus) string {
 	return "Disconnected"
 }
 
+// keyDue says when the host's key is due under the rotation policies that select it:
+// "-" without one, and "overdue since ..." in words (not colour alone) once past it.
+func keyDue(h *edgev1.Host) string {
+	due := h.GetKeyDueAt()
+	if due == nil {
+		return "-"
+	}
+	if h.GetOverdue() {
+		return "overdue since " + formatTime(due)
+	}
+	return formatTime(due)
+}
+
 // keyAge is how long the host's current key has been in use: since its last
-// rotation, or since enrollment. (When it is due waits for a rotation cadence.)
+// rotation, or since enrollment.
 func keyAge(h *edgev1.Host, now time.Time) string {
 	since := h.GetKeyRotatedAt()
 	if since == nil {
@@ -192,7 +206,7 @@ func (c *Console) listHosts(r *http.Request, s *session, target, page string, si
 	for _, h := range m.GetHosts() {
 		row := hostRow{
 			NodeID: h.GetNodeId(), Name: h.GetName(), Status: statusText(h.GetStatus()), Tags: h.GetTags(),
-			Fingerprint: h.GetKeyFingerprint(), KeyAge: keyAge(h, now), LastSeen: formatTime(h.GetLastSeenAt()),
+			Fingerprint: h.GetKeyFingerprint(), KeyAge: keyAge(h, now), KeyDue: keyDue(h), LastSeen: formatTime(h.GetLastSeenAt()),
 		}
 		if s.role == "admin" {
 			row.Tenant = h.GetTenant().GetId()
@@ -268,6 +282,7 @@ type hostView struct {
 	Host      *edgev1.Host
 	Status    string
 	KeyAge    string
+	KeyDue    string
 	Tags      string
 	Rotations []*edgev1.AuditEntry
 	Audit     []*edgev1.AuditEntry
@@ -283,7 +298,7 @@ func (c *Console) hostPage(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	h := resp.Msg.GetHost()
-	v := hostView{Host: h, Status: statusText(h.GetStatus()), KeyAge: keyAge(h, c.cfg.Now()), Tags: strings.Join(h.GetTags(), ","),
+	v := hostView{Host: h, Status: statusText(h.GetStatus()), KeyAge: keyAge(h, c.cfg.Now()), KeyDue: keyDue(h), Tags: strings.Join(h.GetTags(), ","),
 		Tenant: h.GetTenant().GetId(), Message: doneMessages[r.URL.Query().Get("done")]}
 	if n := h.GetTenant().GetName(); n != "" {
 		v.Tenant += " (" + n + ")"

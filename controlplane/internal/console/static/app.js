@@ -30,6 +30,7 @@
     fp.appendChild(text("code", h.fingerprint, "fp"));
     tr.appendChild(fp);
     tr.appendChild(text("td", h.key_age));
+    tr.appendChild(text("td", h.key_due));
     tr.appendChild(text("td", h.last_seen));
     return tr;
   }
