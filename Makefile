@@ -12,7 +12,7 @@ build:
 	go build -ldflags "$(LDFLAGS)" -o $(BIN)/controlplane ./controlplane/cmd/controlplane
 	go build -ldflags "$(LDFLAGS)" -o $(BIN)/edged ./edged/cmd/edged
 	go build -ldflags "$(LDFLAGS)" -o $(BIN)/aegisctl ./aegisctl/cmd/aegisctl
-	go build -ldflags "$(LDFLAGS)" -o $(BIN)/aegis-loadtest ./edged/cmd/aegis-loadtest
+	go build -ldflags "$(LDFLAGS)" -o $(BIN)/aegis-loadtest ./edged/testbed/cmd/aegis-loadtest
 	@ln -sf aegisctl $(BIN)/aegis
 
 demo:

@@ -1,11 +1,15 @@
-package main
+// Package edged_test runs the real edged binary against an in-process control plane.
+package edged_test
 
 import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,9 +22,53 @@ import (
 	"github.com/aegis-edge/aegis/edged/localclient"
 )
 
-// The whole daemon against a real control plane: enroll, `edged run`, then the
-// local API over the real socket reports the live connection.
+// edgedBin builds the real daemon once per test binary.
+var edgedBin = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "edged-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "edged")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/aegis-edge/aegis/edged/cmd/edged").CombinedOutput()
+	if err != nil {
+		return "", &buildError{out: out, err: err}
+	}
+	return bin, nil
+})
+
+type buildError struct {
+	out []byte
+	err error
+}
+
+func (e *buildError) Error() string { return e.err.Error() + ": " + string(e.out) }
+
+// syncBuffer is a bytes.Buffer safe to read while the daemon writes logs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The whole daemon, as its own process, against a real control plane: enroll,
+// `edged run`, then the local API over the real socket reports the live connection;
+// SIGTERM stops it cleanly and removes the socket.
 func TestRunConnectsAndServesStatus(t *testing.T) {
+	bin, err := edgedBin()
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := cptest.Start(t, cptest.Options{HeartbeatInterval: 50 * time.Millisecond})
 	dir := filepath.Join(t.TempDir(), "edge")
 	res, err := enroll.Enroll(context.Background(), enroll.Options{Token: srv.EnrollmentToken(t), StateDir: dir})
@@ -34,10 +82,14 @@ func TestRunConnectsAndServesStatus(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stderr syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"edged", "run", "--state-dir", dir, "--config", cfg}, &bytes.Buffer{}, &stderr)
-	}()
+	cmd := exec.Command(bin, "run", "--state-dir", dir, "--config", cfg)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	client := localclient.New(dir)
 	var st *edgev1.StatusResponse
 	deadline := time.Now().Add(5 * time.Second)
@@ -69,14 +121,16 @@ func TestRunConnectsAndServesStatus(t *testing.T) {
 			t.Fatal("a secret appeared in the log")
 		}
 	}
-	cancel()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("exit %d:\n%s", code, stderr.String())
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("edged did not stop on cancel")
+	case <-time.After(10 * time.Second):
+		t.Fatal("edged did not stop on SIGTERM")
 	}
 	if _, err := os.Stat(filepath.Join(dir, keystore.SocketFile)); !os.IsNotExist(err) {
 		t.Fatal("socket left behind")

@@ -12,8 +12,8 @@ import (
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/cptest"
 	"github.com/aegis-edge/aegis/edged/internal/agent"
-	"github.com/aegis-edge/aegis/edged/internal/swarm"
 	"github.com/aegis-edge/aegis/edged/rotation"
+	"github.com/aegis-edge/aegis/edged/testbed/swarm"
 )
 
 // serverHeartbeat is the control plane's heartbeat interval in these tests: long

@@ -12,7 +12,7 @@ import (
 	"connectrpc.com/connect"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/controlplane/cptest"
-	"github.com/aegis-edge/aegis/edged/internal/swarm"
+	"github.com/aegis-edge/aegis/edged/testbed/swarm"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -41,7 +41,7 @@ func benchSize(b *testing.B) int {
 // names; it must be a scratch database). It prints figures for scale work and
 // asserts nothing about time. N: -swarm.hosts or $SWARM_HOSTS (default 200).
 //
-//	go test -run - -bench FleetRotate -swarm.hosts=1000 ./edged/internal/swarm
+//	go test -run - -bench FleetRotate -swarm.hosts=1000 ./edged/testbed/swarm
 func BenchmarkFleetRotateRolling100(b *testing.B) {
 	n := benchSize(b)
 	ctx := context.Background()

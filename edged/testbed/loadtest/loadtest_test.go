@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/aegis-edge/aegis/edged/internal/loadtest"
+	"github.com/aegis-edge/aegis/edged/testbed/loadtest"
 )
 
 var (

@@ -14,8 +14,8 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/cptest"
 	"github.com/aegis-edge/aegis/edged/internal/agent"
 	"github.com/aegis-edge/aegis/edged/internal/policy"
-	"github.com/aegis-edge/aegis/edged/internal/swarm"
 	"github.com/aegis-edge/aegis/edged/rotation"
+	"github.com/aegis-edge/aegis/edged/testbed/swarm"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 

@@ -8,7 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/aegis-edge/aegis/edged/internal/loadtest"
+	"github.com/aegis-edge/aegis/edged/testbed/loadtest"
 )
 
 func main() {
