@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/edged/cpclient"
 	"github.com/aegis-edge/aegis/edged/keystore"
@@ -127,6 +128,14 @@ type controlPlane struct {
 	CA         *x509.Certificate
 	HTTP       *http.Client
 
+	// MetricsURL is where the control plane's /metrics is scraped.
+	MetricsURL string
+	// External is a control plane the tool did not start (--server): it is never
+	// stopped or restarted by the tool, and its CPU and memory come from /metrics.
+	External bool
+
+	opts startOptions
+	addr string
 	cmd  *exec.Cmd
 	done chan error
 	logs *tailBuffer
@@ -140,6 +149,8 @@ type startOptions struct {
 	// Extra flags for `controlplane serve`.
 	Args []string
 	Log  io.Writer
+	// Addr is the host:port to listen on; empty picks a free port.
+	Addr string
 }
 
 // findBinary finds the controlplane binary: the flag's value, else beside this
@@ -175,9 +186,12 @@ func freePort() (string, error) {
 
 // startControlPlane runs `controlplane serve` and waits until it is ready.
 func startControlPlane(ctx context.Context, o startOptions) (*controlPlane, error) {
-	addr, err := freePort()
-	if err != nil {
-		return nil, fmt.Errorf("find a free port: %w", err)
+	addr := o.Addr
+	if addr == "" {
+		var err error
+		if addr, err = freePort(); err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
 	}
 	args := []string{"serve", "--listen", addr, "--data-dir", o.DataDir, "--log-level", "warn"}
 	if o.Database.url != "" {
@@ -195,7 +209,7 @@ func startControlPlane(ctx context.Context, o startOptions) (*controlPlane, erro
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", o.Binary, err)
 	}
-	cp := &controlPlane{URL: "https://" + addr, DataDir: o.DataDir, cmd: cmd, done: make(chan error, 1), logs: logs}
+	cp := &controlPlane{URL: "https://" + addr, MetricsURL: "https://" + addr + "/metrics", DataDir: o.DataDir, opts: o, addr: addr, cmd: cmd, done: make(chan error, 1), logs: logs}
 	go func() { cp.done <- cmd.Wait() }()
 	if err := cp.waitReady(ctx); err != nil {
 		cp.Stop()
@@ -269,9 +283,63 @@ func (b bearerStreams) WrapStreamingHandler(next connect.StreamingHandlerFunc) c
 	return next
 }
 
+// connectExternal is a control plane someone else runs (--server): the tool trusts
+// only caFile's CA for it and calls the admin API with tokenFile's token.
+func connectExternal(ctx context.Context, serverURL, caFile, tokenFile, metricsURL string) (*controlPlane, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("%w: --server %q: want https://HOST:PORT", ErrBadInput, serverURL)
+	}
+	if caFile == "" || tokenFile == "" {
+		return nil, fmt.Errorf("%w: --server needs --ca-file (the control plane's CA certificate) and --token-file (an admin API token)", ErrBadInput)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --ca-file: %v", ErrBadInput, err)
+	}
+	ca, err := keystore.ParseCertPEM(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --ca-file %s: %v", ErrBadInput, caFile, err)
+	}
+	tok, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --token-file: %v", ErrBadInput, err)
+	}
+	cp := &controlPlane{
+		URL: strings.TrimRight(u.String(), "/"), AdminToken: strings.TrimSpace(string(tok)), CA: ca,
+		HTTP: cpclient.NewHTTPClient(ca), External: true, MetricsURL: metricsURL,
+	}
+	if cp.MetricsURL == "" {
+		cp.MetricsURL = cp.URL + "/metrics"
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := cp.Admin().WhoAmI(cctx, connect.NewRequest(&edgev1.WhoAmIRequest{})); err != nil {
+		return nil, fmt.Errorf("%w: --server %s with --token-file: %v", ErrBadInput, cp.URL, err)
+	}
+	return cp, nil
+}
+
+// Restart stops the control plane gracefully and starts it again on the same
+// address, data and flags; it returns once the new process is ready.
+func (cp *controlPlane) Restart(ctx context.Context) error {
+	if cp.External {
+		return errors.New("the tool does not restart a control plane it did not start")
+	}
+	cp.Stop()
+	o := cp.opts
+	o.Addr = cp.addr
+	next, err := startControlPlane(ctx, o)
+	if err != nil {
+		return err
+	}
+	cp.cmd, cp.done, cp.logs = next.cmd, next.done, next.logs
+	return nil
+}
+
 // Stop stops the control plane gracefully (SIGTERM), then hard after 20s.
 func (cp *controlPlane) Stop() {
-	if cp.cmd.Process == nil {
+	if cp.External || cp.cmd.Process == nil {
 		return
 	}
 	_ = cp.cmd.Process.Signal(syscall.SIGTERM)
@@ -284,9 +352,92 @@ func (cp *controlPlane) Stop() {
 	}
 }
 
-// ProcessCPU is the control plane's CPU time so far (user+system), from /proc.
+// ProcessCPU is the control plane's CPU time so far (user+system): from /proc when
+// the tool started it, else from its /metrics.
 func (cp *controlPlane) ProcessCPU() (time.Duration, error) {
+	if cp.External {
+		m, err := cp.Metrics(context.Background())
+		if err != nil {
+			return 0, err
+		}
+		return time.Duration(m.get("process_cpu_seconds_total") * float64(time.Second)), nil
+	}
 	return procCPU(cp.cmd.Process.Pid)
+}
+
+// RSS is the control plane's resident memory in bytes: from /proc when the tool
+// started it (cheap enough to sample often), else from its /metrics.
+func (cp *controlPlane) RSS(ctx context.Context) (float64, error) {
+	if cp.External {
+		m, err := cp.Metrics(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return m.get("process_resident_memory_bytes"), nil
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cp.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			var kib float64
+			fmt.Sscan(f[1], &kib)
+			return kib * 1024, nil
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+// Metrics scrapes the control plane's /metrics.
+func (cp *controlPlane) Metrics(ctx context.Context) (samples, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cp.MetricsURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cp.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", cp.MetricsURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: %s", cp.MetricsURL, resp.Status)
+	}
+	return parseSamples(resp.Body)
+}
+
+// samples are a scrape's values summed over labels, by metric name; a name with
+// labels is also kept whole (`name{a="b"}`).
+type samples map[string]float64
+
+func (s samples) get(name string) float64 { return s[name] }
+
+func parseSamples(r io.Reader) (samples, error) {
+	out := samples{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[i+1:], &v); err != nil {
+			continue
+		}
+		series := line[:i]
+		name := series
+		if j := strings.IndexByte(series, '{'); j >= 0 {
+			name = series[:j]
+			out[series] += v
+		}
+		out[name] += v
+	}
+	return out, sc.Err()
 }
 
 func procCPU(pid int) (time.Duration, error) {

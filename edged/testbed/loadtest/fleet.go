@@ -3,22 +3,25 @@ package loadtest
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"path"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/edged/cpclient"
 	"github.com/aegis-edge/aegis/edged/internal/agent"
 	"github.com/aegis-edge/aegis/edged/keystore"
 )
 
-// daemons runs the real edged agent for each host in this process, all sharing one
-// HTTP/2 client (the agents open connections as stream limits require).
+// daemons runs the real edged agent for each host in this process.
 type daemons struct {
 	agents []*agent.Agent
 	cancel context.CancelFunc
@@ -26,7 +29,22 @@ type daemons struct {
 	locks  []*keystore.DaemonLock
 }
 
-func startDaemons(hosts []*host, hc *http.Client) (*daemons, error) {
+// daemonOptions say how the in-process daemons reach the control plane.
+type daemonOptions struct {
+	// Shared, when set, is one HTTP/2 client for every daemon (the agents open
+	// connections as stream limits require): cheap for the tool, but the control
+	// plane then holds a few connections, not one per host. Nil gives each daemon a
+	// client and connection of its own trusting CA, as a real fleet has.
+	Shared *http.Client
+	CA     *x509.Certificate
+	// Calls, when set, counts every request the daemons send, by procedure.
+	Calls *callCounter
+	// FastBackoff makes reconnects quick (50ms to 2s) for scenarios that are not
+	// about reconnecting; otherwise the agents keep edged's defaults.
+	FastBackoff bool
+}
+
+func startDaemons(hosts []*host, o daemonOptions) (*daemons, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ds := &daemons{cancel: cancel}
 	quiet := slog.New(slog.DiscardHandler)
@@ -37,11 +55,21 @@ func startDaemons(hosts []*host, hc *http.Client) (*daemons, error) {
 			return nil, fmt.Errorf("%s: %w", h.Name, err)
 		}
 		ds.locks = append(ds.locks, lock)
-		a := agent.New(agent.Config{
+		hc := o.Shared
+		if hc == nil {
+			hc = cpclient.NewHTTPClient(o.CA)
+		}
+		if o.Calls != nil {
+			hc = o.Calls.wrap(hc)
+		}
+		cfg := agent.Config{
 			Dir: h.Dir, Logger: quiet, Version: "aegis-loadtest",
-			MinBackoff: 50 * time.Millisecond, MaxBackoff: 2 * time.Second,
 			HTTPClient: func(*keystore.Identity) *http.Client { return hc },
-		})
+		}
+		if o.FastBackoff {
+			cfg.MinBackoff, cfg.MaxBackoff = 50*time.Millisecond, 2*time.Second
+		}
+		a := agent.New(cfg)
 		ds.agents = append(ds.agents, a)
 		ds.wg.Add(1)
 		go func() {
@@ -51,6 +79,41 @@ func startDaemons(hosts []*host, hc *http.Client) (*daemons, error) {
 	}
 	return ds, nil
 }
+
+// callCounter counts the daemons' requests by procedure (the last path element:
+// ConnectEdge, Challenge, Attest, ...), including those that failed to connect.
+type callCounter struct {
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func newCallCounter() *callCounter { return &callCounter{n: map[string]int64{}} }
+
+func (c *callCounter) wrap(hc *http.Client) *http.Client {
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	out := *hc
+	out.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		c.mu.Lock()
+		c.n[path.Base(r.URL.Path)]++
+		c.mu.Unlock()
+		return next.RoundTrip(r)
+	})
+	return &out
+}
+
+// snapshot returns the counts so far.
+func (c *callCounter) snapshot() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.n)
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func (ds *daemons) stop() {
 	ds.cancel()

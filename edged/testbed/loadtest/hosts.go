@@ -25,64 +25,110 @@ type host struct {
 	Dir    *keystore.Dir
 }
 
-// enrollHosts enrolls n hosts tagged tag into base/<name>, concurrency at a time,
-// reporting progress. Every host comes from 127.0.0.1, one source to the control
-// plane's per-source challenge limit: a refused challenge spends nothing, so it waits
-// and tries again, and the count of such waits is returned.
-func enrollHosts(ctx context.Context, cp *controlPlane, base string, n, concurrency int, tag string, p *progress) ([]*host, int64, error) {
+// enrollStats is what enrolling cost.
+type enrollStats struct {
+	// Throttled counts enrollments refused by a rate limit and tried again.
+	Throttled int64
+	// TokenSeconds is how long making the enrollment tokens took (an operator's
+	// preparation); EnrollSeconds how long the hosts' enrollments took.
+	TokenSeconds, EnrollSeconds float64
+}
+
+// enrollHosts enrolls n hosts tagged tag into base/<prefix>-NNNNN, concurrency at a
+// time, reporting progress: first every enrollment token (the operator's side), then
+// every host's enrollment (the hosts' side, timed on its own). Every host comes from
+// this machine, one source to the control plane's per-source challenge limit: a
+// refused challenge spends nothing, so it waits as told and tries again, and the
+// count of such waits is returned.
+// between, when set, runs after the tokens are made and before the hosts enroll.
+func enrollHosts(ctx context.Context, cp *controlPlane, base string, n, concurrency int, tag string, p *progress, between func()) ([]*host, enrollStats, error) {
+	var st enrollStats
 	hosts := make([]*host, n)
-	var throttled, done atomic.Int64
+	tokens := make([]string, n)
+	admin := cp.Admin()
+	for i := range hosts {
+		name := fmt.Sprintf("%s-%05d", tag, i)
+		hosts[i] = &host{Name: name, Dir: keystore.Open(filepath.Join(base, name))}
+	}
+	start := time.Now()
+	err := forEach(ctx, n, 16, p, "enrollment tokens made", nil, func(i int) error {
+		resp, err := admin.CreateEnrollmentToken(ctx, connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{
+			Tags: []string{tag}, Ttl: durationpb.New(time.Hour), Name: hosts[i].Name,
+		}))
+		if err != nil {
+			return fmt.Errorf("enrollment token for %s: %w", hosts[i].Name, err)
+		}
+		tokens[i] = resp.Msg.GetToken()
+		return nil
+	})
+	if err != nil {
+		return nil, st, err
+	}
+	st.TokenSeconds = time.Since(start).Seconds()
+	if between != nil {
+		between()
+	}
+	var throttled atomic.Int64
+	start = time.Now()
+	err = forEach(ctx, n, concurrency, p, "hosts enrolled", func() string {
+		return fmt.Sprintf(" (%d waits on a rate limit)", throttled.Load())
+	}, func(i int) error {
+		return enrollOne(ctx, hosts[i], tokens[i], &throttled)
+	})
+	st.EnrollSeconds = time.Since(start).Seconds()
+	st.Throttled = throttled.Load()
+	if err != nil {
+		return nil, st, err
+	}
+	return hosts, st, nil
+}
+
+// forEach runs do(0..n-1), concurrency at a time, printing "K of N what" each second.
+func forEach(ctx context.Context, n, concurrency int, p *progress, what string, extra func() string, do func(i int) error) error {
+	var done atomic.Int64
 	errs := make([]error, n)
 	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
-	admin := cp.Admin()
-	stopTicker := p.every(time.Second, func() string {
-		return fmt.Sprintf("enrolling: %d of %d hosts (%d waits on the challenge rate limit)", done.Load(), n, throttled.Load())
+	stop := p.every(time.Second, func() string {
+		line := fmt.Sprintf("%d of %d %s", done.Load(), n, what)
+		if extra != nil {
+			line += extra()
+		}
+		return line
 	})
-	for i := range hosts {
-		name := fmt.Sprintf("load-%05d", i)
-		h := &host{Name: name, Dir: keystore.Open(filepath.Join(base, name))}
-		hosts[i] = h
+	defer stop()
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			errs[i] = enrollOne(ctx, admin, h, tag, &throttled)
+			errs[i] = do(i)
 			done.Add(1)
 		}()
-		if ctx.Err() != nil {
-			break
-		}
 	}
 	wg.Wait()
-	stopTicker()
-	if err := errors.Join(errs...); err != nil {
-		return nil, throttled.Load(), err
+	if err := ctx.Err(); err != nil {
+		return err
 	}
-	return hosts, throttled.Load(), nil
+	return errors.Join(errs...)
 }
 
-func enrollOne(ctx context.Context, admin interface {
-	CreateEnrollmentToken(context.Context, *connect.Request[edgev1.CreateEnrollmentTokenRequest]) (*connect.Response[edgev1.CreateEnrollmentTokenResponse], error)
-}, h *host, tag string, throttled *atomic.Int64) error {
-	resp, err := admin.CreateEnrollmentToken(ctx, connect.NewRequest(&edgev1.CreateEnrollmentTokenRequest{
-		Tags: []string{tag}, Ttl: durationpb.New(time.Hour), Name: h.Name,
-	}))
-	if err != nil {
-		return fmt.Errorf("enrollment token for %s: %w", h.Name, err)
-	}
+func enrollOne(ctx context.Context, h *host, token string, throttled *atomic.Int64) error {
 	if err := os.Mkdir(h.Dir.Path(), keystore.DirMode); err != nil {
 		return fmt.Errorf("state dir for %s: %w", h.Name, err)
 	}
 	for {
-		res, err := enroll.Enroll(ctx, enroll.Options{Token: resp.Msg.GetToken(), StateDir: h.Dir.Path(), Name: h.Name, Timeout: 30 * time.Second})
-		if errors.Is(err, enroll.ErrRejected) && strings.Contains(err.Error(), "rate limited") {
+		res, err := enroll.Enroll(ctx, enroll.Options{Token: token, StateDir: h.Dir.Path(), Name: h.Name, Timeout: 30 * time.Second})
+		if wait, limited := rateLimited(err); limited {
 			throttled.Add(1)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(wait):
 			}
 			continue
 		}
@@ -92,4 +138,12 @@ func enrollOne(ctx context.Context, admin interface {
 		h.NodeID = res.NodeID
 		return nil
 	}
+}
+
+// rateLimited says whether err is a rate limit's refusal, and how long to wait.
+func rateLimited(err error) (time.Duration, bool) {
+	if !errors.Is(err, enroll.ErrRejected) || !strings.Contains(err.Error(), "rate limited") {
+		return 0, false
+	}
+	return 100 * time.Millisecond, true
 }

@@ -73,6 +73,14 @@ func TestBadInputIsRefusedBeforeAnythingChanges(t *testing.T) {
 		{[]string{"rotate", "--hosts", "4", "--concurrency", "1,8"}, "--concurrency 8 is more than --hosts 4"},
 		{[]string{"rotate", "--concurrency", "1,x"}, "--concurrency"},
 		{[]string{"fleet", "--batch", "0"}, "--batch 0"},
+		{[]string{"connect", "--hosts", "5", "--revoke", "6"}, "--revoke 6"},
+		{[]string{"connect", "--duration", "10ms"}, "--duration"},
+		{[]string{"storm", "--heartbeat-interval", "1ms"}, "--heartbeat-interval"},
+		{[]string{"enroll", "--concurrency", "0"}, "--concurrency 0"},
+		{[]string{"connect", "--ca-file", "ca.crt"}, "--ca-file goes with --server"},
+		{[]string{"connect", "--server", "http://127.0.0.1:1"}, "want https://"},
+		{[]string{"connect", "--server", "https://127.0.0.1:1"}, "needs --ca-file"},
+		{[]string{"storm", "--server", "https://127.0.0.1:1", "--database-url", "postgres://x"}, "--server measures a control plane someone else runs"},
 		{[]string{"rotate", "--controlplane-bin", filepath.Join(work, "nope")}, "--controlplane-bin"},
 		{[]string{"rotate", "--controlplane-bin", "/bin/true", "--database-url", "mysql://x"}, "postgres://"},
 		{[]string{"rotate", "--controlplane-bin", "/bin/true", "--database-url", "postgres://postgres@127.0.0.1:5432/test?search_path=public"}, "search_path"},
@@ -117,6 +125,75 @@ func TestSmallRunsOnSQLite(t *testing.T) {
 	res, _ := m["results"].(map[string]any)
 	if m["scenario"] != "fleet" || m["hosts"] != 12.0 || m["waves"] != 3.0 || res["succeeded"] != 12.0 || m["lost_results"] != 0.0 || m["duplicate_results"] != 0.0 || m["errors"] != 0.0 || m["reference_ratio"].(float64) <= 0 {
 		t.Fatalf("fleet summary: %v", m)
+	}
+}
+
+// The connection scenarios, small, on SQLite: every figure the issue names is in the
+// JSON, the daemons all came back after the restart, and the revocations were seen.
+func TestSmallConnectionScenarios(t *testing.T) {
+	bin := controlplaneBinary(t)
+	code, stdout, stderr := run(t, "connect", "--controlplane-bin", bin, "--hosts", "10", "--duration", "1s", "--settle", "0s",
+		"--heartbeat-interval", "200ms", "--revoke", "3", "-o", "json")
+	if code != 0 {
+		t.Fatalf("connect: exit %d\n%s", code, stderr)
+	}
+	m := lastJSON(t, stdout)
+	for _, f := range []string{"kib_per_daemon", "heartbeats_per_second", "cpu_us_per_heartbeat", "revocation_p50_ms", "revocation_p99_ms", "reference_per_second", "goroutines_per_daemon"} {
+		if _, ok := m[f].(float64); !ok {
+			t.Errorf("connect summary lacks %s: %v", f, m)
+		}
+	}
+	if m["scenario"] != "connect" || m["hosts"] != 10.0 || m["revoked"] != 3.0 || m["errors"] != 0.0 || m["heartbeats_per_second"].(float64) <= 0 {
+		t.Fatalf("connect summary: %v", m)
+	}
+
+	code, stdout, stderr = run(t, "storm", "--controlplane-bin", bin, "--hosts", "10", "--settle", "0s", "-o", "json")
+	if code != 0 {
+		t.Fatalf("storm: exit %d\n%s", code, stderr)
+	}
+	m = lastJSON(t, stdout)
+	for _, f := range []string{"reconnect_seconds", "attempts_per_daemon", "peak_rss_ratio", "restart_seconds", "attests_per_daemon"} {
+		if _, ok := m[f].(float64); !ok {
+			t.Errorf("storm summary lacks %s: %v", f, m)
+		}
+	}
+	// Every daemon was welcomed on a new stream at least once (the restart ended the old one).
+	if m["scenario"] != "storm" || m["streams_per_daemon"].(float64) < 1 || m["attempts_per_daemon"].(float64) < 1 {
+		t.Fatalf("storm summary: %v", m)
+	}
+
+	code, stdout, stderr = run(t, "enroll", "--controlplane-bin", bin, "--hosts", "20", "--concurrency", "4", "-o", "json")
+	if code != 0 {
+		t.Fatalf("enroll: exit %d\n%s", code, stderr)
+	}
+	if m = lastJSON(t, stdout); m["scenario"] != "enroll" || m["hosts"] != 20.0 || m["enrollments_per_second"].(float64) <= 0 || m["reference_ratio"].(float64) <= 0 {
+		t.Fatalf("enroll summary: %v", m)
+	}
+}
+
+// --server measures a control plane the tool did not start, and leaves it as it
+// found it: the run's hosts are revoked and deleted afterwards.
+func TestConnectAgainstAnExternalControlPlane(t *testing.T) {
+	bin := controlplaneBinary(t)
+	url, ca, token, hosts := loadtest.ExternalControlPlane(t, bin)
+	code, stdout, stderr := run(t, "connect", "--server", url, "--ca-file", ca, "--token-file", token, "--hosts", "6",
+		"--duration", "1s", "--settle", "0s", "--revoke", "2", "-o", "json")
+	if code != 0 {
+		t.Fatalf("connect --server: exit %d\n%s", code, stderr)
+	}
+	if m := lastJSON(t, stdout); m["database"] != "external" || m["hosts"] != 6.0 || m["revoked"] != 2.0 {
+		t.Fatalf("summary: %v", m)
+	}
+	if n := hosts(); n != 0 {
+		t.Fatalf("%d hosts left on the control plane after the run", n)
+	}
+	// A wrong token is refused before anything is enrolled.
+	bad := filepath.Join(t.TempDir(), "bad.token")
+	if err := os.WriteFile(bad, []byte("aegis_not-a-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "connect", "--server", url, "--ca-file", ca, "--token-file", bad, "--hosts", "2"); code != 2 || !strings.Contains(stderr, "--token-file") {
+		t.Fatalf("bad token: exit %d, %s", code, stderr)
 	}
 }
 

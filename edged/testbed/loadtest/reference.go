@@ -44,6 +44,26 @@ func ed25519Reference(d time.Duration) float64 {
 	return float64(n.Load()) / time.Since(start).Seconds()
 }
 
+// verifyReference is how many Ed25519 verifies one core does per second: what one
+// heartbeat, one attestation or one enrollment must at least cost the server.
+func verifyReference(d time.Duration) float64 {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	pub := priv.Public().(ed25519.PublicKey)
+	msg := make([]byte, 200)
+	sig := ed25519.Sign(priv, msg)
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		for range 64 {
+			if !ed25519.Verify(pub, msg, sig) {
+				panic("ed25519 reference: verify failed")
+			}
+		}
+		n += 64
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
 // txReference runs the plain 3-statement transaction (pgbench's simple-update shape:
 // update a row, read it back, append a history row) with concurrency workers for d,
 // on the same database engine and durability as the store, and returns commits/s.

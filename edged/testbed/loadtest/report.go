@@ -49,7 +49,8 @@ type Summary struct {
 	Hosts    int     `json:"hosts"`
 	Seconds  float64 `json:"seconds"`
 	// PerSecond is the scenario's rate: rotations/s (rotate, at the best level),
-	// hosts/s (fleet).
+	// hosts/s (fleet), heartbeats/s (connect), daemons reconnected/s (storm),
+	// enrollments/s (enroll).
 	PerSecond float64 `json:"per_second"`
 	// Reference names what was measured beside it in the same run, and its rate.
 	Reference          string  `json:"reference"`
@@ -72,6 +73,38 @@ type Summary struct {
 	DuplicateResults int `json:"duplicate_results"`
 	// Errors counts failed calls (rotate) or hosts not verified on a new key (fleet).
 	Errors int `json:"errors"`
+	// connect: the control plane's cost per connected daemon (RSS and heap above
+	// what it used before the daemons started), heartbeats validated per second and
+	// the server's CPU per heartbeat (also in Ed25519 verifies), revocation latency
+	// (the RevokeHost call → the daemon's stream closed as revoked).
+	KiBPerDaemon          *float64 `json:"kib_per_daemon,omitempty"`
+	HeapKiBPerDaemon      *float64 `json:"heap_kib_per_daemon,omitempty"`
+	GoroutinesPerDaemon   *float64 `json:"goroutines_per_daemon,omitempty"`
+	HeartbeatsPerSecond   *float64 `json:"heartbeats_per_second,omitempty"`
+	CPUMicrosPerHeartbeat *float64 `json:"cpu_us_per_heartbeat,omitempty"`
+	VerifiesPerHeartbeat  *float64 `json:"cpu_per_heartbeat_in_verifies,omitempty"`
+	RSSBaseMiB            *float64 `json:"rss_base_mib,omitempty"`
+	RSSMiB                *float64 `json:"rss_mib,omitempty"`
+	Revoked               int      `json:"revoked,omitempty"`
+	RevocationP50Ms       *float64 `json:"revocation_p50_ms,omitempty"`
+	RevocationP99Ms       *float64 `json:"revocation_p99_ms,omitempty"`
+	// storm: from the restarted control plane being ready to every daemon Connected
+	// again on a new stream; what each daemon sent meanwhile (stream attempts,
+	// including refused and failed ones; attestations; challenges) and how many
+	// streams it was welcomed on; the peak RSS against the steady state before.
+	RestartSeconds      *float64 `json:"restart_seconds,omitempty"`
+	ReconnectSeconds    *float64 `json:"reconnect_seconds,omitempty"`
+	AttemptsPerDaemon   *float64 `json:"attempts_per_daemon,omitempty"`
+	StreamsPerDaemon    *float64 `json:"streams_per_daemon,omitempty"`
+	AttestsPerDaemon    *float64 `json:"attests_per_daemon,omitempty"`
+	ChallengesPerDaemon *float64 `json:"challenges_per_daemon,omitempty"`
+	PeakRSSMiB          *float64 `json:"peak_rss_mib,omitempty"`
+	PeakRSSRatio        *float64 `json:"peak_rss_ratio,omitempty"`
+	// enroll: hosts enrolled per second from one source (the tokens are made first,
+	// and timed apart in token_seconds), and refusals by a rate limit.
+	EnrollmentsPerSecond *float64 `json:"enrollments_per_second,omitempty"`
+	TokenSeconds         *float64 `json:"token_seconds,omitempty"`
+	Throttled            *float64 `json:"throttled,omitempty"`
 	// Setup is how long enrolling and connecting took (not part of Seconds).
 	SetupSeconds float64 `json:"setup_seconds"`
 	// ServerCPUSeconds is the control plane process's CPU time during the measured part.
