@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
 // Credentials are what a node's stream last presented: the fingerprint of the key
@@ -15,21 +16,34 @@ type Credentials struct {
 // Presence remembers, per node, the credentials its live streams on this replica
 // last presented, and wakes whoever waits for them to change. A fleet run counts a
 // rotation or refresh as done only once the host's stream has shown the new key
-// and token, so the hook sits on the verified path of ConnectEdge. A heartbeat
-// under unchanged credentials costs one map lookup and allocates nothing.
+// and token, so the hook sits on the verified path of ConnectEdge: every heartbeat
+// of every stream passes here. Under unchanged credentials that costs a lock-free
+// map load and an atomic pointer load, and takes no lock: a mutex shared by every
+// stream convoys at fleet scale (a holder descheduled on a busy machine parks
+// thousands of heartbeats behind it; the load tool saw 6,000 streams queued there).
 type Presence struct {
-	mu       sync.Mutex
-	byNode   map[string]*presented
+	byNode   sync.Map // node id -> *presented
 	onChange func(nodeID string, creds Credentials)
 }
 
 type presented struct {
-	creds   Credentials
+	// cur is what was last presented (nil until the first), read without the lock.
+	cur atomic.Pointer[Credentials]
+	// mu orders changes and guards changed.
+	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
 }
 
+func (p *Presence) entry(nodeID string) *presented {
+	if e, ok := p.byNode.Load(nodeID); ok {
+		return e.(*presented)
+	}
+	e, _ := p.byNode.LoadOrStore(nodeID, &presented{changed: make(chan struct{})})
+	return e.(*presented)
+}
+
 // NewPresence returns an empty Presence.
-func NewPresence() *Presence { return &Presence{byNode: map[string]*presented{}} }
+func NewPresence() *Presence { return &Presence{} }
 
 // Presented records that nodeID's stream presented creds in an accepted envelope.
 // A change (or a node's first envelope here) is also handed to the OnChange hook,
@@ -59,35 +73,32 @@ func (p *Presence) OnChange(fn func(nodeID string, creds Credentials)) { p.onCha
 
 // set records creds and reports whether they changed.
 func (p *Presence) set(nodeID string, creds Credentials) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e := p.byNode[nodeID]
-	if e == nil {
-		p.byNode[nodeID] = &presented{creds: creds, changed: make(chan struct{})}
-		return true
-	}
-	if e.creds == creds {
+	e := p.entry(nodeID)
+	if c := e.cur.Load(); c != nil && *c == creds {
 		return false
 	}
-	e.creds = creds
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c := e.cur.Load(); c != nil && *c == creds {
+		return false
+	}
+	e.cur.Store(&creds)
 	close(e.changed)
 	e.changed = make(chan struct{})
 	return true
 }
 
 // Current returns what nodeID last presented on this replica (ok false if never)
-// and a channel closed at the next change.
+// and a channel closed at the next change. A node never seen is registered now, so
+// a waiter learns of its first envelope too.
 func (p *Presence) Current(nodeID string) (creds Credentials, ok bool, changed <-chan struct{}) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e := p.byNode[nodeID]
-	if e == nil {
-		// Registered now so a waiter learns of the node's first envelope too.
-		e = &presented{changed: make(chan struct{})}
-		p.byNode[nodeID] = e
-		return Credentials{}, false, e.changed
+	e := p.entry(nodeID)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c := e.cur.Load(); c != nil {
+		creds = *c
 	}
-	return e.creds, e.creds != (Credentials{}), e.changed
+	return creds, creds != (Credentials{}), e.changed
 }
 
 // Wait blocks until what nodeID presented satisfies done, or ctx ends (then it

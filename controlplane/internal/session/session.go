@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
@@ -256,65 +257,83 @@ func (r *Registry) Shutdown(ctx context.Context, after func() time.Duration) err
 
 // LastSeen batches heartbeat times and writes them with one TouchLastSeen per flush.
 // It also remembers the newest time per node it has seen, so status queries on this
-// replica are current between flushes.
+// replica are current between flushes. Touch is on every heartbeat's path: it takes
+// no lock (see Presence for why).
 type LastSeen struct {
 	store  store.Tx
 	logger *slog.Logger
 
-	mu     sync.Mutex
-	dirty  map[string]time.Time
-	latest map[string]time.Time
+	byNode sync.Map // node id -> *seen
+}
+
+type seen struct {
+	at    atomic.Int64 // unix nanoseconds of the newest time seen
+	dirty atomic.Bool  // at is not written yet
 }
 
 // NewLastSeen returns a batcher writing to st.
 func NewLastSeen(st store.Tx, logger *slog.Logger) *LastSeen {
-	return &LastSeen{store: st, logger: logger, dirty: map[string]time.Time{}, latest: map[string]time.Time{}}
+	return &LastSeen{store: st, logger: logger}
 }
 
 // Touch records that node was seen at t.
 func (l *LastSeen) Touch(nodeID string, t time.Time) {
-	l.mu.Lock()
-	if t.After(l.latest[nodeID]) {
-		l.latest[nodeID] = t
-		l.dirty[nodeID] = t
+	v, ok := l.byNode.Load(nodeID)
+	if !ok {
+		v, _ = l.byNode.LoadOrStore(nodeID, &seen{})
 	}
-	l.mu.Unlock()
+	e := v.(*seen)
+	n := t.UnixNano()
+	for {
+		old := e.at.Load()
+		if n <= old {
+			return
+		}
+		if e.at.CompareAndSwap(old, n) {
+			e.dirty.Store(true)
+			return
+		}
+	}
 }
 
 // Latest is the newest time this replica saw node (zero if none).
 func (l *LastSeen) Latest(nodeID string) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.latest[nodeID]
+	v, ok := l.byNode.Load(nodeID)
+	if !ok {
+		return time.Time{}
+	}
+	if n := v.(*seen).at.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Forget drops node from the in-memory view (after its stream ends and was flushed).
 func (l *LastSeen) Forget(nodeID string) {
-	l.mu.Lock()
-	if _, dirty := l.dirty[nodeID]; !dirty {
-		delete(l.latest, nodeID)
+	if v, ok := l.byNode.Load(nodeID); ok && !v.(*seen).dirty.Load() {
+		l.byNode.CompareAndDelete(nodeID, v)
 	}
-	l.mu.Unlock()
 }
 
 // Flush writes pending times. On failure they are kept for the next flush.
 func (l *LastSeen) Flush(ctx context.Context) error {
-	l.mu.Lock()
-	if len(l.dirty) == 0 {
-		l.mu.Unlock()
+	batch := map[string]time.Time{}
+	var taken []*seen
+	l.byNode.Range(func(k, v any) bool {
+		e := v.(*seen)
+		if e.dirty.Swap(false) {
+			batch[k.(string)] = time.Unix(0, e.at.Load())
+			taken = append(taken, e)
+		}
+		return true
+	})
+	if len(batch) == 0 {
 		return nil
 	}
-	batch := l.dirty
-	l.dirty = map[string]time.Time{}
-	l.mu.Unlock()
 	if err := l.store.TouchLastSeen(ctx, batch); err != nil {
-		l.mu.Lock()
-		for n, t := range batch {
-			if t.After(l.dirty[n]) {
-				l.dirty[n] = t
-			}
+		for _, e := range taken {
+			e.dirty.Store(true)
 		}
-		l.mu.Unlock()
 		return err
 	}
 	return nil
