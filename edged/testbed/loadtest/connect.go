@@ -23,13 +23,16 @@ type fleetUp struct {
 	calls *callCounter
 }
 
-func connectAll(ctx context.Context, cp *controlPlane, hosts []*host, p *progress) (*fleetUp, error) {
+func connectAll(ctx context.Context, s settings, cp *controlPlane, hosts []*host, p *progress) (*fleetUp, error) {
 	calls := newCallCounter()
-	ds, err := startDaemons(hosts, daemonOptions{CA: cp.CA, Calls: calls})
+	if s.ramp > 0 {
+		p.say("starting %d daemons, %.0f per second", len(hosts), s.ramp)
+	}
+	ds, err := startDaemons(hosts, daemonOptions{CA: cp.CA, Calls: calls, Ramp: s.ramp})
 	if err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute+time.Duration(len(hosts))*20*time.Millisecond)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute+time.Duration(float64(len(hosts))/max(s.ramp, 50)*float64(time.Second)))
 	defer cancel()
 	if err := ds.waitConnected(wctx, p); err != nil {
 		ds.stop()
@@ -90,7 +93,7 @@ func connectScenario(ctx context.Context, s settings, cp *controlPlane, hosts []
 	verify := verifyReference(time.Second)
 	p.say("before the daemons: control plane RSS %.1f MiB, %0.f goroutines; reference: Ed25519 verify %.0f/s on one core (%.1fµs)",
 		rssBase/(1<<20), base.get("go_goroutines"), verify, 1e6/verify)
-	up, err := connectAll(ctx, cp, hosts, p)
+	up, err := connectAll(ctx, s, cp, hosts, p)
 	if err != nil {
 		return err
 	}
@@ -176,7 +179,7 @@ func revokeSome(ctx context.Context, cp *controlPlane, ds *daemons, hosts []*hos
 
 func stormScenario(ctx context.Context, s settings, cp *controlPlane, hosts []*host, p *progress, sum *Summary, setup time.Time) error {
 	verify := verifyReference(time.Second)
-	up, err := connectAll(ctx, cp, hosts, p)
+	up, err := connectAll(ctx, s, cp, hosts, p)
 	if err != nil {
 		return err
 	}

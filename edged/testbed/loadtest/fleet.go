@@ -42,13 +42,22 @@ type daemonOptions struct {
 	// FastBackoff makes reconnects quick (50ms to 2s) for scenarios that are not
 	// about reconnecting; otherwise the agents keep edged's defaults.
 	FastBackoff bool
+	// Ramp, when positive, starts that many daemons per second instead of all at
+	// once, as a fleet's hosts come up over time.
+	Ramp float64
 }
 
 func startDaemons(hosts []*host, o daemonOptions) (*daemons, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ds := &daemons{cancel: cancel}
 	quiet := slog.New(slog.DiscardHandler)
-	for _, h := range hosts {
+	began := time.Now()
+	for i, h := range hosts {
+		if o.Ramp > 0 {
+			if wait := time.Until(began.Add(time.Duration(float64(i) / o.Ramp * float64(time.Second)))); wait > 0 {
+				time.Sleep(wait)
+			}
+		}
 		lock, err := h.Dir.LockDaemon()
 		if err != nil {
 			ds.stop()

@@ -83,10 +83,11 @@ func enrollHosts(ctx context.Context, cp *controlPlane, base string, n, concurre
 	return hosts, st, nil
 }
 
-// forEach runs do(0..n-1), concurrency at a time, printing "K of N what" each second.
+// forEach runs do(0..n-1), concurrency at a time, printing "K of N what" each
+// second. The first failure stops it: it is returned with how many others failed.
 func forEach(ctx context.Context, n, concurrency int, p *progress, what string, extra func() string, do func(i int) error) error {
-	var done atomic.Int64
-	errs := make([]error, n)
+	var done, failed atomic.Int64
+	var first atomic.Pointer[error]
 	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
 	stop := p.every(time.Second, func() string {
@@ -98,7 +99,7 @@ func forEach(ctx context.Context, n, concurrency int, p *progress, what string, 
 	})
 	defer stop()
 	for i := range n {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || first.Load() != nil {
 			break
 		}
 		wg.Add(1)
@@ -106,15 +107,21 @@ func forEach(ctx context.Context, n, concurrency int, p *progress, what string, 
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			errs[i] = do(i)
+			if err := do(i); err != nil {
+				failed.Add(1)
+				first.CompareAndSwap(nil, &err)
+			}
 			done.Add(1)
 		}()
 	}
 	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return err
+	if e := first.Load(); e != nil {
+		if k := failed.Load(); k > 1 {
+			return fmt.Errorf("%w (and %d more failed)", *e, k-1)
+		}
+		return *e
 	}
-	return errors.Join(errs...)
+	return ctx.Err()
 }
 
 func enrollOne(ctx context.Context, h *host, token string, throttled *atomic.Int64) error {

@@ -64,6 +64,9 @@ var externalFlags = []cli.Flag{
 	&cli.BoolFlag{Name: "keep-hosts", Usage: "with --server: leave the run's hosts enrolled"},
 }
 
+// rampFlag paces the first connection of the daemons (the storm is the restart).
+var rampFlag = &cli.Float64Flag{Name: "ramp", Value: 250, Usage: "start `R` daemons per second for the first connection (0: all at once)"}
+
 func flags(groups ...[]cli.Flag) []cli.Flag {
 	var out []cli.Flag
 	for _, g := range groups {
@@ -146,6 +149,7 @@ RevokeHost call to the daemon's stream closing as revoked (p50, p99).`,
 					&cli.DurationFlag{Name: "settle", Value: 5 * time.Second, Usage: "wait `DURATION` after the last daemon connected before measuring"},
 					&cli.DurationFlag{Name: "heartbeat-interval", Value: 2 * time.Second, Usage: "the control plane's heartbeat interval (`DURATION`) when the tool starts it (10,000 daemons at 2s: 5,000 heartbeats/s)"},
 					&cli.IntFlag{Name: "revoke", Value: 20, Usage: "revoke `K` hosts at the end and time each (0: none)"},
+					rampFlag,
 				}, outputFlags, startedFlags, externalFlags),
 				Action: func(c *cli.Context) error { return runScenario(c, "connect") },
 			},
@@ -163,6 +167,7 @@ The daemons keep edged's own reconnect timers.`,
 					&cli.DurationFlag{Name: "settle", Value: 5 * time.Second, Usage: "wait `DURATION` after all connected before the restart, and after all are back before reading the peak"},
 					&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "give up when the daemons are not all back within `DURATION`"},
 					&cli.DurationFlag{Name: "heartbeat-interval", Value: 2 * time.Second, Usage: "the control plane's heartbeat interval (`DURATION`) when the tool starts it"},
+					rampFlag,
 				}, outputFlags, startedFlags, externalFlags),
 				Action: func(c *cli.Context) error { return runScenario(c, "storm") },
 			},
@@ -204,6 +209,7 @@ type settings struct {
 	stormTimeout      time.Duration
 	heartbeat         time.Duration
 	revoke            int
+	ramp              float64
 	enrollConcurrency int
 	server            string
 	caFile, tokenFile string
@@ -218,7 +224,7 @@ func parse(c *cli.Context, scenario string) (settings, error) {
 		deadline: c.Duration("deadline"), runs: c.Int("runs"), databaseURL: c.String("database-url"),
 		workDir: c.String("work-dir"), serverArgs: c.StringSlice("server-arg"), verbose: c.Bool("verbose"),
 		hostsDir: c.String("hosts-dir"), settle: c.Duration("settle"), stormTimeout: c.Duration("timeout"),
-		heartbeat: c.Duration("heartbeat-interval"), revoke: c.Int("revoke"), server: c.String("server"),
+		heartbeat: c.Duration("heartbeat-interval"), revoke: c.Int("revoke"), ramp: c.Float64("ramp"), server: c.String("server"),
 		caFile: c.String("ca-file"), tokenFile: c.String("token-file"), metricsURL: c.String("metrics-url"),
 		keepHosts: c.Bool("keep-hosts"), enrollConcurrency: 16,
 	}
@@ -265,6 +271,9 @@ func parse(c *cli.Context, scenario string) (settings, error) {
 	case "connect", "storm":
 		if s.settle < 0 {
 			return bad("--settle %v: want 0 or more", s.settle)
+		}
+		if s.ramp < 0 {
+			return bad("--ramp %v: want 0 (all at once) or more", s.ramp)
 		}
 		if s.heartbeat < 100*time.Millisecond {
 			return bad("--heartbeat-interval %v: want at least 100ms", s.heartbeat)
