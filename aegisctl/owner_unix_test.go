@@ -30,4 +30,3 @@ func cmdOwner(ts *testscript.TestScript, neg bool, args []string) {
 		}))
 	}
 }
-
