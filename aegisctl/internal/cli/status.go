@@ -153,7 +153,12 @@ func (a *app) status(c *ucli.Context) error {
 		if rep.LastError != "" {
 			fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
 		}
-		fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
+		if dir.Path() == keystore.SystemStateDir {
+			// The package's directory: the daemon is the systemd unit's.
+			fmt.Fprintln(w, "daemon: not running (start it with: sudo systemctl start aegis-edged)")
+		} else {
+			fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
+		}
 	} else if rep.Status != "Connected" && rep.LastError != "" {
 		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
 	}
