@@ -124,7 +124,7 @@ type KeyStatus struct {
 	// Max is the smallest of the policies that select the host and of the host's own
 	// rotation.max_key_age (as its latest Hello reported it); 0: neither sets one.
 	Max     time.Duration
-	DueAt   time.Time     // zero when Max is 0
+	DueAt   time.Time // zero when Max is 0
 	Overdue bool
 }
 

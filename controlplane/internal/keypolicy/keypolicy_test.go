@@ -112,7 +112,7 @@ func TestCollector(t *testing.T) {
 	addDaemon(t, s, "n-000000000002", []string{"prod"}, now.Add(-10*keyage.Day), store.DaemonActive)   // fine
 	addDaemon(t, s, "n-000000000003", nil, now.Add(-400*keyage.Day), store.DaemonActive)               // old, no policy
 	addDaemon(t, s, "n-000000000004", []string{"prod"}, now.Add(-400*keyage.Day), store.DaemonRevoked) // not counted
-	addDaemon(t, s, "n-000000000005", []string{"prod"}, now.Add(-2*time.Hour), store.DaemonActive)      // overdue by its own 1h
+	addDaemon(t, s, "n-000000000005", []string{"prod"}, now.Add(-2*time.Hour), store.DaemonActive)     // overdue by its own 1h
 	if err := s.SetDaemonLocalMaxKeyAge(t.Context(), "n-000000000005", time.Hour); err != nil {
 		t.Fatal(err)
 	}
