@@ -34,6 +34,11 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// packaged_host.txtar runs edged as another user: it must reach the binaries.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	// The daemons are built aside and reached through logging wrappers (see
 	// writeLogWrapper); aegisctl, which prints tokens to its user by design, is not.
 	real := filepath.Join(dir, "real")
@@ -77,9 +82,19 @@ func TestScripts(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
+	// Entered (not listed) by the daemon's user in packaged_host.txtar.
+	if err := os.Chmod(root, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	testscript.Run(t, testscript.Params{
 		Dir:         "testdata/script",
 		WorkdirRoot: root,
+		Condition: func(cond string) (bool, error) {
+			if cond == "root" {
+				return os.Geteuid() == 0, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("PATH", binDir+string(os.PathListSeparator)+env.Getenv("PATH"))
 			env.Setenv("HOME", filepath.Join(env.WorkDir, "home"))
@@ -103,6 +118,7 @@ func TestScripts(t *testing.T) {
 			"waitfor":    cmdWaitFor,
 			"stdoutenv":  cmdStdoutEnv,
 			"perm":       cmdPerm,
+			"owner":      cmdOwner,
 			"emptydir":   cmdEmptyDir,
 			"sleep":      cmdSleep,
 			"archived":   cmdArchived,

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -62,6 +63,9 @@ func TestEdgedPackage(t *testing.T) {
 	}
 	if raw, err := os.ReadFile(rpms[0]); err != nil || !bytes.HasPrefix(raw, []byte{0xed, 0xab, 0xee, 0xdb}) {
 		t.Fatalf("%s is not an RPM (lead magic): %v", rpms[0], err)
+	} else if !bytes.Contains(raw, []byte("Built with "+runtime.Version()+".")) {
+		// RPM has no free-form fields: the description names the toolchain (rpm -qi).
+		t.Errorf("the RPM's description does not name the Go toolchain %s", runtime.Version())
 	}
 	deb := debs[0]
 
@@ -71,7 +75,8 @@ func TestEdgedPackage(t *testing.T) {
 		"./usr/bin/edged":                              "-rwxr-xr-x root/root",
 		"./usr/bin/aegisctl":                           "-rwxr-xr-x root/root",
 		"./usr/lib/systemd/system/aegis-edged.service": "-rw-r--r-- root/root",
-		"./etc/aegis/edged.yaml":                       "-rw------- root/root",
+		"./etc/aegis/edged.yaml":                       "-rw-r----- root/root",
+		"./usr/lib/sysusers.d/aegis-edge.conf":         "-rw-r--r-- root/root",
 		"./usr/share/man/man1/edged.1":                 "-rw-r--r-- root/root",
 		"./usr/share/man/man1/aegisctl.1":              "-rw-r--r-- root/root",
 	}
@@ -117,6 +122,26 @@ func TestEdgedPackage(t *testing.T) {
 	if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("state dir after postinst: %v %v", fi, err)
 	}
+	// The daemon's system user, in the scratch root's own user database; it owns the
+	// state dir and reads the config through its group.
+	uid, gid := systemUser(t, sroot, "aegis-edge")
+	t.Logf("system user aegis-edge: uid %d gid %d", uid, gid)
+	if uid == 0 || gid == 0 {
+		t.Fatalf("aegis-edge is uid %d gid %d: the daemon must not run as root", uid, gid)
+	}
+	assertOwner(t, state, uid, gid)
+	conf := filepath.Join(sroot, "etc/aegis/edged.yaml")
+	assertOwner(t, conf, 0, gid)
+	if fi, _ := os.Stat(conf); fi.Mode().Perm() != 0o640 {
+		t.Errorf("edged.yaml mode %v, want 0640", fi.Mode().Perm())
+	}
+	// A host without systemd-sysusers: postinst falls back to useradd.
+	fallbackUser(t, deb, ctl)
+	// An upgrade runs postinst again: same user, nothing breaks.
+	run(t, "", scriptEnv, filepath.Join(ctl, "postinst"), "configure", "1.2.2")
+	if u2, g2 := systemUser(t, sroot, "aegis-edge"); u2 != uid || g2 != gid {
+		t.Errorf("second postinst changed the user: %d:%d, was %d:%d", u2, g2, uid, gid)
+	}
 	v := run(t, "", nil, filepath.Join(sroot, "usr/bin/edged"), "--version")
 	if !strings.HasPrefix(v, "edged version ") {
 		t.Errorf("installed edged --version: %q", v)
@@ -128,7 +153,8 @@ func TestEdgedPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"ProtectSystem=strict", "StateDirectory=aegis-edge", "StateDirectoryMode=0700", "NoNewPrivileges=yes", "UMask=0077", "SystemCallFilter=@system-service"} {
+	for _, d := range []string{"ProtectSystem=strict", "StateDirectory=aegis-edge", "StateDirectoryMode=0700", "NoNewPrivileges=yes", "UMask=0077", "SystemCallFilter=@system-service",
+		"User=aegis-edge", "Group=aegis-edge", "CapabilityBoundingSet="} {
 		if !strings.Contains(string(unitRaw), "\n"+d+"\n") {
 			t.Errorf("unit lacks %s", d)
 		}
@@ -161,4 +187,74 @@ func TestEdgedPackage(t *testing.T) {
 			t.Errorf("%s survived purge: %v", p, err)
 		}
 	}
+}
+
+// systemUser reads name's uid and primary gid from root's etc/passwd.
+func systemUser(t *testing.T, root, name string) (uid, gid int) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(root, "etc/passwd"))
+	if err != nil {
+		t.Fatalf("no user database in the scratch root: %v", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) == 7 && f[0] == name {
+			uid, _ = strconv.Atoi(f[2])
+			gid, _ = strconv.Atoi(f[3])
+			if f[6] != "/usr/sbin/nologin" && f[6] != "/sbin/nologin" {
+				t.Errorf("%s has the shell %s, want nologin", name, f[6])
+			}
+			return uid, gid
+		}
+	}
+	t.Fatalf("no user %s in %s/etc/passwd:\n%s", name, root, raw)
+	return 0, 0
+}
+
+func assertOwner(t *testing.T, path string, uid, gid int) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if int(st.Uid) != uid || int(st.Gid) != gid {
+		t.Errorf("%s is %d:%d, want %d:%d", path, st.Uid, st.Gid, uid, gid)
+	}
+}
+
+// fallbackUser installs deb into a second scratch root and runs its postinst with a
+// PATH that has useradd but no systemd-sysusers.
+func fallbackUser(t *testing.T, deb, ctl string) {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "root")
+	run(t, "", nil, "dpkg-deb", "-x", deb, root)
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"passwd", "group", "shadow", "gshadow"} {
+		if err := os.WriteFile(filepath.Join(root, "etc", f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := t.TempDir()
+	for _, tool := range []string{"sh", "awk", "grep", "mkdir", "chown", "chmod", "useradd"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Skipf("no %s for the useradd fallback: %v", tool, err)
+		}
+		if err := os.Symlink(p, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(filepath.Join(bin, "sh"), filepath.Join(ctl, "postinst"), "configure")
+	cmd.Env = []string{"PATH=" + bin, "DPKG_ROOT=" + root}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("postinst with useradd only: %v\n%s", err, out)
+	}
+	uid, gid := systemUser(t, root, "aegis-edge")
+	if uid == 0 || gid == 0 {
+		t.Fatalf("useradd made aegis-edge uid %d gid %d", uid, gid)
+	}
+	assertOwner(t, filepath.Join(root, "var/lib/aegis-edge"), uid, gid)
 }

@@ -16,9 +16,20 @@ import (
 // recognisable (and never mistaken for the file itself): `.tmp-<name>-<random>`.
 const TempPrefix = ".tmp-"
 
+// Owner is the user and group a file is given before it is renamed into place, so it
+// never appears under the writer's. Root uses it when it writes into a directory that
+// belongs to a service user (sudo aegis edge enroll on a host whose edged runs as
+// aegis-edge): the service must be able to read what root wrote.
+type Owner struct{ UID, GID int }
+
 // Write atomically replaces path with data at mode perm.
 func Write(path string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(path, data, perm)
+	return WriteOwned(path, data, perm, nil)
+}
+
+// WriteOwned is Write with the file given to owner (nil: the writer keeps it).
+func WriteOwned(path string, data []byte, perm os.FileMode, owner *Owner) error {
+	tmp, err := writeTempSync(path, data, perm, true, owner)
 	if err != nil {
 		return err
 	}
@@ -34,7 +45,12 @@ func Write(path string, data []byte, perm os.FileMode) error {
 // one fsync of their directory. With syncData false the data is not fsynced either:
 // only for files whose loss or truncation by a crash the reader tolerates.
 func Stage(path string, data []byte, perm os.FileMode, syncData bool) error {
-	tmp, err := writeTempSync(path, data, perm, syncData)
+	return StageOwned(path, data, perm, syncData, nil)
+}
+
+// StageOwned is Stage with the file given to owner (nil: the writer keeps it).
+func StageOwned(path string, data []byte, perm os.FileMode, syncData bool, owner *Owner) error {
+	tmp, err := writeTempSync(path, data, perm, syncData, owner)
 	if err != nil {
 		return err
 	}
@@ -67,10 +83,10 @@ func Create(path string, data []byte, perm os.FileMode) error {
 // writeTemp writes data, synced, to a new temporary file beside path and returns its
 // name; on any error nothing is left behind.
 func writeTemp(path string, data []byte, perm os.FileMode) (name string, err error) {
-	return writeTempSync(path, data, perm, true)
+	return writeTempSync(path, data, perm, true, nil)
 }
 
-func writeTempSync(path string, data []byte, perm os.FileMode, syncData bool) (name string, err error) {
+func writeTempSync(path string, data []byte, perm os.FileMode, syncData bool, owner *Owner) (name string, err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), TempPrefix+filepath.Base(path)+"-*")
 	if err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
@@ -85,6 +101,11 @@ func writeTempSync(path string, data []byte, perm os.FileMode, syncData bool) (n
 	// (and of the umask) before any byte is written.
 	if err = f.Chmod(perm); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	if owner != nil {
+		if err = f.Chown(owner.UID, owner.GID); err != nil {
+			return "", fmt.Errorf("write %s: give it to uid %d: %w", path, owner.UID, err)
+		}
 	}
 	if _, err = f.Write(data); err != nil {
 		return "", fmt.Errorf("write %s: %w", path, err)

@@ -17,12 +17,13 @@ const tempPrefix = atomicfile.TempPrefix
 
 // WriteFile replaces name atomically with data, mode 0600 (atomicfile.Write: temp file
 // in the same directory, fsync, rename, fsync the directory). A reader (or a crash)
-// sees the old content or the new, never a torn file. Callers hold Lock.
+// sees the old content or the new, never a torn file. Written by root into a
+// directory of another user, the file is that user's (see owner). Callers hold Lock.
 func (d *Dir) WriteFile(name string, data []byte) error {
 	if strings.ContainsRune(name, filepath.Separator) {
 		return fmt.Errorf("keystore: %q is not a plain file name", name)
 	}
-	return atomicfile.Write(d.File(name), data, FileMode)
+	return atomicfile.WriteOwned(d.File(name), data, FileMode, d.owner())
 }
 
 // Remove deletes name (missing is fine) and fsyncs the directory.
@@ -102,6 +103,9 @@ func (d *Dir) Sub(name string) (*Dir, error) {
 	if err := os.Mkdir(p, DirMode); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("create %s: %w", p, err)
 	} else if err == nil {
+		if err := d.adoptPath(p); err != nil {
+			return nil, fmt.Errorf("create %s: %w", p, err)
+		}
 		if err := syncDir(d.path); err != nil {
 			return nil, err
 		}
@@ -140,7 +144,7 @@ func (b *Batch) stage(name string, data []byte, syncData bool) error {
 		return fmt.Errorf("keystore: %q is not a plain file name", name)
 	}
 	b.dirty = true
-	return atomicfile.Stage(b.d.File(name), data, FileMode, syncData)
+	return atomicfile.StageOwned(b.d.File(name), data, FileMode, syncData, b.d.owner())
 }
 
 // WriteFile replaces name with data (0600), the data fsynced before the rename, so

@@ -71,31 +71,55 @@ const SystemStateDir = "/var/lib/aegis-edge"
 // exists (aegisctl on a host with the package: `sudo aegis edge status` finds the
 // daemon without --state-dir), else ~/.aegis/edge. The result is absolute.
 func ResolveDir(flag string) (string, error) {
-	return resolveDir(flag, os.Getenv, SystemStateDir)
+	return ResolveDirWith(flag, Lookup{})
 }
 
-func resolveDir(flag string, getenv func(string) string, systemDir string) (string, error) {
+// Lookup is what ResolveDirWith consults; a nil or empty field is the process's own
+// (os.Getenv, os.UserHomeDir, SystemStateDir). aegisctl passes its injected
+// environment, so its tests never depend on the machine they run on.
+type Lookup struct {
+	Getenv    func(string) string
+	HomeDir   func() (string, error)
+	SystemDir string
+}
+
+// ResolveDirWith is ResolveDir with the environment, home and system directory
+// taken from l.
+func ResolveDirWith(flag string, l Lookup) (string, error) {
+	if l.Getenv == nil {
+		l.Getenv = os.Getenv
+	}
+	if l.HomeDir == nil {
+		l.HomeDir = os.UserHomeDir
+	}
+	if l.SystemDir == "" {
+		l.SystemDir = SystemStateDir
+	}
 	dir := flag
 	if dir == "" {
-		dir = getenv(EnvStateDir)
+		dir = l.Getenv(EnvStateDir)
 	}
 	if dir == "" {
 		// systemd sets it to the unit's StateDirectory= paths, colon-separated.
-		dir, _, _ = strings.Cut(getenv("STATE_DIRECTORY"), ":")
+		dir, _, _ = strings.Cut(l.Getenv("STATE_DIRECTORY"), ":")
 	}
 	if dir == "" {
-		if fi, err := os.Stat(systemDir); err == nil && fi.IsDir() {
-			dir = systemDir
+		if fi, err := os.Stat(l.SystemDir); err == nil && fi.IsDir() {
+			dir = l.SystemDir
 		}
 	}
 	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("cannot find the home directory for the default state dir (~/.aegis/edge): %w; pass --state-dir or set %s", err, EnvStateDir)
+		home, err := l.HomeDir()
+		if err != nil || home == "" {
+			return "", fmt.Errorf("cannot find the home directory for the default state dir (~/.aegis/edge): %v; pass --state-dir or set %s", err, EnvStateDir)
 		}
 		dir = filepath.Join(home, ".aegis", "edge")
 	}
 	return filepath.Abs(dir)
+}
+
+func resolveDir(flag string, getenv func(string) string, systemDir string) (string, error) {
+	return ResolveDirWith(flag, Lookup{Getenv: getenv, SystemDir: systemDir})
 }
 
 // Dir is one state directory.

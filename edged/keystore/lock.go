@@ -14,9 +14,9 @@ import (
 // the directory's files happens under it, by edged and aegisctl alike. The returned
 // func releases it.
 func (d *Dir) Lock(ctx context.Context) (unlock func(), err error) {
-	f, err := os.OpenFile(d.File(LockFile), os.O_RDWR|os.O_CREATE, FileMode)
+	f, err := d.openLock()
 	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", d.File(LockFile), err)
+		return nil, err
 	}
 	// Poll with LOCK_NB rather than block in flock(2), so a stuck holder cannot make
 	// the caller ignore its context.
@@ -42,12 +42,26 @@ func (d *Dir) Lock(ctx context.Context) (unlock func(), err error) {
 	}, nil
 }
 
+// openLock opens (creating it if needed) the lock file, which belongs to the
+// directory's owner even when root made it (see owner): the daemon must open it too.
+func (d *Dir) openLock() (*os.File, error) {
+	f, err := os.OpenFile(d.File(LockFile), os.O_RDWR|os.O_CREATE, FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", d.File(LockFile), err)
+	}
+	if err := d.adopt(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open lock %s: %w", d.File(LockFile), err)
+	}
+	return f, nil
+}
+
 // TryLock takes the directory's mutation lock if it is free: ok is false (and
 // nothing is held) while another holder has it.
 func (d *Dir) TryLock() (unlock func(), ok bool, err error) {
-	f, err := os.OpenFile(d.File(LockFile), os.O_RDWR|os.O_CREATE, FileMode)
+	f, err := d.openLock()
 	if err != nil {
-		return nil, false, fmt.Errorf("open lock %s: %w", d.File(LockFile), err)
+		return nil, false, err
 	}
 	busy, err := tryLock(f, true)
 	if err != nil || busy {
@@ -74,6 +88,10 @@ type DaemonLock struct {
 func (d *Dir) LockDaemon() (*DaemonLock, error) {
 	f, err := os.OpenFile(d.File(PIDFile), os.O_RDWR|os.O_CREATE, FileMode)
 	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", d.File(PIDFile), err)
+	}
+	if err := d.adopt(f); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("open %s: %w", d.File(PIDFile), err)
 	}
 	if busy, err := tryLock(f, true); err != nil || busy {

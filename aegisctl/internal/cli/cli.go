@@ -37,6 +37,10 @@ type Env struct {
 	Now func() time.Time
 	// HomeDir returns the user's home directory (os.UserHomeDir when nil).
 	HomeDir func() (string, error)
+	// SystemStateDir is the packaged host's state directory, used when it exists and
+	// no flag or $AEGIS_EDGE_STATE_DIR names another (keystore.SystemStateDir when
+	// empty).
+	SystemStateDir string
 	// IsTerminal reports whether w is a terminal (colour is used only there); nil
 	// checks for a character device.
 	IsTerminal func(w io.Writer) bool

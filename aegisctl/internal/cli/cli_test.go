@@ -78,6 +78,9 @@ type fixture struct {
 	url    string
 	caFile string
 	home   string
+	// sys stands for the packaged host's /var/lib/aegis-edge (absent unless a test
+	// makes it), so no test depends on the machine's own.
+	sys    string
 	mu     sync.Mutex
 	protos []string
 }
@@ -108,7 +111,7 @@ func newFixtureWith(t *testing.T, admin edgev1connect.EdgeAdminServiceHandler) *
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f.url, f.caFile, f.home = srv.URL, caFile, filepath.Join(dir, "home")
+	f.url, f.caFile, f.home, f.sys = srv.URL, caFile, filepath.Join(dir, "home"), filepath.Join(dir, "aegis-edge")
 	return f
 }
 
@@ -122,8 +125,35 @@ func (f *fixture) run(t *testing.T, stdin string, env map[string]string, args ..
 		Stderr:  &errb,
 		Getenv:  func(k string) string { return env[k] },
 		HomeDir: func() (string, error) { return f.home, nil },
+		// The packaged host's state dir, when a test makes it.
+		SystemStateDir: f.sys,
 	})
 	return out.String(), errb.String(), code
+}
+
+// On a host with the package, the host-side commands find /var/lib/aegis-edge with
+// no flag (sudo aegis edge enroll --token T), before ~/.aegis/edge; the flag and
+// $AEGIS_EDGE_STATE_DIR still win.
+func TestHostCommandsFindThePackagedStateDir(t *testing.T) {
+	f := newFixture(t)
+	_, errOut, _ := f.run(t, "", nil, "edge", "status")
+	if !strings.Contains(errOut, "(state dir "+filepath.Join(f.home, ".aegis", "edge")+")") {
+		t.Fatalf("no package: %q, want the home default", errOut)
+	}
+	if err := os.Mkdir(f.sys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{{"edge", "status"}, {"edge", "keys", "rotate"}, {"edge", "token", "refresh"}, {"edge", "logout"}} {
+		_, errOut, code := f.run(t, "", nil, cmd...)
+		if code != 1 || !strings.Contains(errOut, "not enrolled (state dir "+f.sys+")") {
+			t.Errorf("%v with the package's dir present: code %d, %q", cmd, code, errOut)
+		}
+	}
+	other := t.TempDir()
+	_, errOut, _ = f.run(t, "", map[string]string{"AEGIS_EDGE_STATE_DIR": other}, "edge", "status")
+	if !strings.Contains(errOut, "(state dir "+other+")") {
+		t.Errorf("$AEGIS_EDGE_STATE_DIR does not win: %q", errOut)
+	}
 }
 
 func writeFile(t *testing.T, dir, name, content string) string {

@@ -5,7 +5,8 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"io/fs"
+	"os"
 	"time"
 
 	"connectrpc.com/connect"
@@ -21,26 +22,23 @@ import (
 // stateDirFlag is --state-dir, shared by the host-side commands.
 var stateDirFlag = &ucli.StringFlag{
 	Name:  "state-dir",
-	Usage: "the host's edge state directory (default: $AEGIS_EDGE_STATE_DIR, else ~/.aegis/edge)",
+	Usage: "the host's edge state directory (default: $AEGIS_EDGE_STATE_DIR, else " + keystore.SystemStateDir + " where the package is installed, else ~/.aegis/edge)",
 }
 
-// stateDir resolves --state-dir the way edged does: flag, else $AEGIS_EDGE_STATE_DIR,
-// else ~/.aegis/edge; always absolute.
+// stateDir resolves --state-dir the way edged does (keystore.ResolveDirWith): flag,
+// else $AEGIS_EDGE_STATE_DIR, else the package's /var/lib/aegis-edge when it exists,
+// else ~/.aegis/edge; always absolute. A directory this user cannot enter (the
+// package's, which belongs to the daemon's user) is refused here with the fix, before
+// any command reads half of it.
 func (a *app) stateDir(c *ucli.Context) (*keystore.Dir, error) {
-	dir := c.String("state-dir")
-	if dir == "" {
-		dir = a.env.Getenv(keystore.EnvStateDir)
-	}
-	if dir == "" {
-		home, err := a.env.HomeDir()
-		if err != nil || home == "" {
-			return nil, fmt.Errorf("cannot find your home directory for the default state dir (~/.aegis/edge): pass --state-dir or set %s", keystore.EnvStateDir)
-		}
-		dir = filepath.Join(home, ".aegis", "edge")
-	}
-	abs, err := keystore.ResolveDir(dir)
+	abs, err := keystore.ResolveDirWith(c.String("state-dir"), keystore.Lookup{Getenv: a.env.Getenv, HomeDir: a.env.HomeDir, SystemDir: a.env.SystemStateDir})
 	if err != nil {
 		return nil, err
+	}
+	if f, err := os.Open(abs); errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("the state dir %s is not open to you (it belongs to the daemon's user, 0700): run it with sudo: `sudo %s`", abs, c.Command.HelpName)
+	} else if err == nil {
+		f.Close()
 	}
 	return keystore.Open(abs), nil
 }
@@ -155,7 +153,12 @@ func (a *app) status(c *ucli.Context) error {
 		if rep.LastError != "" {
 			fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
 		}
-		fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
+		if dir.Path() == keystore.SystemStateDir {
+			// The package's directory: the daemon is the systemd unit's.
+			fmt.Fprintln(w, "daemon: not running (start it with: sudo systemctl start aegis-edged)")
+		} else {
+			fmt.Fprintf(w, "daemon: not running (start it with: edged run --state-dir %s)\n", dir.Path())
+		}
 	} else if rep.Status != "Connected" && rep.LastError != "" {
 		fmt.Fprintf(w, "last_error: %s\n", oneLine(rep.LastError))
 	}

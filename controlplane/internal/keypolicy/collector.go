@@ -37,7 +37,7 @@ type Collector struct {
 
 var (
 	overdueDesc = prometheus.NewDesc("aegis_edge_hosts_key_overdue",
-		"Active hosts whose key is older than the smallest max age of the rotation policies selecting them (fleet-wide).", nil, nil)
+		"Active hosts whose key is older than their effective max age: the smallest of the rotation policies selecting them and of their own rotation.max_key_age (fleet-wide).", nil, nil)
 	keyAgeDesc = prometheus.NewDesc("aegis_edge_host_key_age_days",
 		"Age of each active host's key, in days (fleet-wide, at scrape time).", nil, nil)
 )

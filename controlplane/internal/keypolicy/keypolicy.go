@@ -3,7 +3,9 @@
 // its transaction, the policy maximum of a host (the smallest max age among the
 // policies that select it; the daemon then takes the smaller of that and its own
 // rotation.max_key_age, keyage.Effective), a host's key age, due time and overdue
-// mark, and telling connected daemons when their maximum changes.
+// mark under the same effective maximum (the host's own maximum reaches the control
+// plane in its Hello), and telling connected daemons when their policy maximum
+// changes.
 package keypolicy
 
 import (
@@ -116,15 +118,18 @@ func parsed(target string) (selector.Selector, error) {
 	return sel, err
 }
 
-// KeyStatus is a host's key against its policy maximum.
+// KeyStatus is a host's key against its effective maximum.
 type KeyStatus struct {
-	Age     time.Duration
-	Max     time.Duration // 0: no policy selects the host
-	DueAt   time.Time     // zero when Max is 0
+	Age time.Duration
+	// Max is the smallest of the policies that select the host and of the host's own
+	// rotation.max_key_age (as its latest Hello reported it); 0: neither sets one.
+	Max     time.Duration
+	DueAt   time.Time // zero when Max is 0
 	Overdue bool
 }
 
-// StatusOf is d's key status under ps (its tenant's policies) at now. A revoked host
+// StatusOf is d's key status under ps (its tenant's policies) and its own local
+// maximum at now: the same effective maximum the daemon schedules by. A revoked host
 // is never overdue: it holds no identity to rotate.
 func StatusOf(d store.Daemon, ps []store.RotationPolicy, now time.Time) KeyStatus {
 	h := SelectorHost(d, now)
@@ -132,7 +137,7 @@ func StatusOf(d store.Daemon, ps []store.RotationPolicy, now time.Time) KeyStatu
 	if d.Status == store.DaemonRevoked {
 		return ks
 	}
-	ks.Max = Max(ps, h)
+	ks.Max = keyage.Effective(Max(ps, h), d.LocalMaxKeyAge)
 	ks.DueAt = keyage.DueAt(d.KeySince(), ks.Max)
 	ks.Overdue = !ks.DueAt.IsZero() && now.After(ks.DueAt)
 	return ks

@@ -71,6 +71,31 @@ func TestStatusOf(t *testing.T) {
 	}
 }
 
+// The host's own rotation.max_key_age (from its Hello) smaller than its policy's
+// wins: a 1h local maximum under a 90d policy makes the key due an hour after it was
+// made, and overdue once it is older, on an injected clock.
+func TestStatusOfLocalMaxKeyAge(t *testing.T) {
+	ps := []store.RotationPolicy{{Name: "prod", Target: "tags=AnyOf(prod)", MaxKeyAge: 90 * keyage.Day}}
+	made := now.Add(-30 * time.Minute)
+	d := store.Daemon{NodeID: "n-1", Tags: []string{"prod"}, EnrolledAt: made, Status: store.DaemonActive, LocalMaxKeyAge: time.Hour}
+	ks := keypolicy.StatusOf(d, ps, now)
+	if ks.Max != time.Hour || !ks.DueAt.Equal(made.Add(time.Hour)) || ks.Overdue {
+		t.Errorf("30 minutes into a 1h local maximum: %+v, want due at %v", ks, made.Add(time.Hour))
+	}
+	if ks := keypolicy.StatusOf(d, ps, made.Add(time.Hour+time.Second)); !ks.Overdue {
+		t.Errorf("past the local maximum: %+v, want overdue", ks)
+	}
+	// A larger local maximum changes nothing; with no policy, the local one alone counts.
+	d.LocalMaxKeyAge = 100 * keyage.Day
+	if ks := keypolicy.StatusOf(d, ps, now); ks.Max != 90*keyage.Day {
+		t.Errorf("local 100d under a 90d policy: max %v", ks.Max)
+	}
+	d.LocalMaxKeyAge, d.Tags = time.Hour, nil
+	if ks := keypolicy.StatusOf(d, ps, now); ks.Max != time.Hour || !ks.DueAt.Equal(made.Add(time.Hour)) {
+		t.Errorf("local 1h, no policy: %+v", ks)
+	}
+}
+
 func TestCollector(t *testing.T) {
 	s := openStore(t)
 	clock := now
@@ -87,14 +112,18 @@ func TestCollector(t *testing.T) {
 	addDaemon(t, s, "n-000000000002", []string{"prod"}, now.Add(-10*keyage.Day), store.DaemonActive)   // fine
 	addDaemon(t, s, "n-000000000003", nil, now.Add(-400*keyage.Day), store.DaemonActive)               // old, no policy
 	addDaemon(t, s, "n-000000000004", []string{"prod"}, now.Add(-400*keyage.Day), store.DaemonRevoked) // not counted
+	addDaemon(t, s, "n-000000000005", []string{"prod"}, now.Add(-2*time.Hour), store.DaemonActive)     // overdue by its own 1h
+	if err := s.SetDaemonLocalMaxKeyAge(t.Context(), "n-000000000005", time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.PutRotationPolicy(t.Context(), store.RotationPolicy{TenantID: "t-1", Name: "prod", Target: "tags=AnyOf(prod)", MaxKeyAge: 90 * keyage.Day}); err != nil {
 		t.Fatal(err)
 	}
 	clock = clock.Add(time.Minute) // past the TTL
 	want := `
-# HELP aegis_edge_hosts_key_overdue Active hosts whose key is older than the smallest max age of the rotation policies selecting them (fleet-wide).
+# HELP aegis_edge_hosts_key_overdue Active hosts whose key is older than their effective max age: the smallest of the rotation policies selecting them and of their own rotation.max_key_age (fleet-wide).
 # TYPE aegis_edge_hosts_key_overdue gauge
-aegis_edge_hosts_key_overdue 1
+aegis_edge_hosts_key_overdue 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "aegis_edge_hosts_key_overdue"); err != nil {
 		t.Error(err)
@@ -112,7 +141,7 @@ aegis_edge_hosts_key_overdue 1
 		for _, b := range h.GetBucket() {
 			got[b.GetUpperBound()] = b.GetCumulativeCount()
 		}
-		if h.GetSampleCount() != 3 || got[7] != 0 || got[30] != 1 || got[90] != 1 || got[180] != 2 || got[365] != 2 {
+		if h.GetSampleCount() != 4 || got[7] != 1 || got[30] != 2 || got[90] != 2 || got[180] != 3 || got[365] != 3 {
 			t.Errorf("key age histogram: count %d, buckets %v", h.GetSampleCount(), got)
 		}
 	}

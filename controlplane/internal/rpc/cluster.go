@@ -191,6 +191,9 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		if err := tx.OpenSession(ctx, nodeID, sessionID, c.cfg.ReplicaID, now); err != nil {
 			return err
 		}
+		if err := tx.SetDaemonLocalMaxKeyAge(ctx, nodeID, localMaxKeyAge(ev.GetHello())); err != nil { // keypolicy_hook.go
+			return err
+		}
 		return tx.TouchLastSeen(ctx, map[string]time.Time{nodeID: now})
 	}); err != nil {
 		return c.fail(ctx, "ConnectEdge", err)

@@ -115,6 +115,9 @@ type Daemon struct {
 	SessionID      string
 	SessionReplica string
 	SessionSince   time.Time
+	// LocalMaxKeyAge is the host's own rotation.max_key_age as its latest Hello
+	// reported it (0: none, or never reported). InsertDaemon ignores it.
+	LocalMaxKeyAge time.Duration
 }
 
 // KeySince is when the daemon's current key was made: its last rotation, else its
@@ -323,6 +326,10 @@ type Tx interface {
 	// SetDaemonSecurityContext assigns the context and bumps its version by one, even
 	// when the name is unchanged. ErrNotFound if no such node.
 	SetDaemonSecurityContext(ctx context.Context, nodeID, name string) error
+	// SetDaemonLocalMaxKeyAge records the host's own maximum key age (0: none), as its
+	// latest Hello reported it; kept across sessions, at millisecond precision.
+	// ErrNotFound if no such node.
+	SetDaemonLocalMaxKeyAge(ctx context.Context, nodeID string, max time.Duration) error
 	// OpenSession records a live stream (replacing any previous one).
 	OpenSession(ctx context.Context, nodeID, sessionID, replica string, at time.Time) error
 	// CloseSession clears the session only if it is still sessionID.

@@ -356,9 +356,11 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 	}
 
 	hostname, _ := os.Hostname()
-	if _, err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Hello{Hello: &edgev1.Hello{
-		AgentVersion: a.cfg.Version, Hostname: hostname, Os: runtime.GOOS,
-	}}}); err != nil {
+	hello := &edgev1.Hello{AgentVersion: a.cfg.Version, Hostname: hostname, Os: runtime.GOOS}
+	if a.cfg.MaxKeyAge > 0 { // the control plane shows the host's due time by it too
+		hello.LocalMaxKeyAge = durationpb.New(a.cfg.MaxKeyAge)
+	}
+	if _, err := send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_Hello{Hello: hello}}); err != nil {
 		err = streamErr(err)
 		cancel()
 		return false, err

@@ -85,14 +85,14 @@ type Option func(*listenConfig)
 
 type listenConfig struct{ owner int }
 
-// WithOwner sets the only uid whose connections are served (default: this
+// WithOwner sets the uid whose connections are served besides root's (default: this
 // process's effective uid, the owner of the state directory).
 func WithOwner(uid int) Option { return func(c *listenConfig) { c.owner = uid } }
 
 // Listen binds the socket at path. Any file already there is removed first: the caller
 // holds the daemon lock, so a socket left there belongs to a daemon that is gone.
-// Only connections from the owning user are served (SO_PEERCRED), besides the
-// socket's mode 0600.
+// Only connections from the owning user and root are served (SO_PEERCRED, see
+// admit), besides the socket's mode 0600.
 func Listen(path string, src StatusSource, logger *slog.Logger, opts ...Option) (*Server, error) {
 	cfg := listenConfig{owner: os.Geteuid()}
 	for _, o := range opts {

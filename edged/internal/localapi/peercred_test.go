@@ -2,6 +2,7 @@ package localapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,9 +55,42 @@ func status(dir string) error {
 	return err
 }
 
+// The rule itself: the owner and root are served; any other uid is refused as
+// other_user, a peer the kernel cannot name as unidentified.
+func TestAdmitRules(t *testing.T) {
+	const owner = 998
+	for _, tc := range []struct {
+		uid  int
+		err  error
+		want PeerReason // "" when served
+	}{
+		{uid: owner},
+		{uid: 0},
+		{uid: 1000, want: ReasonOtherUser},
+		{uid: 65534, want: ReasonOtherUser},
+		{uid: -1, err: errPeerUnknown, want: ReasonUnidentified},
+	} {
+		err := admit(tc.uid, tc.err, owner)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("uid %d refused: %v", tc.uid, err)
+			}
+			continue
+		}
+		var pe *PeerRefusedError
+		if !errors.As(err, &pe) || pe.Reason != tc.want {
+			t.Errorf("uid %d: %v, want a PeerRefusedError with reason %s", tc.uid, err, tc.want)
+			continue
+		}
+		if tc.want == ReasonOtherUser && (pe.UID != tc.uid || !strings.Contains(err.Error(), "only the daemon's user")) {
+			t.Errorf("uid %d: refusal %+v does not name the peer and the rule", tc.uid, pe)
+		}
+	}
+}
+
 // The kernel's word on who connected (SO_PEERCRED) is compared with the owner; here
 // the owner is set to a uid the test does not run as, so the test's own, real
-// connection is the stranger.
+// connection is the stranger, unless the test runs as root, which is served.
 func TestSocketRefusesAnotherUID(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("SO_PEERCRED is Linux's")
@@ -68,19 +102,30 @@ func TestSocketRefusesAnotherUID(t *testing.T) {
 	if err := status(own); err != nil {
 		t.Fatalf("the owner is refused: %v", err)
 	}
+	if os.Geteuid() == 0 {
+		if err := status(other); err != nil {
+			t.Fatalf("root is refused by a daemon of another user: %v", err)
+		}
+		return
+	}
 	if err := status(other); err == nil {
 		t.Fatal("a connection from a uid other than the owner's was served")
 	}
-	// The server logs on its own goroutine, possibly after the client saw the
-	// refusal: wait for the line rather than read a buffer it is writing.
+	waitLogged(t, log, fmt.Sprintf("peer_uid=%d", os.Geteuid()))
+}
+
+// waitLogged waits for the refusal line: the server logs on its own goroutine,
+// possibly after the client saw the refusal.
+func waitLogged(t *testing.T, log *lockedLog, peer string) {
+	t.Helper()
 	logged := func() bool {
 		l := log.String()
-		return strings.Contains(l, "refused a connection from another user") && strings.Contains(l, fmt.Sprintf("peer_uid=%d", os.Geteuid()))
+		return strings.Contains(l, "refused a connection from another user") && strings.Contains(l, "reason=other_user") && strings.Contains(l, peer)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for !logged() {
 		if time.Now().After(deadline) {
-			t.Fatalf("refusal not logged with the peer's uid:\n%s", log.String())
+			t.Fatalf("refusal not logged with its reason and the peer's uid (%s):\n%s", peer, log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -111,7 +156,7 @@ func TestSocketRefusesAnotherUserProcess(t *testing.T) {
 	if runtime.GOOS != "linux" || os.Geteuid() != 0 {
 		t.Skip("needs root on Linux to run a process as another user")
 	}
-	const nobody = 65534
+	const nobody, stranger = 65534, 65533
 	base, err := os.MkdirTemp("", "peercred")
 	if err != nil {
 		t.Fatal(err)
@@ -126,22 +171,22 @@ func TestSocketRefusesAnotherUserProcess(t *testing.T) {
 	if err := os.WriteFile(bin, self, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dial := func(dir string) error {
+	dial := func(dir string, uid uint32) error {
 		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(), dialEnv+"="+dir)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, out)
 		}
 		return nil
 	}
-	open := func(name string, opts ...Option) string {
+	open := func(name string, log io.Writer, opts ...Option) string {
 		dir := filepath.Join(base, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		serveAt(t, dir, io.Discard, opts...)
+		serveAt(t, dir, log, opts...)
 		if err := os.Chmod(filepath.Join(dir, keystore.SocketFile), 0o666); err != nil {
 			t.Fatal(err)
 		}
@@ -150,10 +195,21 @@ func TestSocketRefusesAnotherUserProcess(t *testing.T) {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := dial(open("root-owned")); err == nil {
+	if err := dial(open("root-owned", io.Discard), nobody); err == nil {
 		t.Fatal("a daemon running as root served a process of uid 65534")
 	}
-	if err := dial(open("nobody-owned", WithOwner(nobody))); err != nil {
+	// A packaged host: the daemon runs as its own user (here nobody's uid).
+	log := &lockedLog{}
+	pkg := open("nobody-owned", log, WithOwner(nobody))
+	if err := dial(pkg, nobody); err != nil {
 		t.Fatalf("the owner's own process was refused: %v", err)
 	}
+	if err := status(pkg); err != nil {
+		t.Fatalf("root (sudo aegis edge status) was refused by the daemon's user's socket: %v", err)
+	}
+	// The attack: another unprivileged user, with the socket's mode opened up.
+	if err := dial(pkg, stranger); err == nil {
+		t.Fatal("a daemon running as uid 65534 served a process of uid 65533")
+	}
+	waitLogged(t, log, fmt.Sprintf("peer_uid=%d", stranger))
 }

@@ -214,3 +214,52 @@ func TestLocalMaxKeyAgeAfterEnrollingUnderARunningDaemon(t *testing.T) {
 	waitFor(t, "a plan for the new key", 5*time.Second, func() bool { return !r.a.Status().NextRotationAt.IsZero() })
 	waitFor(t, "a routine rotation", 30*time.Second, func() bool { return r.a.Status().Rotations >= 1 })
 }
+
+// The host's own rotation.max_key_age reaches the control plane in its Hello: under
+// a 90d policy, a host whose local maximum is 8s is shown due 8s after its key was
+// made (hosts list and host page), and overdue once its key is older while it cannot
+// rotate (cut off the network, so the daemon's own rotation cannot clear it).
+func TestLocalMaxKeyAgeSmallerThanPolicyOnTheControlPlane(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{HeartbeatInterval: hb})
+	requireRotation(t, srv)
+	if _, err := srv.AdminClient().SetRotationPolicy(context.Background(), connect.NewRequest(&edgev1.SetRotationPolicyRequest{
+		Name: "prod", Target: "tags=AnyOf(prod)", MaxKeyAge: durationpb.New(90 * 24 * time.Hour),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "edge")
+	if _, err := enroll.Enroll(context.Background(), enroll.Options{Token: srv.EnrollmentToken(t, "prod"), StateDir: dir, Name: "local-1"}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := keystore.Open(dir).ReadNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const local = 8 * time.Second
+	cut := &netCut{}
+	r := start(t, keystore.Open(dir), func(c *agent.Config) { c.HTTPClient = cut.client; c.MaxKeyAge = local })
+	waitFor(t, "Connected", 5*time.Second, connected(r))
+
+	h := serverHost(t, srv, node.NodeID)
+	want := h.GetEnrolledAt().AsTime().Add(local)
+	if got := h.GetKeyDueAt().AsTime(); !got.Equal(want) || h.GetOverdue() {
+		t.Fatalf("host page: key_due_at %v overdue %v, want %v (enrolled + the local 8s, not + 90d)", got, h.GetOverdue(), want)
+	}
+	list, err := srv.AdminClient().ListHosts(context.Background(), connect.NewRequest(&edgev1.ListHostsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lh := range list.Msg.GetHosts() {
+		if lh.GetNodeId() == node.NodeID && !lh.GetKeyDueAt().AsTime().Equal(want) {
+			t.Fatalf("hosts list: key_due_at %v, want %v", lh.GetKeyDueAt().AsTime(), want)
+		}
+	}
+	cut.set(true)
+	waitFor(t, "the stream to drop", 5*time.Second, func() bool { return r.a.Status().Status != agent.StatusConnected })
+	waitFor(t, "the control plane to show the host overdue by its own maximum", 30*time.Second, func() bool {
+		return serverHost(t, srv, node.NodeID).GetOverdue()
+	})
+	if r.a.Status().Rotations != 0 {
+		t.Fatal("the host rotated although it was cut off")
+	}
+}

@@ -89,14 +89,16 @@ const daemonColumns = `
 	node_id, tenant_id, display_name, tags, os, hostname,
 	public_key, previous_public_key, overlap_until, status, security_context,
 	enrolled_at, key_rotated_at, last_seen_at, revoked_at,
-	session_id, session_replica, session_since, security_context_version`
+	session_id, session_replica, session_since, security_context_version, local_max_key_age_ms`
 
 func scanDaemon(row pgx.Row) (store.Daemon, error) {
 	var d store.Daemon
+	var localMaxMS int64
 	err := row.Scan(&d.NodeID, &d.TenantID, &d.DisplayName, &d.Tags, &d.OS, &d.Hostname,
 		bytesCol{&d.PublicKey}, bytesCol{&d.PreviousPublicKey}, timeCol{&d.OverlapUntil}, &d.Status, &d.SecurityContext,
 		timeCol{&d.EnrolledAt}, timeCol{&d.KeyRotatedAt}, timeCol{&d.LastSeenAt}, timeCol{&d.RevokedAt},
-		&d.SessionID, &d.SessionReplica, timeCol{&d.SessionSince}, &d.SecurityContextVersion)
+		&d.SessionID, &d.SessionReplica, timeCol{&d.SessionSince}, &d.SecurityContextVersion, &localMaxMS)
+	d.LocalMaxKeyAge = time.Duration(localMaxMS) * time.Millisecond
 	nonNilTags(&d.Tags)
 	return d, err
 }
@@ -185,6 +187,11 @@ func (q *queries) UpdateDaemonTags(ctx context.Context, nodeID string, tags []st
 func (q *queries) SetDaemonSecurityContext(ctx context.Context, nodeID, name string) error {
 	return q.updateDaemon(ctx, nodeID, "set security context of daemon %q",
 		`UPDATE edge_daemons SET security_context = $1, security_context_version = security_context_version + 1 WHERE node_id = $2`, name, nodeID)
+}
+
+func (q *queries) SetDaemonLocalMaxKeyAge(ctx context.Context, nodeID string, max time.Duration) error {
+	return q.updateDaemon(ctx, nodeID, "set local max key age of daemon %q",
+		`UPDATE edge_daemons SET local_max_key_age_ms = $1 WHERE node_id = $2`, max.Milliseconds(), nodeID)
 }
 
 func (q *queries) OpenSession(ctx context.Context, nodeID, sessionID, replica string, at time.Time) error {

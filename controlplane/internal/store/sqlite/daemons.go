@@ -80,14 +80,16 @@ const daemonColumns = `
 	node_id, tenant_id, display_name, tags, os, hostname,
 	public_key, previous_public_key, overlap_until, status, security_context,
 	enrolled_at, key_rotated_at, last_seen_at, revoked_at,
-	session_id, session_replica, session_since, security_context_version`
+	session_id, session_replica, session_since, security_context_version, local_max_key_age_ms`
 
 func scanDaemon(row scanner) (store.Daemon, error) {
 	var d store.Daemon
+	var localMaxMS int64
 	err := row.Scan(&d.NodeID, &d.TenantID, &d.DisplayName, tagsCol{&d.Tags}, &d.OS, &d.Hostname,
 		blobCol{&d.PublicKey}, blobCol{&d.PreviousPublicKey}, timeCol{&d.OverlapUntil}, &d.Status, &d.SecurityContext,
 		timeCol{&d.EnrolledAt}, timeCol{&d.KeyRotatedAt}, timeCol{&d.LastSeenAt}, timeCol{&d.RevokedAt},
-		&d.SessionID, &d.SessionReplica, timeCol{&d.SessionSince}, &d.SecurityContextVersion)
+		&d.SessionID, &d.SessionReplica, timeCol{&d.SessionSince}, &d.SecurityContextVersion, &localMaxMS)
+	d.LocalMaxKeyAge = time.Duration(localMaxMS) * time.Millisecond
 	return d, err
 }
 
@@ -174,6 +176,11 @@ func (q *queries) UpdateDaemonTags(ctx context.Context, nodeID string, tags []st
 func (q *queries) SetDaemonSecurityContext(ctx context.Context, nodeID, name string) error {
 	return q.updateDaemon(ctx, nodeID, "set security context of daemon %q",
 		`UPDATE edge_daemons SET security_context = ?, security_context_version = security_context_version + 1 WHERE node_id = ?`, name, nodeID)
+}
+
+func (q *queries) SetDaemonLocalMaxKeyAge(ctx context.Context, nodeID string, max time.Duration) error {
+	return q.updateDaemon(ctx, nodeID, "set local max key age of daemon %q",
+		`UPDATE edge_daemons SET local_max_key_age_ms = ? WHERE node_id = ?`, max.Milliseconds(), nodeID)
 }
 
 func (q *queries) OpenSession(ctx context.Context, nodeID, sessionID, replica string, at time.Time) error {

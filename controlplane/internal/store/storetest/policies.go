@@ -62,3 +62,26 @@ func testRotationPolicies(t *testing.T, s store.Store) {
 	_, err = s.GetRotationPolicy(ctx, "t1", "rolled-back")
 	wantErr(t, err, store.ErrNotFound)
 }
+
+// A host's own maximum key age, from its Hello: set, read back (get and list) at
+// millisecond precision, kept when the session closes, cleared with 0.
+func testLocalMaxKeyAge(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	mustTenant(t, s, "t1")
+	mustDaemon(t, s, daemon("n1", "t1"))
+	equal(t, "unreported", getDaemon(t, s, "n1").LocalMaxKeyAge, time.Duration(0))
+	noErr(t, s.InTx(ctx, func(tx store.Tx) error {
+		if err := tx.OpenSession(ctx, "n1", "s1", "r1", at(0)); err != nil {
+			return err
+		}
+		return tx.SetDaemonLocalMaxKeyAge(ctx, "n1", time.Hour+1500*time.Millisecond)
+	}))
+	equal(t, "reported", getDaemon(t, s, "n1").LocalMaxKeyAge, time.Hour+1500*time.Millisecond)
+	noErr(t, s.CloseSession(ctx, "n1", "s1"))
+	ds, err := s.ListDaemons(ctx, store.DaemonFilter{TenantID: "t1"})
+	noErr(t, err)
+	equal(t, "listed after the session closed", ds[0].LocalMaxKeyAge, time.Hour+1500*time.Millisecond)
+	noErr(t, s.SetDaemonLocalMaxKeyAge(ctx, "n1", 0))
+	equal(t, "cleared", getDaemon(t, s, "n1").LocalMaxKeyAge, time.Duration(0))
+	wantErr(t, s.SetDaemonLocalMaxKeyAge(ctx, "nope", time.Hour), store.ErrNotFound)
+}

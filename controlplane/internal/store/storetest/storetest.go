@@ -70,6 +70,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentFleetRunEvents", testConcurrentFleetRunEvents},
 		{"ConcurrentFleetFinishers", testConcurrentFleetFinishers},
 		{"RotationPolicies", testRotationPolicies},
+		{"LocalMaxKeyAge", testLocalMaxKeyAge},
 		{"Ping", testPing},
 		{"Uniqueness", testUniqueness},
 		{"KeepSessions", testKeepSessions},

@@ -599,8 +599,9 @@ type Host struct {
 	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
 	// How old the host's key is (since enrollment or its last rotation).
 	KeyAge *durationpb.Duration `protobuf:"bytes,14,opt,name=key_age,json=keyAge,proto3" json:"key_age,omitempty"`
-	// When the key reaches the smallest max age of the policies selecting the host
-	// (unset when no policy selects it).
+	// When the key reaches the host's effective max age: the smallest of the policies
+	// selecting the host and of its own rotation.max_key_age, as its latest Hello
+	// reported it (unset when neither sets one).
 	KeyDueAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=key_due_at,json=keyDueAt,proto3" json:"key_due_at,omitempty"`
 	// The key is older than that max age.
 	Overdue       bool `protobuf:"varint,16,opt,name=overdue,proto3" json:"overdue,omitempty"`

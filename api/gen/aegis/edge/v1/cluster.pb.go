@@ -1125,12 +1125,16 @@ func (*EdgeEvent_CommandProgress) isEdgeEvent_Event() {}
 func (*EdgeEvent_CommandResult) isEdgeEvent_Event() {}
 
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AgentVersion  string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Os            string                 `protobuf:"bytes,3,opt,name=os,proto3" json:"os,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AgentVersion string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Hostname     string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Os           string                 `protobuf:"bytes,3,opt,name=os,proto3" json:"os,omitempty"`
+	// The host's own maximum key age (rotation.max_key_age in edged's config); unset
+	// when it has none. The control plane keeps it with the host and shows the smallest
+	// of it and the policies' as the host's maximum (key_due_at, overdue, metrics).
+	LocalMaxKeyAge *durationpb.Duration `protobuf:"bytes,4,opt,name=local_max_key_age,json=localMaxKeyAge,proto3" json:"local_max_key_age,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -1182,6 +1186,13 @@ func (x *Hello) GetOs() string {
 		return x.Os
 	}
 	return ""
+}
+
+func (x *Hello) GetLocalMaxKeyAge() *durationpb.Duration {
+	if x != nil {
+		return x.LocalMaxKeyAge
+	}
+	return nil
 }
 
 type Heartbeat struct {
@@ -2256,11 +2267,12 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\theartbeat\x18\x02 \x01(\v2\x18.aegis.edge.v1.HeartbeatH\x00R\theartbeat\x12K\n" +
 	"\x10command_progress\x18\x03 \x01(\v2\x1e.aegis.edge.v1.CommandProgressH\x00R\x0fcommandProgress\x12E\n" +
 	"\x0ecommand_result\x18\x04 \x01(\v2\x1c.aegis.edge.v1.CommandResultH\x00R\rcommandResultB\a\n" +
-	"\x05event\"X\n" +
+	"\x05event\"\x9e\x01\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x0e\n" +
-	"\x02os\x18\x03 \x01(\tR\x02os\">\n" +
+	"\x02os\x18\x03 \x01(\tR\x02os\x12D\n" +
+	"\x11local_max_key_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0elocalMaxKeyAge\">\n" +
 	"\tHeartbeat\x121\n" +
 	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xf8\x04\n" +
 	"\vEdgeCommand\x122\n" +
@@ -2444,47 +2456,48 @@ var file_aegis_edge_v1_cluster_proto_depIdxs = []int32{
 	17, // 14: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
 	23, // 15: aegis.edge.v1.EdgeEvent.command_progress:type_name -> aegis.edge.v1.CommandProgress
 	24, // 16: aegis.edge.v1.EdgeEvent.command_result:type_name -> aegis.edge.v1.CommandResult
-	33, // 17: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	27, // 18: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
-	29, // 19: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
-	30, // 20: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
-	25, // 21: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
-	26, // 22: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
-	19, // 23: aegis.edge.v1.EdgeCommand.invoke_tool:type_name -> aegis.edge.v1.InvokeTool
-	21, // 24: aegis.edge.v1.EdgeCommand.cancel_tool:type_name -> aegis.edge.v1.CancelTool
-	22, // 25: aegis.edge.v1.EdgeCommand.command_result_ack:type_name -> aegis.edge.v1.CommandResultAck
-	28, // 26: aegis.edge.v1.EdgeCommand.rotation_policy:type_name -> aegis.edge.v1.RotationPolicyCommand
-	20, // 27: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
-	32, // 28: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
-	31, // 29: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
-	1,  // 30: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
-	2,  // 31: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
-	33, // 32: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
-	33, // 33: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
-	32, // 34: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	33, // 35: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	33, // 36: aegis.edge.v1.Welcome.max_key_age:type_name -> google.protobuf.Duration
-	33, // 37: aegis.edge.v1.RotationPolicyCommand.max_key_age:type_name -> google.protobuf.Duration
-	32, // 38: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	3,  // 39: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
-	33, // 40: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
-	4,  // 41: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
-	6,  // 42: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
-	9,  // 43: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
-	34, // 44: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
-	34, // 45: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
-	34, // 46: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
-	5,  // 47: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
-	7,  // 48: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
-	10, // 49: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
-	18, // 50: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
-	12, // 51: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
-	14, // 52: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
-	47, // [47:53] is the sub-list for method output_type
-	41, // [41:47] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	33, // 17: aegis.edge.v1.Hello.local_max_key_age:type_name -> google.protobuf.Duration
+	33, // 18: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	27, // 19: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
+	29, // 20: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
+	30, // 21: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
+	25, // 22: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
+	26, // 23: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
+	19, // 24: aegis.edge.v1.EdgeCommand.invoke_tool:type_name -> aegis.edge.v1.InvokeTool
+	21, // 25: aegis.edge.v1.EdgeCommand.cancel_tool:type_name -> aegis.edge.v1.CancelTool
+	22, // 26: aegis.edge.v1.EdgeCommand.command_result_ack:type_name -> aegis.edge.v1.CommandResultAck
+	28, // 27: aegis.edge.v1.EdgeCommand.rotation_policy:type_name -> aegis.edge.v1.RotationPolicyCommand
+	20, // 28: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
+	32, // 29: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
+	31, // 30: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
+	1,  // 31: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
+	2,  // 32: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
+	33, // 33: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
+	33, // 34: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
+	32, // 35: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	33, // 36: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	33, // 37: aegis.edge.v1.Welcome.max_key_age:type_name -> google.protobuf.Duration
+	33, // 38: aegis.edge.v1.RotationPolicyCommand.max_key_age:type_name -> google.protobuf.Duration
+	32, // 39: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	3,  // 40: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
+	33, // 41: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
+	4,  // 42: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
+	6,  // 43: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
+	9,  // 44: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
+	34, // 45: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
+	34, // 46: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
+	34, // 47: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
+	5,  // 48: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
+	7,  // 49: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
+	10, // 50: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
+	18, // 51: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
+	12, // 52: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
+	14, // 53: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
+	48, // [48:54] is the sub-list for method output_type
+	42, // [42:48] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_cluster_proto_init() }
