@@ -48,6 +48,7 @@ type steadyState struct {
 	heartbeats    float64
 	cpuSeconds    float64
 	rss, heap     float64
+	stack         float64
 	goroutines    float64
 	connectedSeen int
 }
@@ -72,6 +73,7 @@ func measureSteady(ctx context.Context, cp *controlPlane, ds *daemons, d time.Du
 		heartbeats: m1.get("aegis_edge_heartbeats_total") - m0.get("aegis_edge_heartbeats_total"),
 		cpuSeconds: m1.get("process_cpu_seconds_total") - m0.get("process_cpu_seconds_total"),
 		heap:       m1.get("go_memstats_heap_inuse_bytes"),
+		stack:      m1.get("go_memstats_stack_inuse_bytes"),
 		goroutines: m1.get("go_goroutines"),
 	}
 	if st.rss, err = cp.RSS(ctx); err != nil {
@@ -125,14 +127,15 @@ func connectScenario(ctx context.Context, s settings, cp *controlPlane, hosts []
 	}
 	sum.KiBPerDaemon = ptr((st.rss - rssBase) / n / 1024)
 	sum.HeapKiBPerDaemon = ptr((st.heap - base.get("go_memstats_heap_inuse_bytes")) / n / 1024)
+	sum.StackKiBPerDaemon = ptr((st.stack - base.get("go_memstats_stack_inuse_bytes")) / n / 1024)
 	sum.GoroutinesPerDaemon = ptr((st.goroutines - base.get("go_goroutines")) / n)
 	sum.HeartbeatsPerSecond = ptr(hbRate)
 	sum.CPUMicrosPerHeartbeat = ptr(cpuPerHB)
 	sum.VerifiesPerHeartbeat = ptr(cpuPerHB / (1e6 / verify))
 	sum.RSSMiB = ptr(st.rss / (1 << 20))
 	sum.RSSBaseMiB = ptr(rssBase / (1 << 20))
-	p.say("steady: %.0f heartbeats/s validated; server CPU %.1fµs per heartbeat = %.2f Ed25519 verifies; RSS %.1f MiB (+%.1f KiB per daemon), heap +%.1f KiB and %.2f goroutines per daemon; %d of %d Connected",
-		hbRate, cpuPerHB, *sum.VerifiesPerHeartbeat, st.rss/(1<<20), *sum.KiBPerDaemon, *sum.HeapKiBPerDaemon, *sum.GoroutinesPerDaemon, st.connectedSeen, len(hosts))
+	p.say("steady: %.0f heartbeats/s validated; server CPU %.1fµs per heartbeat = %.2f Ed25519 verifies; RSS %.1f MiB (+%.1f KiB per daemon: heap %.1f KiB, stacks %.1f KiB, %.2f goroutines); %d of %d Connected",
+		hbRate, cpuPerHB, *sum.VerifiesPerHeartbeat, st.rss/(1<<20), *sum.KiBPerDaemon, *sum.HeapKiBPerDaemon, *sum.StackKiBPerDaemon, *sum.GoroutinesPerDaemon, st.connectedSeen, len(hosts))
 	if st.connectedSeen != len(hosts) {
 		sum.Errors += len(hosts) - st.connectedSeen
 	}

@@ -79,6 +79,7 @@ type Summary struct {
 	// (the RevokeHost call → the daemon's stream closed as revoked).
 	KiBPerDaemon          *float64 `json:"kib_per_daemon,omitempty"`
 	HeapKiBPerDaemon      *float64 `json:"heap_kib_per_daemon,omitempty"`
+	StackKiBPerDaemon     *float64 `json:"stack_kib_per_daemon,omitempty"`
 	GoroutinesPerDaemon   *float64 `json:"goroutines_per_daemon,omitempty"`
 	HeartbeatsPerSecond   *float64 `json:"heartbeats_per_second,omitempty"`
 	CPUMicrosPerHeartbeat *float64 `json:"cpu_us_per_heartbeat,omitempty"`

@@ -627,8 +627,8 @@ func printSummary(w io.Writer, s settings, sum Summary) {
 			sum.Results.Succeeded, sum.Results.Failed, sum.Results.Skipped, sum.LostResults, sum.DuplicateResults, sum.Errors)
 	case "connect":
 		fmt.Fprintf(w, "connect on %s: %d daemons Connected\n", sum.Database, sum.Hosts)
-		fmt.Fprintf(w, "memory: %.1f KiB RSS per daemon (heap %.1f KiB, %.2f goroutines); RSS %.1f MiB, %.1f MiB before the daemons\n",
-			*sum.KiBPerDaemon, *sum.HeapKiBPerDaemon, *sum.GoroutinesPerDaemon, *sum.RSSMiB, *sum.RSSBaseMiB)
+		fmt.Fprintf(w, "memory: %.1f KiB RSS per daemon (heap %.1f KiB, stacks %.1f KiB, %.2f goroutines); RSS %.1f MiB, %.1f MiB before the daemons\n",
+			*sum.KiBPerDaemon, *sum.HeapKiBPerDaemon, *sum.StackKiBPerDaemon, *sum.GoroutinesPerDaemon, *sum.RSSMiB, *sum.RSSBaseMiB)
 		fmt.Fprintf(w, "heartbeats: %.0f/s validated, %.1fµs of server CPU each = %.2f Ed25519 verifies (verify: %.0f/s on one core)\n",
 			*sum.HeartbeatsPerSecond, *sum.CPUMicrosPerHeartbeat, *sum.VerifiesPerHeartbeat, sum.ReferencePerSecond)
 		if sum.RevocationP99Ms != nil {
