@@ -354,10 +354,16 @@ func (s *Service) finish(c *Call, r Result) bool {
 		return false
 	}
 	c.finished = true
-	c.queue = append(c.queue, Event{Result: &r})
-	c.notify()
 	c.mu.Unlock()
 	s.drop(c)
+	// The caller is woken after the audit entry is written, so whoever saw the result
+	// can read its record.
+	defer func() {
+		c.mu.Lock()
+		c.queue = append(c.queue, Event{Result: &r})
+		c.notify()
+		c.mu.Unlock()
+	}()
 
 	took := time.Since(c.started)
 	s.cfg.Metrics.ToolCall(c.Tool, r.label(), took)
