@@ -42,8 +42,8 @@ func (e exitStatus) Error() string { return e.msg }
 
 func (a *app) execCommand() *ucli.Command {
 	return &ucli.Command{
-		Name:      "exec",
-		Usage:     "run a command on a host and stream its output (operator)",
+		Name:  "exec",
+		Usage: "run a command on a host and stream its output (operator)",
 		UsageText: a.name + " edge exec [--deadline 60s] [--cwd DIR] [-o json] NODE_ID -- CMD [ARGS...]\n" +
 			"   " + a.name + " edge exec --attach COMMAND_ID [--deadline 60s] [-o json] NODE_ID",
 		Description: "The host runs CMD with ARGS directly (no shell) if its local security policy allows it\n" +
