@@ -378,19 +378,10 @@ func (s *Service) drop(c *Call) {
 	s.mu.Unlock()
 }
 
-// call returns the pending call id, if it is nodeID's: a daemon can never feed
-// output or a result into another node's call.
-func (s *Service) call(nodeID, id string) *Call {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c := s.pending[id]; c != nil && c.NodeID == nodeID {
-		return c
-	}
-	return nil
-}
-
-// callOrKeep is call, and when no call is pending keeps ev for an Attach, under the
-// same lock Attach registers under, so nothing falls between the two.
+// callOrKeep returns the pending call id if it is nodeID's (a daemon can never feed
+// output or a result into another node's call). When no call is pending it keeps ev
+// for an Attach, under the same lock Attach registers under, so nothing falls
+// between the two.
 func (s *Service) callOrKeep(nodeID, id string, ev Event) *Call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
