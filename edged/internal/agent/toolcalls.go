@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -67,15 +68,19 @@ func (c *calls) changed() {
 func (c *calls) connected(send sendFunc) {
 	c.mu.Lock()
 	c.link = send
+	// Finished calls first, oldest first, then the running ones' kept output.
 	var ids []string
-	for id := range c.unsent {
-		ids = append(ids, id)
-	}
 	for _, r := range c.pending {
-		if _, ok := c.unsent[r.GetCommandId()]; !ok {
-			ids = append(ids, r.GetCommandId())
+		ids = append(ids, r.GetCommandId())
+	}
+	var runningIDs []string
+	for id := range c.unsent {
+		if c.result(id) == nil {
+			runningIDs = append(runningIDs, id)
 		}
 	}
+	slices.Sort(runningIDs)
+	ids = append(ids, runningIDs...)
 	c.mu.Unlock()
 	for _, id := range ids {
 		if !c.flush(id, send) {
