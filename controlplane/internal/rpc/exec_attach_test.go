@@ -2,6 +2,7 @@ package rpc_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -164,5 +165,26 @@ func TestAttachExecRefusals(t *testing.T) {
 	_, err = startAttach(t, srv.AdminClient(), n.id, "c-nothex").all(t)
 	if connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("attach to a malformed id: %v, want InvalidArgument", err)
+	}
+}
+
+// A daemon reporting output for made-up command ids (far more than the control plane
+// keeps for attaches in all) cannot push out what another host's call left: each
+// node's share is bounded.
+func TestAttachExecKeptOutputCannotBeFloodedAway(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{})
+	n, st, id := execAcrossRestart(t, srv)
+	st.result(&edgev1.CommandResult{CommandId: id, ExitCode: 5})
+
+	_, flood := connected(t, srv)
+	chunk := strings.Repeat("x", 900<<10)
+	for i := range 20 { // 18 MB, over the 16 MiB kept in all
+		flood.progress(fmt.Sprintf("c-%032x", i+1), 1, edgev1.OutputStream_OUTPUT_STREAM_STDOUT, chunk)
+	}
+	flood.heartbeat() // every chunk above was read
+
+	evs, err := startAttach(t, srv.AdminClient(), n.id, id).all(t)
+	if err != nil || len(evs) != 1 || evs[0].GetResult().GetExitCode() != 5 {
+		t.Fatalf("attach after the flood = %v, %v; want the kept result", evs, err)
 	}
 }

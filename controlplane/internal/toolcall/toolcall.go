@@ -46,6 +46,9 @@ const (
 	// kept for an Attach; lateMaxBytes bounds their total.
 	lateKeep     = 10 * time.Minute
 	lateMaxBytes = 16 << 20
+	// lateNodeMaxBytes bounds what one node may have kept, so a daemon reporting
+	// made-up command ids cannot push out what other hosts' calls left.
+	lateNodeMaxBytes = 2 << 20
 )
 
 var (
@@ -182,6 +185,8 @@ type Service struct {
 	// late holds what arrived for calls nobody follows here, for an Attach.
 	late      map[string]*lateCall
 	lateBytes int
+	lateNode  map[string]int // bytes kept per node
+	lateSweep time.Time
 }
 
 // lateCall is what arrived for one call nobody followed, oldest first.
@@ -197,7 +202,7 @@ func New(cfg Config) *Service {
 	if cfg.Grace <= 0 {
 		cfg.Grace = DefaultGrace
 	}
-	return &Service{cfg: cfg, pending: map[string]*Call{}, late: map[string]*lateCall{}}
+	return &Service{cfg: cfg, pending: map[string]*Call{}, late: map[string]*lateCall{}, lateNode: map[string]int{}}
 }
 
 // Call is one tool call, from Start until its result (or the end of its grace).
@@ -328,8 +333,7 @@ func (s *Service) Attach(ctx context.Context, p apitoken.Principal, nodeID, comm
 	var kept []Event
 	if l := s.late[commandID]; l != nil && l.nodeID == d.NodeID {
 		kept = l.events
-		s.lateBytes -= l.bytes
-		delete(s.late, commandID)
+		s.forgetLate(commandID)
 	}
 	s.pending[commandID] = c
 	s.mu.Unlock()
@@ -391,16 +395,29 @@ func (s *Service) callOrKeep(nodeID, id string, ev Event) *Call {
 		}
 		return nil
 	}
+	s.keepLate(nodeID, id, ev)
+	return nil
+}
+
+// keepLate keeps ev for an Attach, within the bounds: lateKeep old, lateNodeMaxBytes
+// per node (further events of that node are dropped), lateMaxBytes in all (the
+// oldest calls go first). Callers hold mu.
+func (s *Service) keepLate(nodeID, id string, ev Event) {
 	now := time.Now()
-	for k, l := range s.late {
-		if now.Sub(l.at) > lateKeep {
-			s.lateBytes -= l.bytes
-			delete(s.late, k)
+	if now.Sub(s.lateSweep) > time.Second {
+		s.lateSweep = now
+		for k, l := range s.late {
+			if now.Sub(l.at) > lateKeep {
+				s.forgetLate(k)
+			}
 		}
 	}
 	size := 64
 	if ev.Progress != nil {
 		size += len(ev.Progress.Data)
+	}
+	if s.lateNode[nodeID]+size > lateNodeMaxBytes {
+		return
 	}
 	for s.lateBytes+size > lateMaxBytes && len(s.late) > 0 {
 		var oldest string
@@ -409,8 +426,7 @@ func (s *Service) callOrKeep(nodeID, id string, ev Event) *Call {
 				oldest = k
 			}
 		}
-		s.lateBytes -= s.late[oldest].bytes
-		delete(s.late, oldest)
+		s.forgetLate(oldest)
 	}
 	l := s.late[id]
 	if l == nil {
@@ -418,12 +434,25 @@ func (s *Service) callOrKeep(nodeID, id string, ev Event) *Call {
 		s.late[id] = l
 	}
 	if l.nodeID != nodeID {
-		return nil
+		return // the first node to name the id owns it; the attach checks the node too
 	}
 	l.events = append(l.events, ev)
 	l.bytes += size
 	s.lateBytes += size
-	return nil
+	s.lateNode[nodeID] += size
+}
+
+// forgetLate drops what was kept for id. Callers hold mu.
+func (s *Service) forgetLate(id string) {
+	l := s.late[id]
+	if l == nil {
+		return
+	}
+	s.lateBytes -= l.bytes
+	if s.lateNode[l.nodeID] -= l.bytes; s.lateNode[l.nodeID] <= 0 {
+		delete(s.lateNode, l.nodeID)
+	}
+	delete(s.late, id)
 }
 
 // Sender queues a command for a node's live stream: session.ErrNoStream when it
