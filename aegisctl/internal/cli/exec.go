@@ -245,13 +245,19 @@ type attachment struct {
 
 func (at *attachment) follow(ctx context.Context, why error) (*edgev1.CommandResult, error) {
 	a := at.a
+	lastReason := ""
 	for attempt := 1; ; attempt++ {
 		if why != nil || attempt > 1 {
 			reason := "the host is not back yet"
 			if why != nil {
 				reason = orDefault(connectMessage(why), why.Error())
 			}
-			fmt.Fprintf(a.env.Stderr, "%s: lost the call %s on %s (%s); re-attaching (attempt %d)\n", a.name, at.id, at.node, reason, attempt)
+			// One line per new reason, and one every ten attempts: a restart that
+			// takes a minute says so without a line a second.
+			if reason != lastReason || attempt%10 == 0 {
+				fmt.Fprintf(a.env.Stderr, "%s: lost the call %s on %s (%s); re-attaching (attempt %d)\n", a.name, at.id, at.node, reason, attempt)
+				lastReason = reason
+			}
 			select {
 			case <-ctx.Done():
 				return nil, exitStatus{code: exitExecCancelled, msg: fmt.Sprintf("stopped following command %s on %s; it goes on there: attach again with `%s edge exec --attach %s %s`", at.id, at.node, a.name, at.id, at.node)}
