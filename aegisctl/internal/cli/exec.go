@@ -25,6 +25,10 @@ const (
 	exitExecCancelled    = 130 // shell: 128 + SIGINT
 	exitExecDisconnected = 69  // sysexits EX_UNAVAILABLE: the host cannot be reached
 	exitExecInternal     = 70  // sysexits EX_SOFTWARE: the host failed to run it
+	exitExecResultLost   = 75  // sysexits EX_TEMPFAIL: the outcome is unknown; look, then retry
+	// execGrace is how long past its deadline a call's result may still come (the
+	// control plane's toolcall.DefaultGrace).
+	execGrace = 30 * time.Second
 )
 
 // exitStatus is an error that ends the process with a specific status; an empty
@@ -38,13 +42,18 @@ func (e exitStatus) Error() string { return e.msg }
 
 func (a *app) execCommand() *ucli.Command {
 	return &ucli.Command{
-		Name:      "exec",
-		Usage:     "run a command on a host and stream its output (operator)",
-		UsageText: a.name + " edge exec [--deadline 60s] [--cwd DIR] [-o json] NODE_ID -- CMD [ARGS...]",
+		Name:  "exec",
+		Usage: "run a command on a host and stream its output (operator)",
+		UsageText: a.name + " edge exec [--deadline 60s] [--cwd DIR] [-o json] NODE_ID -- CMD [ARGS...]\n" +
+			"   " + a.name + " edge exec --attach COMMAND_ID [--deadline 60s] [-o json] NODE_ID",
 		Description: "The host runs CMD with ARGS directly (no shell) if its local security policy allows it\n" +
 			"in the security context the control plane assigned it (see `" + a.name + " edge hosts set`).\n" +
 			"Output is printed as it comes: the command's stdout to stdout, its stderr to stderr.\n" +
 			"Ctrl-C cancels the remote command (its whole process group is killed).\n\n" +
+			"When the control plane restarts (or its replica dies) during the call, the command goes on on\n" +
+			"the host, and exec re-attaches by its command id until the deadline plus 30s has passed: it\n" +
+			"prints the output the host kept meanwhile, then the result. --attach COMMAND_ID does the same\n" +
+			"by hand (the id is in the started event of -o json, and in every re-attach message).\n\n" +
 			"Exit status: the remote command's own exit code when it ran; otherwise\n" +
 			"  124  timeout: the deadline passed and the command was killed\n" +
 			"  126  denied: the host's policy does not allow the command\n" +
@@ -52,6 +61,8 @@ func (a *app) execCommand() *ucli.Command {
 			"  130  cancelled (Ctrl-C, or cancelled on the host)\n" +
 			"   69  edge_disconnected: the host is not connected, or lost its connection\n" +
 			"   70  internal: the host failed to start or follow the command\n" +
+			"   75  result_lost: the host no longer has the result (edged restarted, or its result buffer\n" +
+			"       overflowed): whether the command ran is unknown; look on the host before running it again\n" +
 			"    1  any other error (bad token, unknown host, ...); 2 a bad command line\n\n" +
 			"With -o json every event is one JSON object per line, its kind in \"type\": started, output (stream,\n" +
 			"sequence, data) and result (exit_code, ok, error_kind, error_message, output_truncated,\n" +
@@ -60,6 +71,7 @@ func (a *app) execCommand() *ucli.Command {
 		Flags: []ucli.Flag{
 			&ucli.DurationFlag{Name: "deadline", Value: 60 * time.Second, Usage: "kill the command after this long"},
 			&ucli.StringFlag{Name: "cwd", Usage: "working directory on the host (default: the policy's)"},
+			&ucli.StringFlag{Name: "attach", Usage: "follow the earlier call `COMMAND_ID` on NODE_ID instead of starting one (its output since, then its result)"},
 			outputFlag,
 		},
 		Action: a.exec,
@@ -111,18 +123,38 @@ func (a *app) exec(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
-	node, cmd, err := execArgs(c)
-	if err != nil {
-		return err
-	}
 	deadline := c.Duration("deadline")
 	if deadline <= 0 {
 		return usagef("--deadline must be a positive duration (got %s)", deadline)
+	}
+	if id := c.String("attach"); id != "" {
+		args := c.Args().Slice()
+		if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+			return usagef("--attach takes exactly one NODE_ID and no command: %s edge exec --attach %s NODE_ID", a.name, id)
+		}
+		client, p, err := a.streamingAdminClient()
+		if err != nil {
+			return err
+		}
+		at := &attachment{a: a, client: client, p: p, node: args[0], id: id, end: time.Now().Add(deadline + execGrace)}
+		if out == "json" {
+			at.jsonOut = json.NewEncoder(a.env.Stdout)
+		}
+		result, err := at.follow(c.Context, nil)
+		if err != nil {
+			return err
+		}
+		return a.finishExec(result, at.node, "", deadline, at.jsonOut != nil)
+	}
+	node, cmd, err := execArgs(c)
+	if err != nil {
+		return err
 	}
 	client, p, err := a.streamingAdminClient()
 	if err != nil {
 		return err
 	}
+	startedAt := time.Now()
 	req := connect.NewRequest(&edgev1.ExecRequest{
 		NodeId: node, Command: cmd[0], Args: cmd[1:], Cwd: c.String("cwd"), Deadline: durationpb.New(deadline),
 	})
@@ -141,17 +173,19 @@ func (a *app) exec(c *ucli.Context) error {
 		jsonOut = json.NewEncoder(a.env.Stdout)
 	}
 	var result *edgev1.CommandResult
-	var sctx string
+	var sctx, commandID string
+	var lastSeq uint64
 	for stream.Receive() {
 		msg := stream.Msg()
 		switch ev := msg.GetEvent().(type) {
 		case *edgev1.ExecResponse_Started:
-			sctx = ev.Started.GetSecurityContext()
+			sctx, commandID = ev.Started.GetSecurityContext(), ev.Started.GetCommandId()
 			if jsonOut != nil {
 				_ = jsonOut.Encode(execEvent{Event: "started", CommandID: ev.Started.GetCommandId(), NodeID: ev.Started.GetNodeId(), SecurityContext: sctx})
 			}
 		case *edgev1.ExecResponse_Output:
 			o := ev.Output
+			lastSeq = max(lastSeq, o.GetSequence())
 			if jsonOut != nil {
 				data := string(o.GetData())
 				_ = jsonOut.Encode(execEvent{Event: "output", Stream: streamName(o.GetStream()), Sequence: o.GetSequence(), Data: &data})
@@ -169,16 +203,125 @@ func (a *app) exec(c *ucli.Context) error {
 			}
 		}
 	}
-	if err := stream.Err(); err != nil {
-		return a.execRPCError(ctx, err, node, p.Server)
+	streamErr := stream.Err()
+	if result == nil && commandID != "" && ctx.Err() == nil {
+		// Started, then the stream ended without a result: the control plane stopped
+		// or its replica died. The command goes on on the host; follow it again.
+		at := &attachment{a: a, client: client, p: p, node: node, id: commandID, jsonOut: jsonOut,
+			lastSeq: lastSeq, end: startedAt.Add(deadline + execGrace)}
+		if result, err = at.follow(ctx, streamErr); err != nil {
+			return err
+		}
+		return a.finishExec(result, node, sctx, deadline, jsonOut != nil)
+	}
+	if streamErr != nil {
+		return a.execRPCError(ctx, streamErr, node, p.Server)
 	}
 	if result == nil {
 		return fmt.Errorf("the control plane at %s ended the call without a result: run it again", p.Server)
 	}
-	if result.GetOutputTruncated() && jsonOut == nil {
+	return a.finishExec(result, node, sctx, deadline, jsonOut != nil)
+}
+
+func (a *app) finishExec(result *edgev1.CommandResult, node, sctx string, deadline time.Duration, json bool) error {
+	if result.GetOutputTruncated() && !json {
 		fmt.Fprintf(a.env.Stderr, "%s: the output was cut at the host's cap (tools.max_output_bytes in its edged config)\n", a.name)
 	}
 	return a.execOutcome(result, node, sctx, deadline)
+}
+
+// attachment follows a call by its command id (AttachExec) until its result, trying
+// again while the control plane is unreachable or the host not yet back, until end.
+type attachment struct {
+	a       *app
+	client  edgev1connect.EdgeAdminServiceClient
+	p       profile
+	node    string
+	id      string
+	jsonOut *json.Encoder
+	lastSeq uint64
+	end     time.Time
+}
+
+func (at *attachment) follow(ctx context.Context, why error) (*edgev1.CommandResult, error) {
+	a := at.a
+	lastReason := ""
+	for attempt := 1; ; attempt++ {
+		if why != nil || attempt > 1 {
+			reason := "the host is not back yet"
+			if why != nil {
+				reason = orDefault(connectMessage(why), why.Error())
+			}
+			// One line per new reason, and one every ten attempts: a restart that
+			// takes a minute says so without a line a second.
+			if reason != lastReason || attempt%10 == 0 {
+				fmt.Fprintf(a.env.Stderr, "%s: lost the call %s on %s (%s); re-attaching (attempt %d)\n", a.name, at.id, at.node, reason, attempt)
+				lastReason = reason
+			}
+			select {
+			case <-ctx.Done():
+				return nil, exitStatus{code: exitExecCancelled, msg: fmt.Sprintf("stopped following command %s on %s; it goes on there: attach again with `%s edge exec --attach %s %s`", at.id, at.node, a.name, at.id, at.node)}
+			case <-time.After(time.Second):
+			}
+		}
+		if time.Now().After(at.end) {
+			return nil, exitStatus{code: exitExecDisconnected, msg: fmt.Sprintf("could not re-attach to command %s on %s before its deadline passed: attach again with `%s edge exec --attach %s %s` once the control plane and the host are back", at.id, at.node, a.name, at.id, at.node)}
+		}
+		req := connect.NewRequest(&edgev1.AttachExecRequest{NodeId: at.node, CommandId: at.id, Wait: durationpb.New(time.Until(at.end))})
+		req.Header().Set("Authorization", "Bearer "+at.p.Token)
+		stream, err := at.client.AttachExec(ctx, req)
+		if err != nil {
+			why = err
+			continue
+		}
+		var result *edgev1.CommandResult
+		for stream.Receive() {
+			switch ev := stream.Msg().GetEvent().(type) {
+			case *edgev1.AttachExecResponse_Output:
+				o := ev.Output
+				if o.GetSequence() <= at.lastSeq {
+					continue // printed before the stream was lost
+				}
+				at.lastSeq = o.GetSequence()
+				if at.jsonOut != nil {
+					data := string(o.GetData())
+					_ = at.jsonOut.Encode(execEvent{Event: "output", Stream: streamName(o.GetStream()), Sequence: o.GetSequence(), Data: &data})
+					continue
+				}
+				w := a.env.Stdout
+				if o.GetStream() == edgev1.OutputStream_OUTPUT_STREAM_STDERR {
+					w = a.env.Stderr
+				}
+				_, _ = w.Write(o.GetData())
+			case *edgev1.AttachExecResponse_Result:
+				result = ev.Result
+			}
+		}
+		err = stream.Err()
+		_ = stream.Close()
+		if ctx.Err() != nil {
+			return nil, exitStatus{code: exitExecCancelled, msg: fmt.Sprintf("stopped following command %s on %s; it goes on there: attach again with `%s edge exec --attach %s %s`", at.id, at.node, a.name, at.id, at.node)}
+		}
+		if result != nil {
+			if result.GetErrorKind() == edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED && time.Now().Before(at.end) {
+				why = nil
+				continue
+			}
+			fmt.Fprintf(a.env.Stderr, "%s: re-attached to command %s on %s\n", a.name, at.id, at.node)
+			if at.jsonOut != nil {
+				_ = at.jsonOut.Encode(resultEvent(result))
+			}
+			return result, nil
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound, connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeUnauthenticated, connect.CodeFailedPrecondition:
+			return nil, a.execRPCError(ctx, err, at.node, at.p.Server)
+		}
+		why = err
+		if why == nil {
+			why = errors.New("the control plane ended the call without a result")
+		}
+	}
 }
 
 // streamingAdminClient is adminClient without the whole-request timeout, which would
@@ -246,6 +389,9 @@ func (a *app) execOutcome(r *edgev1.CommandResult, node, sctx string, deadline t
 			fmt.Sprintf(": allow it in the host's edged config, or move the host with `%s edge hosts set %s --security-context NAME`", a.name, node)}
 	case edgev1.ToolErrorKind_TOOL_ERROR_KIND_TOOL_NOT_FOUND:
 		return exitStatus{code: exitExecNotFound, msg: detail("tool_not_found: "+node+" has no such command") + ": give the command's absolute path"}
+	case edgev1.ToolErrorKind_TOOL_ERROR_KIND_RESULT_LOST:
+		return exitStatus{code: exitExecResultLost, msg: detail(fmt.Sprintf("result_lost: the result of command %s on %s is lost", r.GetCommandId(), node)) +
+			": whether it ran, and how it ended, is unknown; look on the host (edged's log names the command id) before running it again"}
 	case edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED:
 		return exitStatus{code: exitExecDisconnected, msg: detail("edge_disconnected: "+node+" is not connected to the control plane") +
 			fmt.Sprintf(": check that edged runs there (`%s edge hosts get %s` shows its status)", a.name, node)}

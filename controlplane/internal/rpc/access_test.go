@@ -150,6 +150,28 @@ func TestAdminRolesAndTenants(t *testing.T) {
 				}
 				return nil
 			},
+			edgev1connect.EdgeAdminServiceAttachExecProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
+				// Host A has no stream: an allowed caller is told so as a result; host
+				// A is another tenant's for operator B (NotFound, nothing learned).
+				s, err := c.AttachExec(ctx, connect.NewRequest(&edgev1.AttachExecRequest{NodeId: hostA.id, CommandId: "c-" + strings.Repeat("ab", 16)}))
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				var result *edgev1.CommandResult
+				for s.Receive() {
+					if r := s.Msg().GetResult(); r != nil {
+						result = r
+					}
+				}
+				if err := s.Err(); err != nil {
+					return err
+				}
+				if result.GetErrorKind() != edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED {
+					return connect.NewError(connect.CodeInternal, errors.New("no EDGE_DISCONNECTED result"))
+				}
+				return nil
+			},
 			edgev1connect.EdgeAdminServiceListAPITokensProcedure: func(c edgev1connect.EdgeAdminServiceClient) error {
 				resp, err := c.ListAPITokens(ctx, connect.NewRequest(&edgev1.ListAPITokensRequest{}))
 				if err != nil {
@@ -310,6 +332,7 @@ func TestAdminRolesAndTenants(t *testing.T) {
 			edgev1connect.EdgeAdminServiceRevokeHostProcedure:             {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 			edgev1connect.EdgeAdminServiceExecProcedure:                   {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
+			edgev1connect.EdgeAdminServiceAttachExecProcedure:             {"admin": ok, "operator A": ok, "viewer A": denied, "operator B": notFound, "viewer B": denied},
 			// API tokens are listed in the caller's tenant (admins: every tenant);
 			// minting, revoking and tenants are for admins only.
 			edgev1connect.EdgeAdminServiceListAPITokensProcedure:  {"admin": ok, "operator A": ok, "viewer A": ok, "operator B": notFound, "viewer B": notFound},

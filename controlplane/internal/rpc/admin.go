@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -318,10 +319,62 @@ func (a *Admin) Exec(ctx context.Context, req *connect.Request[edgev1.ExecReques
 			return a.fail(ctx, "Exec", err)
 		}
 		if ev.Result != nil {
+			if ev.Result.Kind == toolcall.KindShutdown {
+				return shutdownError(call)
+			}
 			return stream.Send(&edgev1.ExecResponse{Event: &edgev1.ExecResponse_Result{Result: resultPB(call.ID, *ev.Result)}})
 		}
 		if err := stream.Send(&edgev1.ExecResponse{Event: &edgev1.ExecResponse_Output{Output: progressPB(call.ID, *ev.Progress)}}); err != nil {
 			call.Cancel()
+			return nil
+		}
+	}
+}
+
+// shutdownError ends an Exec or AttachExec whose control plane is stopping: the
+// command goes on on the host, and the caller attaches again (aegis does it itself).
+func shutdownError(call *toolcall.Call) error {
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf(
+		"the control plane is shutting down; command %s goes on on %s: attach again (aegis edge exec --attach %s %s)",
+		call.ID, call.NodeID, call.ID, call.NodeID))
+}
+
+// AttachExec implements EdgeAdminService.AttachExec: it follows a call whose Exec
+// ended before its result. Leaving it does not cancel the command.
+func (a *Admin) AttachExec(ctx context.Context, req *connect.Request[edgev1.AttachExecRequest], stream *connect.ServerStream[edgev1.AttachExecResponse]) error {
+	p, err := a.principal(ctx)
+	if err != nil {
+		return err
+	}
+	m := req.Msg
+	var wait time.Duration
+	if m.GetWait() != nil {
+		if err := m.GetWait().CheckValid(); err != nil || m.GetWait().AsDuration() <= 0 {
+			return connect.NewError(connect.CodeInvalidArgument, errors.New("wait must be a positive duration"))
+		}
+		wait = m.GetWait().AsDuration()
+	}
+	call, err := a.cfg.ToolCalls.Attach(ctx, p, m.GetNodeId(), m.GetCommandId(), wait)
+	if err != nil {
+		return a.fail(ctx, "AttachExec", err)
+	}
+	a.cfg.Logger.InfoContext(ctx, "exec attached", "operator", p.TokenID, "node", call.NodeID, "command_id", call.ID)
+	for {
+		ev, err := call.Next(ctx)
+		if err != nil {
+			// The caller left: the command goes on, and a later attach still finds
+			// what arrives meanwhile.
+			call.Release()
+			return a.fail(ctx, "AttachExec", err)
+		}
+		if ev.Result != nil {
+			if ev.Result.Kind == toolcall.KindShutdown {
+				return shutdownError(call)
+			}
+			return stream.Send(&edgev1.AttachExecResponse{Event: &edgev1.AttachExecResponse_Result{Result: resultPB(call.ID, *ev.Result)}})
+		}
+		if err := stream.Send(&edgev1.AttachExecResponse{Event: &edgev1.AttachExecResponse_Output{Output: progressPB(call.ID, *ev.Progress)}}); err != nil {
+			call.Release()
 			return nil
 		}
 	}

@@ -277,7 +277,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			case *edgev1.EdgeEvent_CommandResult:
 				res := e.CommandResult
 				if !c.cfg.ToolCalls.Result(nodeID, res.GetCommandId(), resultFromPB(res)) {
-					log.InfoContext(ctx, "tool result for no pending call acked and ignored", "command_id", res.GetCommandId())
+					log.InfoContext(ctx, "tool result for no call followed here: acked, and kept a while for an attach", "command_id", res.GetCommandId())
 				}
 				// Acked on this goroutine, as the answer to what it just received:
 				// a duplicate is acked too, so the daemon's buffer drains either way.
@@ -363,6 +363,8 @@ func command(c session.Command) *edgev1.EdgeCommand {
 		return invokeToolPB(c)
 	case session.CommandCancelTool:
 		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CancelTool{CancelTool: &edgev1.CancelTool{CommandId: c.CommandID}}}
+	case session.CommandQueryTool:
+		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_QueryTool{QueryTool: &edgev1.QueryTool{CommandId: c.CommandID}}}
 	case session.CommandRotationPolicy:
 		return rotationPolicyPB(c) // keypolicy_hook.go
 	case session.CommandRotateKey:

@@ -50,7 +50,8 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, operators.ErrExists):
 		code = connect.CodeAlreadyExists
-	case errors.Is(err, operators.ErrLastAdmin), errors.Is(err, enroll.ErrAlreadyUsed), errors.Is(err, hosts.ErrStillValid):
+	case errors.Is(err, operators.ErrLastAdmin), errors.Is(err, enroll.ErrAlreadyUsed), errors.Is(err, hosts.ErrStillValid),
+		errors.Is(err, toolcall.ErrFollowed):
 		code = connect.CodeFailedPrecondition
 	case errors.Is(err, toolcall.ErrBusy), errors.Is(err, fleet.ErrShuttingDown):
 		code = connect.CodeUnavailable

@@ -55,6 +55,7 @@ var AdminPermissions = map[string]Access{
 	edgev1connect.EdgeAdminServiceRevokeHostProcedure:             Write,
 	edgev1connect.EdgeAdminServiceSetHostSecurityContextProcedure: Write,
 	edgev1connect.EdgeAdminServiceExecProcedure:                   Write,
+	edgev1connect.EdgeAdminServiceAttachExecProcedure:             Write,
 	edgev1connect.EdgeAdminServiceUpdateHostTagsProcedure:         Write,
 	edgev1connect.EdgeAdminServiceDeleteHostProcedure:             Write,
 	edgev1connect.EdgeAdminServicePlanFleetRunProcedure:           Read,

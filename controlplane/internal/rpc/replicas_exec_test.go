@@ -77,3 +77,50 @@ func TestReplicasExecCancelAcrossReplicas(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The replica an Exec went through stops mid-call (the Exec ends Unavailable): an
+// attach through a third replica asks the host (QueryTool crosses to the replica
+// holding its stream) and receives the output and result the host sends there.
+func TestReplicasAttachExecAfterTheReplicaStops(t *testing.T) {
+	rs := threeReplicas(t)
+	a, b, c := rs[0], rs[1], rs[2]
+	n, st := onReplica(t, a, b)
+
+	r := startExec(t, a.AdminClient(), &edgev1.ExecRequest{NodeId: n.id, Command: "/bin/sleep", Args: []string{"5"}, Deadline: durationpb.New(30 * time.Second)})
+	r.next(t)
+	id := st.expectInvoke().GetCommandId()
+	st.progress(id, 1, edgev1.OutputStream_OUTPUT_STREAM_STDOUT, "one\n")
+	if out := r.next(t).GetOutput(); string(out.GetData()) != "one\n" {
+		t.Fatalf("output on A = %v", out)
+	}
+	a.Stop()
+	if err := r.end(t); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("Exec on the stopped replica ended with %v, want Unavailable", err)
+	}
+
+	at := startAttach(t, c.AdminClient(), n.id, id)
+	if q := st.expectCommand().GetQueryTool(); q.GetCommandId() != id {
+		t.Fatalf("expected QueryTool{%s} on B", id)
+	}
+	st.progress(id, 2, edgev1.OutputStream_OUTPUT_STREAM_STDOUT, "two\n")
+	st.result(&edgev1.CommandResult{CommandId: id, Ok: true, LastSequence: 2})
+	// C heard the first chunk too (B forwards what no local call waits for), so the
+	// attach may replay it: the CLI skips sequences it printed.
+	evs, err := at.all(t)
+	if err != nil || len(evs) < 2 || !evs[len(evs)-1].GetResult().GetOk() {
+		t.Fatalf("attach through C = %v, %v", evs, err)
+	}
+	var out strings.Builder
+	var seq uint64
+	for _, ev := range evs[:len(evs)-1] {
+		if o := ev.GetOutput(); o == nil || o.GetSequence() <= seq {
+			t.Fatalf("attach events out of order: %v", evs)
+		} else {
+			seq = o.GetSequence()
+			out.Write(o.GetData())
+		}
+	}
+	if got := out.String(); got != "two\n" && got != "one\ntwo\n" {
+		t.Fatalf("attach output %q", got)
+	}
+}

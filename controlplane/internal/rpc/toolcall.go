@@ -18,6 +18,9 @@ var kindToPB = map[toolcall.ErrorKind]edgev1.ToolErrorKind{
 	toolcall.KindToolNotFound:     edgev1.ToolErrorKind_TOOL_ERROR_KIND_TOOL_NOT_FOUND,
 	toolcall.KindInternal:         edgev1.ToolErrorKind_TOOL_ERROR_KIND_INTERNAL,
 	toolcall.KindEdgeDisconnected: edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED,
+	toolcall.KindResultLost:       edgev1.ToolErrorKind_TOOL_ERROR_KIND_RESULT_LOST,
+	// KindShutdown never reaches a daemon or an operator as a result: Exec and
+	// AttachExec end with Unavailable instead, so the caller attaches again.
 }
 
 func kindFromPB(k edgev1.ToolErrorKind) toolcall.ErrorKind {

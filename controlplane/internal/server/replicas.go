@@ -84,6 +84,8 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 			c.Kind = session.CommandRotateKey
 		case session.CommandCancelTool.String():
 			c.Kind = session.CommandCancelTool
+		case session.CommandQueryTool.String():
+			c.Kind = session.CommandQueryTool
 		case session.CommandInvokeTool.String():
 			v := e.Command.Invoke
 			if v == nil {

@@ -377,10 +377,15 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	// (a compressor reset per message) than the bytes it saves, so compress only
 	// messages worth it (listings of thousands of hosts, long command output).
 	small := connect.WithCompressMinBytes(compressMinBytes)
-	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits, small))
+	// A request connect-go cannot read never reaches an interceptor; rpc.Unreadable
+	// gives its refusal a typed reason, and rpc.ReadInterceptor (first) tells it
+	// which requests were read.
+	read := rpc.ReadInterceptor{}
+	clusterPath, clusterHandler := edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(read, metricsI), limits, small)
+	mux.Handle(clusterPath, rpc.Unreadable(clusterHandler, s.now, readMaxBytes))
 	// Metrics outermost, so refused authentications are counted too.
-	adminPath, adminHandler := edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small)
-	mux.Handle(adminPath, adminHandler)
+	adminPath, adminHandler := edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(read, metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small)
+	mux.Handle(adminPath, rpc.Unreadable(adminHandler, s.now, readMaxBytes))
 	// The web console calls the same handler in process, so it is scoped and
 	// role-checked exactly as the API.
 	ui, err := console.New(console.Config{API: adminHandler, Now: s.now, Rand: rnd, Logger: s.log, PollInterval: opts.ConsolePollInterval})

@@ -59,6 +59,9 @@ const (
 	CommandCancelTool
 	// CommandRotationPolicy: the host's policy max key age is now MaxKeyAge.
 	CommandRotationPolicy
+	// CommandQueryTool: send the result of tool call CommandID again, or say it is
+	// lost (an operator re-attached after a restart).
+	CommandQueryTool
 )
 
 func (k CommandKind) String() string {
@@ -73,6 +76,8 @@ func (k CommandKind) String() string {
 		return "cancel_tool"
 	case CommandRotationPolicy:
 		return "rotation_policy"
+	case CommandQueryTool:
+		return "query_tool"
 	}
 	return "unknown"
 }

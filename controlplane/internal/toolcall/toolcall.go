@@ -41,6 +41,14 @@ const (
 	// output far below this (1 MiB by default), so only a misbehaving daemon or a
 	// stalled client gets here, and then further chunks are dropped, not buffered.
 	maxQueued = 8 << 20
+	// lateKeep bounds how long output and results that arrive for a call nobody
+	// follows here (the Exec that started it was on a process that has stopped) are
+	// kept for an Attach; lateMaxBytes bounds their total.
+	lateKeep     = 10 * time.Minute
+	lateMaxBytes = 16 << 20
+	// lateNodeMaxBytes bounds what one node may have kept, so a daemon reporting
+	// made-up command ids cannot push out what other hosts' calls left.
+	lateNodeMaxBytes = 2 << 20
 )
 
 var (
@@ -48,6 +56,8 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrBusy: the host's stream has too many commands waiting; retry.
 	ErrBusy = errors.New("the host has too many commands waiting to be sent: retry shortly")
+	// ErrFollowed: an Attach for a call that an Exec or Attach here still follows.
+	ErrFollowed = errors.New("the call is still followed by another Exec or attach on this control plane")
 )
 
 // ErrorKind says why a call did not run to completion.
@@ -61,6 +71,11 @@ const (
 	KindToolNotFound
 	KindInternal
 	KindEdgeDisconnected
+	// KindResultLost: the host no longer holds the result of a call re-attached to.
+	KindResultLost
+	// KindShutdown: this control plane is stopping; the call goes on on the host and
+	// its caller re-attaches (Attach) to another process or replica.
+	KindShutdown
 )
 
 // String is the kind as metrics and audit entries name it.
@@ -80,6 +95,10 @@ func (k ErrorKind) String() string {
 		return "internal"
 	case KindEdgeDisconnected:
 		return "edge_disconnected"
+	case KindResultLost:
+		return "result_lost"
+	case KindShutdown:
+		return "control_plane_shutdown"
 	}
 	return "unknown"
 }
@@ -163,6 +182,19 @@ type Service struct {
 	cfg     Config
 	mu      sync.Mutex
 	pending map[string]*Call
+	// late holds what arrived for calls nobody follows here, for an Attach.
+	late      map[string]*lateCall
+	lateBytes int
+	lateNode  map[string]int // bytes kept per node
+	lateSweep time.Time
+}
+
+// lateCall is what arrived for one call nobody followed, oldest first.
+type lateCall struct {
+	nodeID string
+	at     time.Time
+	events []Event
+	bytes  int
 }
 
 // New returns a Service.
@@ -170,7 +202,7 @@ func New(cfg Config) *Service {
 	if cfg.Grace <= 0 {
 		cfg.Grace = DefaultGrace
 	}
-	return &Service{cfg: cfg, pending: map[string]*Call{}}
+	return &Service{cfg: cfg, pending: map[string]*Call{}, late: map[string]*lateCall{}, lateNode: map[string]int{}}
 }
 
 // Call is one tool call, from Start until its result (or the end of its grace).
@@ -195,6 +227,7 @@ type Call struct {
 	finished bool
 	taken    bool // the result has been handed to the caller
 	ready    chan struct{}
+	attached bool // followed by Attach, not started here
 }
 
 // Start sends a cmd.run to the node's live stream on this replica and returns the
@@ -263,6 +296,82 @@ func (s *Service) Start(ctx context.Context, p apitoken.Principal, req Request) 
 	return c, nil
 }
 
+// Attach follows a call started earlier (by an Exec on a process that has since
+// stopped, or on a replica that died): what arrived for it while nobody followed,
+// then whatever the host sends. The host is asked (QueryTool) for a result it holds;
+// one it does not know ends the call as KindResultLost. wait bounds the wait for the
+// result (at most MaxDeadline + the grace). A host that is not connected ends the
+// call at once as KindEdgeDisconnected: the result it kept comes when it is back,
+// so the caller attaches again then.
+func (s *Service) Attach(ctx context.Context, p apitoken.Principal, nodeID, commandID string, wait time.Duration) (*Call, error) {
+	if !p.CanWrite() {
+		return nil, fmt.Errorf("%w: role %q cannot follow commands on hosts", apitoken.ErrPermissionDenied, p.Role)
+	}
+	if !validCommandID(commandID) {
+		return nil, fmt.Errorf("%w: command_id must be c- and 32 hex digits (ExecStarted.command_id)", ErrInvalid)
+	}
+	if wait <= 0 || wait > MaxDeadline+s.cfg.Grace {
+		wait = MaxDeadline + s.cfg.Grace
+	}
+	d, err := s.cfg.Store.GetDaemon(ctx, nodeID)
+	if err == nil && !p.Sees(d.TenantID) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("host %q: %w", nodeID, err)
+	}
+	c := &Call{
+		ID: commandID, NodeID: d.NodeID, TenantID: d.TenantID, Tool: ToolCmdRun, Command: "(attached)",
+		SecurityContext: d.SecurityContext, Deadline: s.cfg.Now().Add(wait),
+		svc: s, actor: "op:" + p.TokenID, started: time.Now(), ready: make(chan struct{}, 1), attached: true,
+	}
+	s.mu.Lock()
+	if _, ok := s.pending[commandID]; ok {
+		s.mu.Unlock()
+		return nil, ErrFollowed
+	}
+	var kept []Event
+	if l := s.late[commandID]; l != nil && l.nodeID == d.NodeID {
+		kept = l.events
+		s.forgetLate(commandID)
+	}
+	s.pending[commandID] = c
+	s.mu.Unlock()
+
+	var result *Result
+	for _, ev := range kept {
+		if ev.Progress != nil {
+			s.progress(d.NodeID, commandID, *ev.Progress)
+		} else if result == nil {
+			result = ev.Result
+		}
+	}
+	if result != nil {
+		s.finish(c, *result)
+		return c, nil
+	}
+	c.timer = time.AfterFunc(wait, func() {
+		s.finish(c, Result{Kind: KindEdgeDisconnected, Message: fmt.Sprintf("no result from the host within %s of attaching", wait)})
+	})
+	err = s.cfg.Sessions.Send(d.NodeID, session.Command{Kind: session.CommandQueryTool, CommandID: commandID})
+	switch {
+	case errors.Is(err, session.ErrNoStream):
+		s.finish(c, Result{Kind: KindEdgeDisconnected, Message: "the host has no live stream to this control plane yet; the result it kept is sent when it reconnects: attach again"})
+	case err != nil:
+		s.drop(c)
+		return nil, err
+	}
+	return c, nil
+}
+
+func validCommandID(id string) bool {
+	if len(id) != 34 || id[:2] != "c-" {
+		return false
+	}
+	_, err := hex.DecodeString(id[2:])
+	return err == nil
+}
+
 // drop forgets c without a result (it was never sent).
 func (s *Service) drop(c *Call) {
 	if c.timer != nil {
@@ -273,15 +382,77 @@ func (s *Service) drop(c *Call) {
 	s.mu.Unlock()
 }
 
-// call returns the pending call id, if it is nodeID's: a daemon can never feed
-// output or a result into another node's call.
-func (s *Service) call(nodeID, id string) *Call {
+// callOrKeep returns the pending call id if it is nodeID's (a daemon can never feed
+// output or a result into another node's call). When no call is pending it keeps ev
+// for an Attach, under the same lock Attach registers under, so nothing falls
+// between the two.
+func (s *Service) callOrKeep(nodeID, id string, ev Event) *Call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c := s.pending[id]; c != nil && c.NodeID == nodeID {
-		return c
+	if c := s.pending[id]; c != nil {
+		if c.NodeID == nodeID {
+			return c
+		}
+		return nil
 	}
+	s.keepLate(nodeID, id, ev)
 	return nil
+}
+
+// keepLate keeps ev for an Attach, within the bounds: lateKeep old, lateNodeMaxBytes
+// per node (further events of that node are dropped), lateMaxBytes in all (the
+// oldest calls go first). Callers hold mu.
+func (s *Service) keepLate(nodeID, id string, ev Event) {
+	now := time.Now()
+	if now.Sub(s.lateSweep) > time.Second {
+		s.lateSweep = now
+		for k, l := range s.late {
+			if now.Sub(l.at) > lateKeep {
+				s.forgetLate(k)
+			}
+		}
+	}
+	size := 64
+	if ev.Progress != nil {
+		size += len(ev.Progress.Data)
+	}
+	if s.lateNode[nodeID]+size > lateNodeMaxBytes {
+		return
+	}
+	for s.lateBytes+size > lateMaxBytes && len(s.late) > 0 {
+		var oldest string
+		for k, l := range s.late {
+			if oldest == "" || l.at.Before(s.late[oldest].at) {
+				oldest = k
+			}
+		}
+		s.forgetLate(oldest)
+	}
+	l := s.late[id]
+	if l == nil {
+		l = &lateCall{nodeID: nodeID, at: now}
+		s.late[id] = l
+	}
+	if l.nodeID != nodeID {
+		return // the first node to name the id owns it; the attach checks the node too
+	}
+	l.events = append(l.events, ev)
+	l.bytes += size
+	s.lateBytes += size
+	s.lateNode[nodeID] += size
+}
+
+// forgetLate drops what was kept for id. Callers hold mu.
+func (s *Service) forgetLate(id string) {
+	l := s.late[id]
+	if l == nil {
+		return
+	}
+	s.lateBytes -= l.bytes
+	if s.lateNode[l.nodeID] -= l.bytes; s.lateNode[l.nodeID] <= 0 {
+		delete(s.lateNode, l.nodeID)
+	}
+	delete(s.late, id)
 }
 
 // Sender queues a command for a node's live stream: session.ErrNoStream when it
@@ -304,9 +475,10 @@ func (s *Service) ProgressFrom(nodeID, commandID string, p Progress) {
 	s.progress(nodeID, commandID, p)
 }
 
-// progress reports whether the call is pending here.
+// progress reports whether the call is pending here; a chunk of a call that is not
+// is kept for an Attach.
 func (s *Service) progress(nodeID, commandID string, p Progress) bool {
-	c := s.call(nodeID, commandID)
+	c := s.callOrKeep(nodeID, commandID, Event{Progress: &p})
 	if c == nil {
 		return false
 	}
@@ -327,7 +499,7 @@ func (s *Service) progress(nodeID, commandID string, p Progress) bool {
 // reconnect) or a result for a call this replica no longer waits for leaves its
 // buffer.
 func (s *Service) Result(nodeID, commandID string, r Result) bool {
-	c := s.call(nodeID, commandID)
+	c := s.callOrKeep(nodeID, commandID, Event{Result: &r})
 	if c == nil {
 		if s.cfg.Elsewhere != nil {
 			s.cfg.Elsewhere(nodeID, commandID, Event{Result: &r})
@@ -339,7 +511,7 @@ func (s *Service) Result(nodeID, commandID string, r Result) bool {
 
 // ResultFrom is Result for a result another replica received: never handed on.
 func (s *Service) ResultFrom(nodeID, commandID string, r Result) bool {
-	c := s.call(nodeID, commandID)
+	c := s.callOrKeep(nodeID, commandID, Event{Result: &r})
 	if c == nil {
 		return false
 	}
@@ -354,10 +526,16 @@ func (s *Service) finish(c *Call, r Result) bool {
 		return false
 	}
 	c.finished = true
-	c.queue = append(c.queue, Event{Result: &r})
-	c.notify()
 	c.mu.Unlock()
 	s.drop(c)
+	// The caller is woken after the audit entry is written, so whoever saw the result
+	// can read its record.
+	defer func() {
+		c.mu.Lock()
+		c.queue = append(c.queue, Event{Result: &r})
+		c.notify()
+		c.mu.Unlock()
+	}()
 
 	took := time.Since(c.started)
 	s.cfg.Metrics.ToolCall(c.Tool, r.label(), took)
@@ -373,6 +551,10 @@ func (s *Service) finish(c *Call, r Result) bool {
 	}
 	if r.OutputTruncated {
 		details["output_truncated"] = "true"
+	}
+	if c.attached {
+		details["attached"] = "true"
+		delete(details, "command")
 	}
 	// The operator's request may be gone (Ctrl-C); the record must still be written.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -415,6 +597,17 @@ func (c *Call) Cancel() {
 	}()
 }
 
+// Release stops following an attached call without ending it (its caller left):
+// what arrives for it later is kept for the next Attach.
+func (c *Call) Release() {
+	c.mu.Lock()
+	done := c.finished
+	c.mu.Unlock()
+	if !done {
+		c.svc.drop(c)
+	}
+}
+
 func (c *Call) notify() {
 	select {
 	case c.ready <- struct{}{}:
@@ -451,9 +644,9 @@ func (c *Call) Next(ctx context.Context) (Event, error) {
 	}
 }
 
-// Shutdown ends every pending call as edge_disconnected: this replica will not see
-// their results, and an operator's Exec must not hold the graceful shutdown open
-// until its deadline.
+// Shutdown ends every pending call as KindShutdown: this replica will not see their
+// results, and an operator's Exec must not hold the graceful shutdown open until its
+// deadline. The calls go on on the hosts; their callers re-attach (Attach).
 func (s *Service) Shutdown() {
 	s.mu.Lock()
 	all := make([]*Call, 0, len(s.pending))
@@ -462,7 +655,7 @@ func (s *Service) Shutdown() {
 	}
 	s.mu.Unlock()
 	for _, c := range all {
-		s.finish(c, Result{Kind: KindEdgeDisconnected, Message: "the control plane is shutting down; the command may still be running on the host"})
+		s.finish(c, Result{Kind: KindShutdown, Message: "the control plane is shutting down; the command goes on on the host: attach again to follow it"})
 	}
 }
 

@@ -486,7 +486,8 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 				// A second Welcome is harmless; ignore it.
 			case *edgev1.EdgeCommand_RefreshToken, *edgev1.EdgeCommand_RotateKey, *edgev1.EdgeCommand_RotationPolicy:
 				a.handleCommand(ctx, log, r.cmd)
-			case *edgev1.EdgeCommand_InvokeTool, *edgev1.EdgeCommand_CancelTool, *edgev1.EdgeCommand_CommandResultAck:
+			case *edgev1.EdgeCommand_InvokeTool, *edgev1.EdgeCommand_CancelTool, *edgev1.EdgeCommand_CommandResultAck,
+				*edgev1.EdgeCommand_QueryTool:
 				a.handleToolCommand(callsCtx, r.cmd)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,9 +24,12 @@ type sendFunc func(*edgev1.EdgeEvent) error
 // key rotation, a token refresh) reaches the process; only its deadline, a
 // CancelTool, or the end of serving the identity does.
 //
-// Progress goes out on whatever stream is live when it is produced, and is dropped
-// when none is (the result's last_sequence tells the server). Results are kept,
-// bounded, until the server acknowledges them, and sent again on every new stream.
+// Progress goes out on whatever stream is live when it is produced; what is produced
+// while none is (or fails to send) is kept with the call, bounded by its output cap,
+// and sent first, in order, on the next stream, so an operator who re-attaches after
+// a control-plane restart gets the whole output. Results are kept, bounded, until the
+// server acknowledges them, and sent again (after the call's kept output) on every
+// new stream and when the server asks (QueryTool).
 type calls struct {
 	log       *slog.Logger
 	maxOutput int64
@@ -38,13 +42,19 @@ type calls struct {
 	link    sendFunc
 	running map[string]context.CancelCauseFunc
 	pending []*edgev1.CommandResult
-	wg      sync.WaitGroup
+	// unsent is each call's output not yet on a stream, in order; flushing names
+	// the calls whose unsent output one goroutine is sending (no lock is held while
+	// it does, and it sends the result after the output).
+	unsent   map[string][]*edgev1.CommandProgress
+	flushing map[string]bool
+	wg       sync.WaitGroup
 }
 
 func newCalls(cfg Config, log *slog.Logger, onChange func(running, pending int)) *calls {
 	return &calls{
 		log: log, maxOutput: cfg.MaxOutputBytes, deadline: cfg.DefaultToolDeadline, limit: cfg.ResultBuffer,
 		policy: cfg.Policy, onChange: onChange, running: map[string]context.CancelCauseFunc{},
+		unsent: map[string][]*edgev1.CommandProgress{}, flushing: map[string]bool{},
 	}
 }
 
@@ -53,19 +63,82 @@ func (c *calls) changed() {
 	c.onChange(len(c.running), len(c.pending))
 }
 
-// connected makes send the live stream and sends every unacknowledged result on it.
+// connected makes send the live stream and sends on it every call's kept output and
+// every unacknowledged result.
 func (c *calls) connected(send sendFunc) {
 	c.mu.Lock()
 	c.link = send
-	pending := append([]*edgev1.CommandResult(nil), c.pending...)
+	// Finished calls first, oldest first, then the running ones' kept output.
+	var ids []string
+	for _, r := range c.pending {
+		ids = append(ids, r.GetCommandId())
+	}
+	var runningIDs []string
+	for id := range c.unsent {
+		if c.result(id) == nil {
+			runningIDs = append(runningIDs, id)
+		}
+	}
+	slices.Sort(runningIDs)
+	ids = append(ids, runningIDs...)
 	c.mu.Unlock()
-	for _, r := range pending {
-		if err := send(resultEvent(r)); err != nil {
-			c.log.Warn("could not send a buffered tool result; it is sent again on the next stream", "command_id", r.GetCommandId(), "error", err)
+	for _, id := range ids {
+		if !c.flush(id, send) {
 			return
 		}
-		c.log.Info("buffered tool result sent", "command_id", r.GetCommandId())
 	}
+}
+
+// flush sends id's kept output in order, then its result if it has finished. It
+// reports false when a send failed (what was not sent is kept). When another
+// goroutine is flushing id already, that one sends everything, result included.
+func (c *calls) flush(id string, send sendFunc) bool {
+	c.mu.Lock()
+	if c.flushing[id] {
+		c.mu.Unlock()
+		return true
+	}
+	c.flushing[id] = true
+	for {
+		batch := c.unsent[id]
+		delete(c.unsent, id)
+		if len(batch) == 0 {
+			delete(c.flushing, id)
+			res := c.result(id)
+			c.mu.Unlock()
+			if res == nil {
+				return true
+			}
+			if err := send(resultEvent(res)); err != nil {
+				c.log.Warn("could not send a tool result; it is sent again on the next stream", "command_id", id, "error", err)
+				return false
+			}
+			return true
+		}
+		c.mu.Unlock()
+		for i, p := range batch {
+			if err := send(progressEvent(p)); err != nil {
+				c.mu.Lock()
+				c.unsent[id] = append(batch[i:], c.unsent[id]...)
+				delete(c.flushing, id)
+				c.mu.Unlock()
+				c.log.Warn("could not send a tool call's kept output; it is sent again on the next stream", "command_id", id, "error", err)
+				return false
+			}
+		}
+		c.log.Info("kept tool output sent", "command_id", id, "chunks", len(batch))
+		c.mu.Lock()
+	}
+}
+
+// result is id's unacknowledged result, or nil. Callers hold mu.
+func (c *calls) result(id string) *edgev1.CommandResult {
+	for _, r := range c.pending {
+		if r.GetCommandId() == id {
+			return r
+		}
+	}
+	return nil
 }
 
 // disconnected: no stream until the next connected.
@@ -169,36 +242,67 @@ func (c *calls) invoke(ctx context.Context, inv *edgev1.InvokeTool, tokenContext
 func (c *calls) keep(res *edgev1.CommandResult) {
 	if len(c.pending) >= c.limit {
 		c.log.Warn("tool result buffer is full; the oldest unacknowledged result is dropped", "command_id", c.pending[0].GetCommandId(), "limit", c.limit)
+		delete(c.unsent, c.pending[0].GetCommandId())
 		c.pending = c.pending[1:]
 	}
 	c.pending = append(c.pending, res)
 	c.changed()
 }
 
+// deliver sends a finished call's kept output and its result (kept until acked).
 func (c *calls) deliver(res *edgev1.CommandResult) {
 	send := c.current()
 	if send == nil {
 		c.log.Info("tool result kept until the stream is back", "command_id", res.GetCommandId())
 		return
 	}
-	if err := send(resultEvent(res)); err != nil {
-		c.log.Warn("could not send a tool result; it is sent again on the next stream", "command_id", res.GetCommandId(), "error", err)
-	}
+	c.flush(res.GetCommandId(), send)
 }
 
-// progress sends a chunk on the live stream, or drops it when there is none.
+// progress sends a chunk on the live stream; with none (or output of this call still
+// waiting to go out before it) the chunk is kept, in order, for the next stream.
 func (c *calls) progress(id string, ch tools.Chunk) {
-	send := c.current()
-	if send == nil {
-		return
-	}
 	stream := edgev1.OutputStream_OUTPUT_STREAM_STDOUT
 	if ch.Stream == tools.Stderr {
 		stream = edgev1.OutputStream_OUTPUT_STREAM_STDERR
 	}
-	_ = send(&edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_CommandProgress{CommandProgress: &edgev1.CommandProgress{
-		CommandId: id, Sequence: ch.Seq, Stream: stream, Data: ch.Data,
-	}}})
+	p := &edgev1.CommandProgress{CommandId: id, Sequence: ch.Seq, Stream: stream, Data: ch.Data}
+	c.mu.Lock()
+	send := c.link
+	if send == nil || c.flushing[id] || len(c.unsent[id]) > 0 {
+		c.unsent[id] = append(c.unsent[id], p)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	if err := send(progressEvent(p)); err != nil {
+		c.mu.Lock()
+		c.unsent[id] = append(c.unsent[id], p)
+		c.mu.Unlock()
+	}
+}
+
+// query answers QueryTool: a running call goes on (its kept output is sent), a
+// finished one's output and result are sent again, and one this daemon does not
+// know is reported lost, so the operator who re-attached is told at once.
+func (c *calls) query(id string) {
+	send := c.current()
+	if send == nil {
+		return
+	}
+	c.mu.Lock()
+	_, running := c.running[id]
+	known := running || c.result(id) != nil
+	c.mu.Unlock()
+	if known {
+		c.flush(id, send)
+		return
+	}
+	c.log.Info("the control plane asked for a tool call this daemon does not know", "command_id", id)
+	_ = send(resultEvent(&edgev1.CommandResult{
+		CommandId: id, ExitCode: -1, ErrorKind: edgev1.ToolErrorKind_TOOL_ERROR_KIND_RESULT_LOST,
+		ErrorMessage: "edged on this host does not know the command: it restarted since, or its result buffer (tools.result_buffer) dropped the result",
+	}))
 }
 
 func (c *calls) cancel(id string) {
@@ -219,10 +323,15 @@ func (c *calls) ack(id string) {
 	for i, r := range c.pending {
 		if r.GetCommandId() == id {
 			c.pending = append(c.pending[:i:i], c.pending[i+1:]...)
+			delete(c.unsent, id)
 			c.changed()
 			return
 		}
 	}
+}
+
+func progressEvent(p *edgev1.CommandProgress) *edgev1.EdgeEvent {
+	return &edgev1.EdgeEvent{Event: &edgev1.EdgeEvent_CommandProgress{CommandProgress: p}}
 }
 
 func resultEvent(r *edgev1.CommandResult) *edgev1.EdgeEvent {
@@ -287,5 +396,7 @@ func (a *Agent) handleToolCommand(ctx context.Context, cmd *edgev1.EdgeCommand) 
 		a.calls.cancel(c.CancelTool.GetCommandId())
 	case *edgev1.EdgeCommand_CommandResultAck:
 		a.calls.ack(c.CommandResultAck.GetCommandId())
+	case *edgev1.EdgeCommand_QueryTool:
+		a.calls.query(c.QueryTool.GetCommandId())
 	}
 }

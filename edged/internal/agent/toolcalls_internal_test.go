@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -125,19 +127,26 @@ func settle(t *testing.T, cnt *counts, pending int) {
 
 func TestResultsBufferedBoundedAndResentUntilAcked(t *testing.T) {
 	c, cnt := newTestCalls(t, 2)
-	// Disconnected: progress is dropped, results kept (the oldest dropped past 2).
+	// Disconnected: progress and results kept (the oldest call dropped past 2, its
+	// output with it).
 	for i, id := range []string{"c1", "c2", "c3"} {
 		c.invoke(context.Background(), shell(id, "echo "+id), "ops", time.Time{})
 		settle(t, cnt, min(i+1, 2))
 	}
 	s := &fakeStream{}
 	c.connected(s.send)
-	if got := s.results(); len(got) != 2 || got[0] != "c2" || got[1] != "c3" || s.progress() != 0 {
-		t.Fatalf("resent %v (progress %d), want [c2 c3] and no progress", got, s.progress())
+	if got := s.results(); len(got) != 2 || got[0] != "c2" || got[1] != "c3" || s.progress() != 2 {
+		t.Fatalf("resent %v (progress %d), want [c2 c3], each after its one chunk", got, s.progress())
 	}
-	for _, e := range s.snapshot() {
-		if r := e.GetCommandResult(); r.GetLastSequence() != 1 || !r.GetOk() {
-			t.Fatalf("result %+v: last_sequence must count the dropped chunk", r)
+	first := s.snapshot()
+	for i, e := range first {
+		if r := e.GetCommandResult(); r != nil {
+			if r.GetLastSequence() != 1 || !r.GetOk() {
+				t.Fatalf("result %+v", r)
+			}
+			if i == 0 || first[i-1].GetCommandProgress().GetCommandId() != r.GetCommandId() || string(first[i-1].GetCommandProgress().GetData()) != r.GetCommandId()+"\n" {
+				t.Fatalf("result %s not right after its kept output: %v", r.GetCommandId(), first)
+			}
 		}
 	}
 	// Only acked results leave the buffer; the rest go out again on the next stream.
@@ -227,5 +236,49 @@ func TestDeniedAndUnknownToolNeverRun(t *testing.T) {
 	}
 	if kinds["c1"] != edgev1.ToolErrorKind_TOOL_ERROR_KIND_DENIED || kinds["c2"] != edgev1.ToolErrorKind_TOOL_ERROR_KIND_TOOL_NOT_FOUND {
 		t.Fatalf("kinds %v", kinds)
+	}
+}
+
+// Output kept while no stream was up goes out first, and a call that keeps printing
+// while it does (the stream is slow) never has a chunk overtake an older one: the
+// server drops a chunk whose sequence is not above the last it saw. A stream that
+// breaks mid-flush keeps the rest for the next one.
+func TestKeptOutputKeepsItsOrderAcrossReconnects(t *testing.T) {
+	c, cnt := newTestCalls(t, 4)
+	c.invoke(context.Background(), shell("c1", "i=0; while [ $i -lt 200 ]; do echo $i; i=$((i+1)); done"), "ops", time.Time{})
+	for kept := 0; kept == 0; { // some output is produced with no stream
+		c.mu.Lock()
+		kept = len(c.unsent["c1"])
+		c.mu.Unlock()
+		runtime.Gosched()
+	}
+	broken := &fakeStream{fail: true}
+	c.connected(broken.send)
+	c.disconnected()
+	slow := &fakeStream{}
+	c.connected(func(ev *edgev1.EdgeEvent) error {
+		time.Sleep(100 * time.Microsecond)
+		return slow.send(ev)
+	})
+	settle(t, cnt, 1)
+	evs := slow.waitResults(t, 1)
+	var seq uint64
+	var out strings.Builder
+	for i, e := range evs {
+		if p := e.GetCommandProgress(); p != nil {
+			if p.GetSequence() != seq+1 {
+				t.Fatalf("chunk %d has sequence %d after %d", i, p.GetSequence(), seq)
+			}
+			seq = p.GetSequence()
+			out.Write(p.GetData())
+		} else if i != len(evs)-1 {
+			t.Fatalf("the result is not last: event %d of %d", i, len(evs))
+		}
+	}
+	if r := evs[len(evs)-1].GetCommandResult(); r.GetLastSequence() != seq {
+		t.Fatalf("result last_sequence %d, chunks up to %d", r.GetLastSequence(), seq)
+	}
+	if lines := strings.Count(out.String(), "\n"); lines != 200 {
+		t.Fatalf("%d lines arrived, want all 200", lines)
 	}
 }

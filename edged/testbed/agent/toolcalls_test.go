@@ -483,10 +483,12 @@ func TestResultProducedWhileDisconnectedIsDelivered(t *testing.T) {
 		slow := h.script(t, "slow.sh", "echo first\nsleep 1\necho second\nexit 7\n")
 		streamsBefore := h.r.a.Status().Streams
 
+		cutOnce := false
 		e := h.exec(t, context.Background(), 30*time.Second, func(m *edgev1.ExecResponse) {
-			if m.GetOutput() == nil {
+			if m.GetOutput() == nil || cutOnce {
 				return
 			}
+			cutOnce = true
 			cut.set(true)
 			waitFor(t, "the stream to drop", 5*time.Second, func() bool { return h.r.a.Status().Status != agent.StatusConnected })
 			waitFor(t, "the result kept while disconnected", 5*time.Second, func() bool {
@@ -498,8 +500,10 @@ func TestResultProducedWhileDisconnectedIsDelivered(t *testing.T) {
 		if e.err != nil || e.result == nil {
 			t.Fatalf("exec: %v", e.err)
 		}
-		if e.result.GetExitCode() != 7 || e.result.GetLastSequence() != 2 || e.stdout() != "first\n" {
-			t.Fatalf("result %+v, output %q (the second line was produced while down)", e.result, e.stdout())
+		// The second line was produced while the stream was down: kept, and sent
+		// before the result on the new stream.
+		if e.result.GetExitCode() != 7 || e.result.GetLastSequence() != 2 || e.stdout() != "first\nsecond\n" {
+			t.Fatalf("result %+v, output %q, want both lines", e.result, e.stdout())
 		}
 		waitFor(t, "the result acked", 5*time.Second, func() bool { return h.r.a.Status().PendingResults == 0 })
 		if s := h.r.a.Status(); s.Streams != streamsBefore+1 {
@@ -541,6 +545,80 @@ func TestResultBufferedAcrossServerRestart(t *testing.T) {
 			s := h.r.a.Status()
 			return s.Status == agent.StatusConnected && s.PendingResults == 0
 		})
+	})
+}
+
+// An Exec dies with its control plane; the command goes on. AttachExec on the
+// restarted control plane gets the output the daemon produced while no control plane
+// followed (kept and sent on the new stream) and the result; an id the daemon does not
+// know is answered RESULT_LOST at once.
+func TestAttachAfterServerRestartGetsTheWholeOutput(t *testing.T) {
+	cptest.ForEachStore(t, func(t *testing.T, opts cptest.Options) {
+		h := startToolHost(t, opts, nil)
+		h.setContext(t, "ops", true)
+		slow := h.script(t, "slow.sh", "echo one\nsleep 1\necho two\nsleep 1\necho three\nexit 4\n")
+		var id string
+		got := make(chan struct{})
+		e := make(chan *execution, 1)
+		go func() {
+			e <- h.exec(t, context.Background(), 30*time.Second, func(m *edgev1.ExecResponse) {
+				if s := m.GetStarted(); s != nil {
+					id = s.GetCommandId()
+				}
+				if m.GetOutput() != nil {
+					close(got)
+				}
+			}, slow)
+		}()
+		<-got
+		h.srv.Stop()
+		if first := <-e; first.result != nil || connect.CodeOf(first.err) != connect.CodeUnavailable || first.stdout() != "one\n" {
+			t.Fatalf("Exec across the stop: result %v, err %v, output %q", first.result, first.err, first.stdout())
+		}
+		waitFor(t, "the call finished while the server is down", 5*time.Second, func() bool {
+			s := h.r.a.Status()
+			return s.ToolCalls == 0 && s.PendingResults == 1
+		})
+		h.srv.Restart(t)
+		waitFor(t, "the daemon back", 10*time.Second, func() bool { return h.r.a.Status().Status == agent.StatusConnected })
+
+		var out bytes.Buffer
+		var res *edgev1.CommandResult
+		for res == nil || res.GetErrorKind() == edgev1.ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED {
+			out.Reset()
+			stream, err := h.srv.AdminClient().AttachExec(context.Background(), connect.NewRequest(&edgev1.AttachExecRequest{NodeId: h.nodeID, CommandId: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for stream.Receive() {
+				if o := stream.Msg().GetOutput(); o != nil {
+					out.Write(o.GetData())
+				}
+				if r := stream.Msg().GetResult(); r != nil {
+					res = r
+				}
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatal(err)
+			}
+			stream.Close()
+		}
+		if res.GetExitCode() != 4 || out.String() != "two\nthree\n" {
+			t.Fatalf("attach: result %v, output %q; want exit 4 and the lines produced while down", res, out.String())
+		}
+
+		stream, err := h.srv.AdminClient().AttachExec(context.Background(), connect.NewRequest(&edgev1.AttachExecRequest{NodeId: h.nodeID, CommandId: "c-" + strings.Repeat("5a", 16)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		var lost *edgev1.CommandResult
+		for stream.Receive() {
+			lost = stream.Msg().GetResult()
+		}
+		if lost.GetErrorKind() != edgev1.ToolErrorKind_TOOL_ERROR_KIND_RESULT_LOST || !strings.Contains(lost.GetErrorMessage(), "does not know") {
+			t.Fatalf("attach to an unknown id: %v (%v)", lost, stream.Err())
+		}
 	})
 }
 

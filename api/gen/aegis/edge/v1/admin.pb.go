@@ -1432,6 +1432,153 @@ func (*ExecResponse_Output) isExecResponse_Event() {}
 
 func (*ExecResponse_Result) isExecResponse_Event() {}
 
+type AttachExecRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// ExecStarted.command_id.
+	CommandId string `protobuf:"bytes,2,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	// How long to wait for the result; default (and at most) the longest deadline
+	// plus the control plane's grace.
+	Wait          *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachExecRequest) Reset() {
+	*x = AttachExecRequest{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachExecRequest) ProtoMessage() {}
+
+func (x *AttachExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachExecRequest.ProtoReflect.Descriptor instead.
+func (*AttachExecRequest) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AttachExecRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AttachExecRequest) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *AttachExecRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+// AttachExecResponse is one event of an AttachExec: output chunks in order (those
+// the caller missed), then exactly one result.
+type AttachExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*AttachExecResponse_Output
+	//	*AttachExecResponse_Result
+	Event         isAttachExecResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachExecResponse) Reset() {
+	*x = AttachExecResponse{}
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachExecResponse) ProtoMessage() {}
+
+func (x *AttachExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachExecResponse.ProtoReflect.Descriptor instead.
+func (*AttachExecResponse) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AttachExecResponse) GetEvent() isAttachExecResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *AttachExecResponse) GetOutput() *CommandProgress {
+	if x != nil {
+		if x, ok := x.Event.(*AttachExecResponse_Output); ok {
+			return x.Output
+		}
+	}
+	return nil
+}
+
+func (x *AttachExecResponse) GetResult() *CommandResult {
+	if x != nil {
+		if x, ok := x.Event.(*AttachExecResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isAttachExecResponse_Event interface {
+	isAttachExecResponse_Event()
+}
+
+type AttachExecResponse_Output struct {
+	Output *CommandProgress `protobuf:"bytes,2,opt,name=output,proto3,oneof"`
+}
+
+type AttachExecResponse_Result struct {
+	Result *CommandResult `protobuf:"bytes,3,opt,name=result,proto3,oneof"`
+}
+
+func (*AttachExecResponse_Output) isAttachExecResponse_Event() {}
+
+func (*AttachExecResponse_Result) isAttachExecResponse_Event() {}
+
 type ExecStarted struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	CommandId       string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
@@ -1443,7 +1590,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1602,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[21]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1615,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExecStarted) GetCommandId() string {
@@ -1503,7 +1650,7 @@ type UpdateHostTagsRequest struct {
 
 func (x *UpdateHostTagsRequest) Reset() {
 	*x = UpdateHostTagsRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1662,7 @@ func (x *UpdateHostTagsRequest) String() string {
 func (*UpdateHostTagsRequest) ProtoMessage() {}
 
 func (x *UpdateHostTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[22]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1675,7 @@ func (x *UpdateHostTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateHostTagsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateHostTagsRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateHostTagsRequest) GetNodeId() string {
@@ -1561,7 +1708,7 @@ type UpdateHostTagsResponse struct {
 
 func (x *UpdateHostTagsResponse) Reset() {
 	*x = UpdateHostTagsResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1573,7 +1720,7 @@ func (x *UpdateHostTagsResponse) String() string {
 func (*UpdateHostTagsResponse) ProtoMessage() {}
 
 func (x *UpdateHostTagsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[23]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1586,7 +1733,7 @@ func (x *UpdateHostTagsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateHostTagsResponse.ProtoReflect.Descriptor instead.
 func (*UpdateHostTagsResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateHostTagsResponse) GetHost() *Host {
@@ -1605,7 +1752,7 @@ type PlanFleetRunRequest struct {
 
 func (x *PlanFleetRunRequest) Reset() {
 	*x = PlanFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1764,7 @@ func (x *PlanFleetRunRequest) String() string {
 func (*PlanFleetRunRequest) ProtoMessage() {}
 
 func (x *PlanFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1777,7 @@ func (x *PlanFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*PlanFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PlanFleetRunRequest) GetSpec() *FleetRunSpec {
@@ -1649,7 +1796,7 @@ type PlanFleetRunResponse struct {
 
 func (x *PlanFleetRunResponse) Reset() {
 	*x = PlanFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1808,7 @@ func (x *PlanFleetRunResponse) String() string {
 func (*PlanFleetRunResponse) ProtoMessage() {}
 
 func (x *PlanFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1821,7 @@ func (x *PlanFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*PlanFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PlanFleetRunResponse) GetPlan() *FleetPlan {
@@ -1693,7 +1840,7 @@ type StartFleetRunRequest struct {
 
 func (x *StartFleetRunRequest) Reset() {
 	*x = StartFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1852,7 @@ func (x *StartFleetRunRequest) String() string {
 func (*StartFleetRunRequest) ProtoMessage() {}
 
 func (x *StartFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[26]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1865,7 @@ func (x *StartFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*StartFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StartFleetRunRequest) GetSpec() *FleetRunSpec {
@@ -1738,7 +1885,7 @@ type StartFleetRunResponse struct {
 
 func (x *StartFleetRunResponse) Reset() {
 	*x = StartFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1897,7 @@ func (x *StartFleetRunResponse) String() string {
 func (*StartFleetRunResponse) ProtoMessage() {}
 
 func (x *StartFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[27]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1910,7 @@ func (x *StartFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*StartFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StartFleetRunResponse) GetRun() *FleetRun {
@@ -1790,7 +1937,7 @@ type WatchFleetRunRequest struct {
 
 func (x *WatchFleetRunRequest) Reset() {
 	*x = WatchFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1949,7 @@ func (x *WatchFleetRunRequest) String() string {
 func (*WatchFleetRunRequest) ProtoMessage() {}
 
 func (x *WatchFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[28]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1962,7 @@ func (x *WatchFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchFleetRunRequest) GetRunId() string {
@@ -1841,7 +1988,7 @@ type WatchFleetRunResponse struct {
 
 func (x *WatchFleetRunResponse) Reset() {
 	*x = WatchFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1853,7 +2000,7 @@ func (x *WatchFleetRunResponse) String() string {
 func (*WatchFleetRunResponse) ProtoMessage() {}
 
 func (x *WatchFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[29]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1866,7 +2013,7 @@ func (x *WatchFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchFleetRunResponse) GetEvent() *FleetEvent {
@@ -1885,7 +2032,7 @@ type CancelFleetRunRequest struct {
 
 func (x *CancelFleetRunRequest) Reset() {
 	*x = CancelFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2044,7 @@ func (x *CancelFleetRunRequest) String() string {
 func (*CancelFleetRunRequest) ProtoMessage() {}
 
 func (x *CancelFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[30]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2057,7 @@ func (x *CancelFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CancelFleetRunRequest) GetRunId() string {
@@ -1929,7 +2076,7 @@ type CancelFleetRunResponse struct {
 
 func (x *CancelFleetRunResponse) Reset() {
 	*x = CancelFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2088,7 @@ func (x *CancelFleetRunResponse) String() string {
 func (*CancelFleetRunResponse) ProtoMessage() {}
 
 func (x *CancelFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[31]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2101,7 @@ func (x *CancelFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CancelFleetRunResponse) GetRun() *FleetRun {
@@ -1972,7 +2119,7 @@ type ListFleetRunsRequest struct {
 
 func (x *ListFleetRunsRequest) Reset() {
 	*x = ListFleetRunsRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2131,7 @@ func (x *ListFleetRunsRequest) String() string {
 func (*ListFleetRunsRequest) ProtoMessage() {}
 
 func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[32]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2144,7 @@ func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFleetRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListFleetRunsRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type ListFleetRunsResponse struct {
@@ -2009,7 +2156,7 @@ type ListFleetRunsResponse struct {
 
 func (x *ListFleetRunsResponse) Reset() {
 	*x = ListFleetRunsResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2168,7 @@ func (x *ListFleetRunsResponse) String() string {
 func (*ListFleetRunsResponse) ProtoMessage() {}
 
 func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[33]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2181,7 @@ func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFleetRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListFleetRunsResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListFleetRunsResponse) GetRuns() []*FleetRun {
@@ -2053,7 +2200,7 @@ type GetFleetRunRequest struct {
 
 func (x *GetFleetRunRequest) Reset() {
 	*x = GetFleetRunRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2212,7 @@ func (x *GetFleetRunRequest) String() string {
 func (*GetFleetRunRequest) ProtoMessage() {}
 
 func (x *GetFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[34]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2225,7 @@ func (x *GetFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetFleetRunRequest) GetRunId() string {
@@ -2099,7 +2246,7 @@ type GetFleetRunResponse struct {
 
 func (x *GetFleetRunResponse) Reset() {
 	*x = GetFleetRunResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2258,7 @@ func (x *GetFleetRunResponse) String() string {
 func (*GetFleetRunResponse) ProtoMessage() {}
 
 func (x *GetFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[35]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2271,7 @@ func (x *GetFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetFleetRunResponse) GetRun() *FleetRun {
@@ -2163,7 +2310,7 @@ type APIToken struct {
 
 func (x *APIToken) Reset() {
 	*x = APIToken{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2322,7 @@ func (x *APIToken) String() string {
 func (*APIToken) ProtoMessage() {}
 
 func (x *APIToken) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[36]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2335,7 @@ func (x *APIToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use APIToken.ProtoReflect.Descriptor instead.
 func (*APIToken) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *APIToken) GetId() string {
@@ -2246,7 +2393,7 @@ type CreateAPITokenRequest struct {
 
 func (x *CreateAPITokenRequest) Reset() {
 	*x = CreateAPITokenRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2405,7 @@ func (x *CreateAPITokenRequest) String() string {
 func (*CreateAPITokenRequest) ProtoMessage() {}
 
 func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[37]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2418,7 @@ func (x *CreateAPITokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPITokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateAPITokenRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateAPITokenRequest) GetTenantId() string {
@@ -2306,7 +2453,7 @@ type CreateAPITokenResponse struct {
 
 func (x *CreateAPITokenResponse) Reset() {
 	*x = CreateAPITokenResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2465,7 @@ func (x *CreateAPITokenResponse) String() string {
 func (*CreateAPITokenResponse) ProtoMessage() {}
 
 func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[38]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2478,7 @@ func (x *CreateAPITokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAPITokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateAPITokenResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateAPITokenResponse) GetToken() string {
@@ -2356,7 +2503,7 @@ type ListAPITokensRequest struct {
 
 func (x *ListAPITokensRequest) Reset() {
 	*x = ListAPITokensRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2515,7 @@ func (x *ListAPITokensRequest) String() string {
 func (*ListAPITokensRequest) ProtoMessage() {}
 
 func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[39]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2528,7 @@ func (x *ListAPITokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAPITokensRequest.ProtoReflect.Descriptor instead.
 func (*ListAPITokensRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 type ListAPITokensResponse struct {
@@ -2393,7 +2540,7 @@ type ListAPITokensResponse struct {
 
 func (x *ListAPITokensResponse) Reset() {
 	*x = ListAPITokensResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2552,7 @@ func (x *ListAPITokensResponse) String() string {
 func (*ListAPITokensResponse) ProtoMessage() {}
 
 func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[40]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2565,7 @@ func (x *ListAPITokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAPITokensResponse.ProtoReflect.Descriptor instead.
 func (*ListAPITokensResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListAPITokensResponse) GetApiTokens() []*APIToken {
@@ -2437,7 +2584,7 @@ type RevokeAPITokenRequest struct {
 
 func (x *RevokeAPITokenRequest) Reset() {
 	*x = RevokeAPITokenRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2596,7 @@ func (x *RevokeAPITokenRequest) String() string {
 func (*RevokeAPITokenRequest) ProtoMessage() {}
 
 func (x *RevokeAPITokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[41]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2609,7 @@ func (x *RevokeAPITokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAPITokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAPITokenRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RevokeAPITokenRequest) GetId() string {
@@ -2481,7 +2628,7 @@ type RevokeAPITokenResponse struct {
 
 func (x *RevokeAPITokenResponse) Reset() {
 	*x = RevokeAPITokenResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2640,7 @@ func (x *RevokeAPITokenResponse) String() string {
 func (*RevokeAPITokenResponse) ProtoMessage() {}
 
 func (x *RevokeAPITokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[42]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2653,7 @@ func (x *RevokeAPITokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAPITokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAPITokenResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RevokeAPITokenResponse) GetApiToken() *APIToken {
@@ -2527,7 +2674,7 @@ type CreateTenantRequest struct {
 
 func (x *CreateTenantRequest) Reset() {
 	*x = CreateTenantRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2686,7 @@ func (x *CreateTenantRequest) String() string {
 func (*CreateTenantRequest) ProtoMessage() {}
 
 func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[43]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2699,7 @@ func (x *CreateTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTenantRequest.ProtoReflect.Descriptor instead.
 func (*CreateTenantRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CreateTenantRequest) GetName() string {
@@ -2578,7 +2725,7 @@ type CreateTenantResponse struct {
 
 func (x *CreateTenantResponse) Reset() {
 	*x = CreateTenantResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2737,7 @@ func (x *CreateTenantResponse) String() string {
 func (*CreateTenantResponse) ProtoMessage() {}
 
 func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[44]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2750,7 @@ func (x *CreateTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTenantResponse.ProtoReflect.Descriptor instead.
 func (*CreateTenantResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CreateTenantResponse) GetTenant() *Tenant {
@@ -2621,7 +2768,7 @@ type ListTenantsRequest struct {
 
 func (x *ListTenantsRequest) Reset() {
 	*x = ListTenantsRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2780,7 @@ func (x *ListTenantsRequest) String() string {
 func (*ListTenantsRequest) ProtoMessage() {}
 
 func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[45]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2793,7 @@ func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
 func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 type ListTenantsResponse struct {
@@ -2658,7 +2805,7 @@ type ListTenantsResponse struct {
 
 func (x *ListTenantsResponse) Reset() {
 	*x = ListTenantsResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2670,7 +2817,7 @@ func (x *ListTenantsResponse) String() string {
 func (*ListTenantsResponse) ProtoMessage() {}
 
 func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[46]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2683,7 +2830,7 @@ func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
 func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListTenantsResponse) GetTenants() []*Tenant {
@@ -2714,7 +2861,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +2873,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[47]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +2886,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *AuditEntry) GetId() int64 {
@@ -2826,7 +2973,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +2985,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[48]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +2998,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListAuditRequest) GetAfterId() int64 {
@@ -2884,7 +3031,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2896,7 +3043,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[49]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2909,7 +3056,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListAuditResponse) GetEntries() []*AuditEntry {
@@ -2927,7 +3074,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3086,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[50]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3099,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 type VerifyAuditResponse struct {
@@ -2969,7 +3116,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[51]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2981,7 +3128,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[51]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2994,7 +3141,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -3034,7 +3181,7 @@ type DeleteHostRequest struct {
 
 func (x *DeleteHostRequest) Reset() {
 	*x = DeleteHostRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[52]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3193,7 @@ func (x *DeleteHostRequest) String() string {
 func (*DeleteHostRequest) ProtoMessage() {}
 
 func (x *DeleteHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[52]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3206,7 @@ func (x *DeleteHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteHostRequest.ProtoReflect.Descriptor instead.
 func (*DeleteHostRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeleteHostRequest) GetNodeId() string {
@@ -3079,7 +3226,7 @@ type DeleteHostResponse struct {
 
 func (x *DeleteHostResponse) Reset() {
 	*x = DeleteHostResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[53]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3091,7 +3238,7 @@ func (x *DeleteHostResponse) String() string {
 func (*DeleteHostResponse) ProtoMessage() {}
 
 func (x *DeleteHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[53]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3104,7 +3251,7 @@ func (x *DeleteHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteHostResponse.ProtoReflect.Descriptor instead.
 func (*DeleteHostResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{53}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteHostResponse) GetHost() *Host {
@@ -3133,7 +3280,7 @@ type RotationPolicy struct {
 
 func (x *RotationPolicy) Reset() {
 	*x = RotationPolicy{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[54]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3292,7 @@ func (x *RotationPolicy) String() string {
 func (*RotationPolicy) ProtoMessage() {}
 
 func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[54]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3305,7 @@ func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationPolicy.ProtoReflect.Descriptor instead.
 func (*RotationPolicy) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{54}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RotationPolicy) GetName() string {
@@ -3229,7 +3376,7 @@ type SetRotationPolicyRequest struct {
 
 func (x *SetRotationPolicyRequest) Reset() {
 	*x = SetRotationPolicyRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[55]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3241,7 +3388,7 @@ func (x *SetRotationPolicyRequest) String() string {
 func (*SetRotationPolicyRequest) ProtoMessage() {}
 
 func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[55]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3254,7 +3401,7 @@ func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{55}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SetRotationPolicyRequest) GetName() string {
@@ -3291,7 +3438,7 @@ type SetRotationPolicyResponse struct {
 
 func (x *SetRotationPolicyResponse) Reset() {
 	*x = SetRotationPolicyResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[56]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3303,7 +3450,7 @@ func (x *SetRotationPolicyResponse) String() string {
 func (*SetRotationPolicyResponse) ProtoMessage() {}
 
 func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[56]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3316,7 +3463,7 @@ func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRotationPolicyResponse.ProtoReflect.Descriptor instead.
 func (*SetRotationPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{56}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *SetRotationPolicyResponse) GetPolicy() *RotationPolicy {
@@ -3348,7 +3495,7 @@ type ListRotationPoliciesRequest struct {
 
 func (x *ListRotationPoliciesRequest) Reset() {
 	*x = ListRotationPoliciesRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[57]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3360,7 +3507,7 @@ func (x *ListRotationPoliciesRequest) String() string {
 func (*ListRotationPoliciesRequest) ProtoMessage() {}
 
 func (x *ListRotationPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[57]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3373,7 +3520,7 @@ func (x *ListRotationPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRotationPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListRotationPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{57}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{59}
 }
 
 type ListRotationPoliciesResponse struct {
@@ -3385,7 +3532,7 @@ type ListRotationPoliciesResponse struct {
 
 func (x *ListRotationPoliciesResponse) Reset() {
 	*x = ListRotationPoliciesResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[58]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3397,7 +3544,7 @@ func (x *ListRotationPoliciesResponse) String() string {
 func (*ListRotationPoliciesResponse) ProtoMessage() {}
 
 func (x *ListRotationPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[58]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3410,7 +3557,7 @@ func (x *ListRotationPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRotationPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListRotationPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{58}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ListRotationPoliciesResponse) GetPolicies() []*RotationPolicy {
@@ -3429,7 +3576,7 @@ type DeleteRotationPolicyRequest struct {
 
 func (x *DeleteRotationPolicyRequest) Reset() {
 	*x = DeleteRotationPolicyRequest{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[59]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3441,7 +3588,7 @@ func (x *DeleteRotationPolicyRequest) String() string {
 func (*DeleteRotationPolicyRequest) ProtoMessage() {}
 
 func (x *DeleteRotationPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[59]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3454,7 +3601,7 @@ func (x *DeleteRotationPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRotationPolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRotationPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{59}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *DeleteRotationPolicyRequest) GetName() string {
@@ -3473,7 +3620,7 @@ type DeleteRotationPolicyResponse struct {
 
 func (x *DeleteRotationPolicyResponse) Reset() {
 	*x = DeleteRotationPolicyResponse{}
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[60]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +3632,7 @@ func (x *DeleteRotationPolicyResponse) String() string {
 func (*DeleteRotationPolicyResponse) ProtoMessage() {}
 
 func (x *DeleteRotationPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_admin_proto_msgTypes[60]
+	mi := &file_aegis_edge_v1_admin_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3498,7 +3645,7 @@ func (x *DeleteRotationPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRotationPolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeleteRotationPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{60}
+	return file_aegis_edge_v1_admin_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *DeleteRotationPolicyResponse) GetPolicy() *RotationPolicy {
@@ -3611,6 +3758,15 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x03cwd\x18\x05 \x01(\tR\x03cwd\"\xc1\x01\n" +
 	"\fExecResponse\x126\n" +
 	"\astarted\x18\x01 \x01(\v2\x1a.aegis.edge.v1.ExecStartedH\x00R\astarted\x128\n" +
+	"\x06output\x18\x02 \x01(\v2\x1e.aegis.edge.v1.CommandProgressH\x00R\x06output\x126\n" +
+	"\x06result\x18\x03 \x01(\v2\x1c.aegis.edge.v1.CommandResultH\x00R\x06resultB\a\n" +
+	"\x05event\"z\n" +
+	"\x11AttachExecRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x02 \x01(\tR\tcommandId\x12-\n" +
+	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\x8f\x01\n" +
+	"\x12AttachExecResponse\x128\n" +
 	"\x06output\x18\x02 \x01(\v2\x1e.aegis.edge.v1.CommandProgressH\x00R\x06output\x126\n" +
 	"\x06result\x18\x03 \x01(\v2\x1c.aegis.edge.v1.CommandResultH\x00R\x06resultB\a\n" +
 	"\x05event\"p\n" +
@@ -3749,7 +3905,7 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\x17HOST_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HOST_STATUS_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18HOST_STATUS_DISCONNECTED\x10\x02\x12\x17\n" +
-	"\x13HOST_STATUS_REVOKED\x10\x032\xe8\x13\n" +
+	"\x13HOST_STATUS_REVOKED\x10\x032\xbd\x14\n" +
 	"\x10EdgeAdminService\x12E\n" +
 	"\x06WhoAmI\x12\x1c.aegis.edge.v1.WhoAmIRequest\x1a\x1d.aegis.edge.v1.WhoAmIResponse\x12r\n" +
 	"\x15CreateEnrollmentToken\x12+.aegis.edge.v1.CreateEnrollmentTokenRequest\x1a,.aegis.edge.v1.CreateEnrollmentTokenResponse\x12o\n" +
@@ -3760,7 +3916,9 @@ const file_aegis_edge_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"RevokeHost\x12 .aegis.edge.v1.RevokeHostRequest\x1a!.aegis.edge.v1.RevokeHostResponse\x12u\n" +
 	"\x16SetHostSecurityContext\x12,.aegis.edge.v1.SetHostSecurityContextRequest\x1a-.aegis.edge.v1.SetHostSecurityContextResponse\x12A\n" +
-	"\x04Exec\x12\x1a.aegis.edge.v1.ExecRequest\x1a\x1b.aegis.edge.v1.ExecResponse0\x01\x12]\n" +
+	"\x04Exec\x12\x1a.aegis.edge.v1.ExecRequest\x1a\x1b.aegis.edge.v1.ExecResponse0\x01\x12S\n" +
+	"\n" +
+	"AttachExec\x12 .aegis.edge.v1.AttachExecRequest\x1a!.aegis.edge.v1.AttachExecResponse0\x01\x12]\n" +
 	"\x0eUpdateHostTags\x12$.aegis.edge.v1.UpdateHostTagsRequest\x1a%.aegis.edge.v1.UpdateHostTagsResponse\x12W\n" +
 	"\fPlanFleetRun\x12\".aegis.edge.v1.PlanFleetRunRequest\x1a#.aegis.edge.v1.PlanFleetRunResponse\x12Z\n" +
 	"\rStartFleetRun\x12#.aegis.edge.v1.StartFleetRunRequest\x1a$.aegis.edge.v1.StartFleetRunResponse\x12\\\n" +
@@ -3796,7 +3954,7 @@ func file_aegis_edge_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
+var file_aegis_edge_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(HostStatus)(0),                        // 0: aegis.edge.v1.HostStatus
 	(*WhoAmIRequest)(nil),                  // 1: aegis.edge.v1.WhoAmIRequest
@@ -3820,174 +3978,181 @@ var file_aegis_edge_v1_admin_proto_goTypes = []any{
 	(*SetHostSecurityContextResponse)(nil), // 19: aegis.edge.v1.SetHostSecurityContextResponse
 	(*ExecRequest)(nil),                    // 20: aegis.edge.v1.ExecRequest
 	(*ExecResponse)(nil),                   // 21: aegis.edge.v1.ExecResponse
-	(*ExecStarted)(nil),                    // 22: aegis.edge.v1.ExecStarted
-	(*UpdateHostTagsRequest)(nil),          // 23: aegis.edge.v1.UpdateHostTagsRequest
-	(*UpdateHostTagsResponse)(nil),         // 24: aegis.edge.v1.UpdateHostTagsResponse
-	(*PlanFleetRunRequest)(nil),            // 25: aegis.edge.v1.PlanFleetRunRequest
-	(*PlanFleetRunResponse)(nil),           // 26: aegis.edge.v1.PlanFleetRunResponse
-	(*StartFleetRunRequest)(nil),           // 27: aegis.edge.v1.StartFleetRunRequest
-	(*StartFleetRunResponse)(nil),          // 28: aegis.edge.v1.StartFleetRunResponse
-	(*WatchFleetRunRequest)(nil),           // 29: aegis.edge.v1.WatchFleetRunRequest
-	(*WatchFleetRunResponse)(nil),          // 30: aegis.edge.v1.WatchFleetRunResponse
-	(*CancelFleetRunRequest)(nil),          // 31: aegis.edge.v1.CancelFleetRunRequest
-	(*CancelFleetRunResponse)(nil),         // 32: aegis.edge.v1.CancelFleetRunResponse
-	(*ListFleetRunsRequest)(nil),           // 33: aegis.edge.v1.ListFleetRunsRequest
-	(*ListFleetRunsResponse)(nil),          // 34: aegis.edge.v1.ListFleetRunsResponse
-	(*GetFleetRunRequest)(nil),             // 35: aegis.edge.v1.GetFleetRunRequest
-	(*GetFleetRunResponse)(nil),            // 36: aegis.edge.v1.GetFleetRunResponse
-	(*APIToken)(nil),                       // 37: aegis.edge.v1.APIToken
-	(*CreateAPITokenRequest)(nil),          // 38: aegis.edge.v1.CreateAPITokenRequest
-	(*CreateAPITokenResponse)(nil),         // 39: aegis.edge.v1.CreateAPITokenResponse
-	(*ListAPITokensRequest)(nil),           // 40: aegis.edge.v1.ListAPITokensRequest
-	(*ListAPITokensResponse)(nil),          // 41: aegis.edge.v1.ListAPITokensResponse
-	(*RevokeAPITokenRequest)(nil),          // 42: aegis.edge.v1.RevokeAPITokenRequest
-	(*RevokeAPITokenResponse)(nil),         // 43: aegis.edge.v1.RevokeAPITokenResponse
-	(*CreateTenantRequest)(nil),            // 44: aegis.edge.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil),           // 45: aegis.edge.v1.CreateTenantResponse
-	(*ListTenantsRequest)(nil),             // 46: aegis.edge.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),            // 47: aegis.edge.v1.ListTenantsResponse
-	(*AuditEntry)(nil),                     // 48: aegis.edge.v1.AuditEntry
-	(*ListAuditRequest)(nil),               // 49: aegis.edge.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),              // 50: aegis.edge.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),             // 51: aegis.edge.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),            // 52: aegis.edge.v1.VerifyAuditResponse
-	(*DeleteHostRequest)(nil),              // 53: aegis.edge.v1.DeleteHostRequest
-	(*DeleteHostResponse)(nil),             // 54: aegis.edge.v1.DeleteHostResponse
-	(*RotationPolicy)(nil),                 // 55: aegis.edge.v1.RotationPolicy
-	(*SetRotationPolicyRequest)(nil),       // 56: aegis.edge.v1.SetRotationPolicyRequest
-	(*SetRotationPolicyResponse)(nil),      // 57: aegis.edge.v1.SetRotationPolicyResponse
-	(*ListRotationPoliciesRequest)(nil),    // 58: aegis.edge.v1.ListRotationPoliciesRequest
-	(*ListRotationPoliciesResponse)(nil),   // 59: aegis.edge.v1.ListRotationPoliciesResponse
-	(*DeleteRotationPolicyRequest)(nil),    // 60: aegis.edge.v1.DeleteRotationPolicyRequest
-	(*DeleteRotationPolicyResponse)(nil),   // 61: aegis.edge.v1.DeleteRotationPolicyResponse
-	nil,                                    // 62: aegis.edge.v1.AuditEntry.DetailsEntry
-	(*Tenant)(nil),                         // 63: aegis.edge.v1.Tenant
-	(*timestamppb.Timestamp)(nil),          // 64: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 65: google.protobuf.Duration
-	(*CommandProgress)(nil),                // 66: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),                  // 67: aegis.edge.v1.CommandResult
-	(*FleetRunSpec)(nil),                   // 68: aegis.edge.v1.FleetRunSpec
-	(*FleetPlan)(nil),                      // 69: aegis.edge.v1.FleetPlan
-	(*FleetRun)(nil),                       // 70: aegis.edge.v1.FleetRun
-	(*FleetEvent)(nil),                     // 71: aegis.edge.v1.FleetEvent
-	(*FleetHostResult)(nil),                // 72: aegis.edge.v1.FleetHostResult
+	(*AttachExecRequest)(nil),              // 22: aegis.edge.v1.AttachExecRequest
+	(*AttachExecResponse)(nil),             // 23: aegis.edge.v1.AttachExecResponse
+	(*ExecStarted)(nil),                    // 24: aegis.edge.v1.ExecStarted
+	(*UpdateHostTagsRequest)(nil),          // 25: aegis.edge.v1.UpdateHostTagsRequest
+	(*UpdateHostTagsResponse)(nil),         // 26: aegis.edge.v1.UpdateHostTagsResponse
+	(*PlanFleetRunRequest)(nil),            // 27: aegis.edge.v1.PlanFleetRunRequest
+	(*PlanFleetRunResponse)(nil),           // 28: aegis.edge.v1.PlanFleetRunResponse
+	(*StartFleetRunRequest)(nil),           // 29: aegis.edge.v1.StartFleetRunRequest
+	(*StartFleetRunResponse)(nil),          // 30: aegis.edge.v1.StartFleetRunResponse
+	(*WatchFleetRunRequest)(nil),           // 31: aegis.edge.v1.WatchFleetRunRequest
+	(*WatchFleetRunResponse)(nil),          // 32: aegis.edge.v1.WatchFleetRunResponse
+	(*CancelFleetRunRequest)(nil),          // 33: aegis.edge.v1.CancelFleetRunRequest
+	(*CancelFleetRunResponse)(nil),         // 34: aegis.edge.v1.CancelFleetRunResponse
+	(*ListFleetRunsRequest)(nil),           // 35: aegis.edge.v1.ListFleetRunsRequest
+	(*ListFleetRunsResponse)(nil),          // 36: aegis.edge.v1.ListFleetRunsResponse
+	(*GetFleetRunRequest)(nil),             // 37: aegis.edge.v1.GetFleetRunRequest
+	(*GetFleetRunResponse)(nil),            // 38: aegis.edge.v1.GetFleetRunResponse
+	(*APIToken)(nil),                       // 39: aegis.edge.v1.APIToken
+	(*CreateAPITokenRequest)(nil),          // 40: aegis.edge.v1.CreateAPITokenRequest
+	(*CreateAPITokenResponse)(nil),         // 41: aegis.edge.v1.CreateAPITokenResponse
+	(*ListAPITokensRequest)(nil),           // 42: aegis.edge.v1.ListAPITokensRequest
+	(*ListAPITokensResponse)(nil),          // 43: aegis.edge.v1.ListAPITokensResponse
+	(*RevokeAPITokenRequest)(nil),          // 44: aegis.edge.v1.RevokeAPITokenRequest
+	(*RevokeAPITokenResponse)(nil),         // 45: aegis.edge.v1.RevokeAPITokenResponse
+	(*CreateTenantRequest)(nil),            // 46: aegis.edge.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),           // 47: aegis.edge.v1.CreateTenantResponse
+	(*ListTenantsRequest)(nil),             // 48: aegis.edge.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),            // 49: aegis.edge.v1.ListTenantsResponse
+	(*AuditEntry)(nil),                     // 50: aegis.edge.v1.AuditEntry
+	(*ListAuditRequest)(nil),               // 51: aegis.edge.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),              // 52: aegis.edge.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),             // 53: aegis.edge.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 54: aegis.edge.v1.VerifyAuditResponse
+	(*DeleteHostRequest)(nil),              // 55: aegis.edge.v1.DeleteHostRequest
+	(*DeleteHostResponse)(nil),             // 56: aegis.edge.v1.DeleteHostResponse
+	(*RotationPolicy)(nil),                 // 57: aegis.edge.v1.RotationPolicy
+	(*SetRotationPolicyRequest)(nil),       // 58: aegis.edge.v1.SetRotationPolicyRequest
+	(*SetRotationPolicyResponse)(nil),      // 59: aegis.edge.v1.SetRotationPolicyResponse
+	(*ListRotationPoliciesRequest)(nil),    // 60: aegis.edge.v1.ListRotationPoliciesRequest
+	(*ListRotationPoliciesResponse)(nil),   // 61: aegis.edge.v1.ListRotationPoliciesResponse
+	(*DeleteRotationPolicyRequest)(nil),    // 62: aegis.edge.v1.DeleteRotationPolicyRequest
+	(*DeleteRotationPolicyResponse)(nil),   // 63: aegis.edge.v1.DeleteRotationPolicyResponse
+	nil,                                    // 64: aegis.edge.v1.AuditEntry.DetailsEntry
+	(*Tenant)(nil),                         // 65: aegis.edge.v1.Tenant
+	(*timestamppb.Timestamp)(nil),          // 66: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 67: google.protobuf.Duration
+	(*CommandProgress)(nil),                // 68: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),                  // 69: aegis.edge.v1.CommandResult
+	(*FleetRunSpec)(nil),                   // 70: aegis.edge.v1.FleetRunSpec
+	(*FleetPlan)(nil),                      // 71: aegis.edge.v1.FleetPlan
+	(*FleetRun)(nil),                       // 72: aegis.edge.v1.FleetRun
+	(*FleetEvent)(nil),                     // 73: aegis.edge.v1.FleetEvent
+	(*FleetHostResult)(nil),                // 74: aegis.edge.v1.FleetHostResult
 }
 var file_aegis_edge_v1_admin_proto_depIdxs = []int32{
-	63, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	64, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
-	65, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	65, // 0: aegis.edge.v1.WhoAmIResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	66, // 1: aegis.edge.v1.WhoAmIResponse.server_time:type_name -> google.protobuf.Timestamp
+	67, // 2: aegis.edge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
 	5,  // 3: aegis.edge.v1.CreateEnrollmentTokenResponse.enrollment_token:type_name -> aegis.edge.v1.EnrollmentToken
-	64, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
-	64, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
-	64, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
-	64, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
+	66, // 4: aegis.edge.v1.EnrollmentToken.created_at:type_name -> google.protobuf.Timestamp
+	66, // 5: aegis.edge.v1.EnrollmentToken.expires_at:type_name -> google.protobuf.Timestamp
+	66, // 6: aegis.edge.v1.EnrollmentToken.used_at:type_name -> google.protobuf.Timestamp
+	66, // 7: aegis.edge.v1.EnrollmentToken.revoked_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: aegis.edge.v1.ListEnrollmentTokensResponse.enrollment_tokens:type_name -> aegis.edge.v1.EnrollmentToken
-	63, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
+	65, // 9: aegis.edge.v1.Host.tenant:type_name -> aegis.edge.v1.Tenant
 	0,  // 10: aegis.edge.v1.Host.status:type_name -> aegis.edge.v1.HostStatus
-	64, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
-	64, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
-	64, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
-	64, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
-	65, // 15: aegis.edge.v1.Host.key_age:type_name -> google.protobuf.Duration
-	64, // 16: aegis.edge.v1.Host.key_due_at:type_name -> google.protobuf.Timestamp
+	66, // 11: aegis.edge.v1.Host.key_rotated_at:type_name -> google.protobuf.Timestamp
+	66, // 12: aegis.edge.v1.Host.last_seen_at:type_name -> google.protobuf.Timestamp
+	66, // 13: aegis.edge.v1.Host.enrolled_at:type_name -> google.protobuf.Timestamp
+	66, // 14: aegis.edge.v1.Host.token_expires_at:type_name -> google.protobuf.Timestamp
+	67, // 15: aegis.edge.v1.Host.key_age:type_name -> google.protobuf.Duration
+	66, // 16: aegis.edge.v1.Host.key_due_at:type_name -> google.protobuf.Timestamp
 	10, // 17: aegis.edge.v1.ListHostsResponse.hosts:type_name -> aegis.edge.v1.Host
 	13, // 18: aegis.edge.v1.ListHostsResponse.counts:type_name -> aegis.edge.v1.HostStatusCounts
 	10, // 19: aegis.edge.v1.GetHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 20: aegis.edge.v1.RevokeHostResponse.host:type_name -> aegis.edge.v1.Host
 	10, // 21: aegis.edge.v1.SetHostSecurityContextResponse.host:type_name -> aegis.edge.v1.Host
-	65, // 22: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
-	22, // 23: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
-	66, // 24: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
-	67, // 25: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
-	10, // 26: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
-	68, // 27: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	69, // 28: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	68, // 29: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
-	70, // 30: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	69, // 31: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	71, // 32: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
-	70, // 33: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	70, // 34: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
-	70, // 35: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
-	69, // 36: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
-	72, // 37: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
-	64, // 38: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
-	64, // 39: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
-	37, // 40: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	37, // 41: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
-	37, // 42: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
-	63, // 43: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	63, // 44: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
-	64, // 45: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
-	62, // 46: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
-	48, // 47: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
-	10, // 48: aegis.edge.v1.DeleteHostResponse.host:type_name -> aegis.edge.v1.Host
-	65, // 49: aegis.edge.v1.RotationPolicy.max_key_age:type_name -> google.protobuf.Duration
-	64, // 50: aegis.edge.v1.RotationPolicy.created_at:type_name -> google.protobuf.Timestamp
-	64, // 51: aegis.edge.v1.RotationPolicy.updated_at:type_name -> google.protobuf.Timestamp
-	65, // 52: aegis.edge.v1.SetRotationPolicyRequest.max_key_age:type_name -> google.protobuf.Duration
-	55, // 53: aegis.edge.v1.SetRotationPolicyResponse.policy:type_name -> aegis.edge.v1.RotationPolicy
-	55, // 54: aegis.edge.v1.ListRotationPoliciesResponse.policies:type_name -> aegis.edge.v1.RotationPolicy
-	55, // 55: aegis.edge.v1.DeleteRotationPolicyResponse.policy:type_name -> aegis.edge.v1.RotationPolicy
-	1,  // 56: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
-	3,  // 57: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
-	6,  // 58: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
-	8,  // 59: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
-	11, // 60: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
-	14, // 61: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
-	16, // 62: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
-	18, // 63: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
-	20, // 64: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
-	23, // 65: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
-	25, // 66: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
-	27, // 67: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
-	29, // 68: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
-	31, // 69: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
-	33, // 70: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
-	35, // 71: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
-	38, // 72: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
-	40, // 73: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
-	42, // 74: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
-	44, // 75: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
-	46, // 76: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
-	49, // 77: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
-	51, // 78: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
-	53, // 79: aegis.edge.v1.EdgeAdminService.DeleteHost:input_type -> aegis.edge.v1.DeleteHostRequest
-	56, // 80: aegis.edge.v1.EdgeAdminService.SetRotationPolicy:input_type -> aegis.edge.v1.SetRotationPolicyRequest
-	58, // 81: aegis.edge.v1.EdgeAdminService.ListRotationPolicies:input_type -> aegis.edge.v1.ListRotationPoliciesRequest
-	60, // 82: aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy:input_type -> aegis.edge.v1.DeleteRotationPolicyRequest
-	2,  // 83: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
-	4,  // 84: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
-	7,  // 85: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
-	9,  // 86: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
-	12, // 87: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
-	15, // 88: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
-	17, // 89: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
-	19, // 90: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
-	21, // 91: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
-	24, // 92: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
-	26, // 93: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
-	28, // 94: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
-	30, // 95: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
-	32, // 96: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
-	34, // 97: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
-	36, // 98: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
-	39, // 99: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
-	41, // 100: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
-	43, // 101: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
-	45, // 102: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
-	47, // 103: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
-	50, // 104: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
-	52, // 105: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
-	54, // 106: aegis.edge.v1.EdgeAdminService.DeleteHost:output_type -> aegis.edge.v1.DeleteHostResponse
-	57, // 107: aegis.edge.v1.EdgeAdminService.SetRotationPolicy:output_type -> aegis.edge.v1.SetRotationPolicyResponse
-	59, // 108: aegis.edge.v1.EdgeAdminService.ListRotationPolicies:output_type -> aegis.edge.v1.ListRotationPoliciesResponse
-	61, // 109: aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy:output_type -> aegis.edge.v1.DeleteRotationPolicyResponse
-	83, // [83:110] is the sub-list for method output_type
-	56, // [56:83] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	67, // 22: aegis.edge.v1.ExecRequest.deadline:type_name -> google.protobuf.Duration
+	24, // 23: aegis.edge.v1.ExecResponse.started:type_name -> aegis.edge.v1.ExecStarted
+	68, // 24: aegis.edge.v1.ExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	69, // 25: aegis.edge.v1.ExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	67, // 26: aegis.edge.v1.AttachExecRequest.wait:type_name -> google.protobuf.Duration
+	68, // 27: aegis.edge.v1.AttachExecResponse.output:type_name -> aegis.edge.v1.CommandProgress
+	69, // 28: aegis.edge.v1.AttachExecResponse.result:type_name -> aegis.edge.v1.CommandResult
+	10, // 29: aegis.edge.v1.UpdateHostTagsResponse.host:type_name -> aegis.edge.v1.Host
+	70, // 30: aegis.edge.v1.PlanFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	71, // 31: aegis.edge.v1.PlanFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	70, // 32: aegis.edge.v1.StartFleetRunRequest.spec:type_name -> aegis.edge.v1.FleetRunSpec
+	72, // 33: aegis.edge.v1.StartFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	71, // 34: aegis.edge.v1.StartFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	73, // 35: aegis.edge.v1.WatchFleetRunResponse.event:type_name -> aegis.edge.v1.FleetEvent
+	72, // 36: aegis.edge.v1.CancelFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	72, // 37: aegis.edge.v1.ListFleetRunsResponse.runs:type_name -> aegis.edge.v1.FleetRun
+	72, // 38: aegis.edge.v1.GetFleetRunResponse.run:type_name -> aegis.edge.v1.FleetRun
+	71, // 39: aegis.edge.v1.GetFleetRunResponse.plan:type_name -> aegis.edge.v1.FleetPlan
+	74, // 40: aegis.edge.v1.GetFleetRunResponse.hosts:type_name -> aegis.edge.v1.FleetHostResult
+	66, // 41: aegis.edge.v1.APIToken.created_at:type_name -> google.protobuf.Timestamp
+	66, // 42: aegis.edge.v1.APIToken.revoked_at:type_name -> google.protobuf.Timestamp
+	39, // 43: aegis.edge.v1.CreateAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	39, // 44: aegis.edge.v1.ListAPITokensResponse.api_tokens:type_name -> aegis.edge.v1.APIToken
+	39, // 45: aegis.edge.v1.RevokeAPITokenResponse.api_token:type_name -> aegis.edge.v1.APIToken
+	65, // 46: aegis.edge.v1.CreateTenantResponse.tenant:type_name -> aegis.edge.v1.Tenant
+	65, // 47: aegis.edge.v1.ListTenantsResponse.tenants:type_name -> aegis.edge.v1.Tenant
+	66, // 48: aegis.edge.v1.AuditEntry.at:type_name -> google.protobuf.Timestamp
+	64, // 49: aegis.edge.v1.AuditEntry.details:type_name -> aegis.edge.v1.AuditEntry.DetailsEntry
+	50, // 50: aegis.edge.v1.ListAuditResponse.entries:type_name -> aegis.edge.v1.AuditEntry
+	10, // 51: aegis.edge.v1.DeleteHostResponse.host:type_name -> aegis.edge.v1.Host
+	67, // 52: aegis.edge.v1.RotationPolicy.max_key_age:type_name -> google.protobuf.Duration
+	66, // 53: aegis.edge.v1.RotationPolicy.created_at:type_name -> google.protobuf.Timestamp
+	66, // 54: aegis.edge.v1.RotationPolicy.updated_at:type_name -> google.protobuf.Timestamp
+	67, // 55: aegis.edge.v1.SetRotationPolicyRequest.max_key_age:type_name -> google.protobuf.Duration
+	57, // 56: aegis.edge.v1.SetRotationPolicyResponse.policy:type_name -> aegis.edge.v1.RotationPolicy
+	57, // 57: aegis.edge.v1.ListRotationPoliciesResponse.policies:type_name -> aegis.edge.v1.RotationPolicy
+	57, // 58: aegis.edge.v1.DeleteRotationPolicyResponse.policy:type_name -> aegis.edge.v1.RotationPolicy
+	1,  // 59: aegis.edge.v1.EdgeAdminService.WhoAmI:input_type -> aegis.edge.v1.WhoAmIRequest
+	3,  // 60: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:input_type -> aegis.edge.v1.CreateEnrollmentTokenRequest
+	6,  // 61: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:input_type -> aegis.edge.v1.ListEnrollmentTokensRequest
+	8,  // 62: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:input_type -> aegis.edge.v1.RevokeEnrollmentTokenRequest
+	11, // 63: aegis.edge.v1.EdgeAdminService.ListHosts:input_type -> aegis.edge.v1.ListHostsRequest
+	14, // 64: aegis.edge.v1.EdgeAdminService.GetHost:input_type -> aegis.edge.v1.GetHostRequest
+	16, // 65: aegis.edge.v1.EdgeAdminService.RevokeHost:input_type -> aegis.edge.v1.RevokeHostRequest
+	18, // 66: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:input_type -> aegis.edge.v1.SetHostSecurityContextRequest
+	20, // 67: aegis.edge.v1.EdgeAdminService.Exec:input_type -> aegis.edge.v1.ExecRequest
+	22, // 68: aegis.edge.v1.EdgeAdminService.AttachExec:input_type -> aegis.edge.v1.AttachExecRequest
+	25, // 69: aegis.edge.v1.EdgeAdminService.UpdateHostTags:input_type -> aegis.edge.v1.UpdateHostTagsRequest
+	27, // 70: aegis.edge.v1.EdgeAdminService.PlanFleetRun:input_type -> aegis.edge.v1.PlanFleetRunRequest
+	29, // 71: aegis.edge.v1.EdgeAdminService.StartFleetRun:input_type -> aegis.edge.v1.StartFleetRunRequest
+	31, // 72: aegis.edge.v1.EdgeAdminService.WatchFleetRun:input_type -> aegis.edge.v1.WatchFleetRunRequest
+	33, // 73: aegis.edge.v1.EdgeAdminService.CancelFleetRun:input_type -> aegis.edge.v1.CancelFleetRunRequest
+	35, // 74: aegis.edge.v1.EdgeAdminService.ListFleetRuns:input_type -> aegis.edge.v1.ListFleetRunsRequest
+	37, // 75: aegis.edge.v1.EdgeAdminService.GetFleetRun:input_type -> aegis.edge.v1.GetFleetRunRequest
+	40, // 76: aegis.edge.v1.EdgeAdminService.CreateAPIToken:input_type -> aegis.edge.v1.CreateAPITokenRequest
+	42, // 77: aegis.edge.v1.EdgeAdminService.ListAPITokens:input_type -> aegis.edge.v1.ListAPITokensRequest
+	44, // 78: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:input_type -> aegis.edge.v1.RevokeAPITokenRequest
+	46, // 79: aegis.edge.v1.EdgeAdminService.CreateTenant:input_type -> aegis.edge.v1.CreateTenantRequest
+	48, // 80: aegis.edge.v1.EdgeAdminService.ListTenants:input_type -> aegis.edge.v1.ListTenantsRequest
+	51, // 81: aegis.edge.v1.EdgeAdminService.ListAudit:input_type -> aegis.edge.v1.ListAuditRequest
+	53, // 82: aegis.edge.v1.EdgeAdminService.VerifyAudit:input_type -> aegis.edge.v1.VerifyAuditRequest
+	55, // 83: aegis.edge.v1.EdgeAdminService.DeleteHost:input_type -> aegis.edge.v1.DeleteHostRequest
+	58, // 84: aegis.edge.v1.EdgeAdminService.SetRotationPolicy:input_type -> aegis.edge.v1.SetRotationPolicyRequest
+	60, // 85: aegis.edge.v1.EdgeAdminService.ListRotationPolicies:input_type -> aegis.edge.v1.ListRotationPoliciesRequest
+	62, // 86: aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy:input_type -> aegis.edge.v1.DeleteRotationPolicyRequest
+	2,  // 87: aegis.edge.v1.EdgeAdminService.WhoAmI:output_type -> aegis.edge.v1.WhoAmIResponse
+	4,  // 88: aegis.edge.v1.EdgeAdminService.CreateEnrollmentToken:output_type -> aegis.edge.v1.CreateEnrollmentTokenResponse
+	7,  // 89: aegis.edge.v1.EdgeAdminService.ListEnrollmentTokens:output_type -> aegis.edge.v1.ListEnrollmentTokensResponse
+	9,  // 90: aegis.edge.v1.EdgeAdminService.RevokeEnrollmentToken:output_type -> aegis.edge.v1.RevokeEnrollmentTokenResponse
+	12, // 91: aegis.edge.v1.EdgeAdminService.ListHosts:output_type -> aegis.edge.v1.ListHostsResponse
+	15, // 92: aegis.edge.v1.EdgeAdminService.GetHost:output_type -> aegis.edge.v1.GetHostResponse
+	17, // 93: aegis.edge.v1.EdgeAdminService.RevokeHost:output_type -> aegis.edge.v1.RevokeHostResponse
+	19, // 94: aegis.edge.v1.EdgeAdminService.SetHostSecurityContext:output_type -> aegis.edge.v1.SetHostSecurityContextResponse
+	21, // 95: aegis.edge.v1.EdgeAdminService.Exec:output_type -> aegis.edge.v1.ExecResponse
+	23, // 96: aegis.edge.v1.EdgeAdminService.AttachExec:output_type -> aegis.edge.v1.AttachExecResponse
+	26, // 97: aegis.edge.v1.EdgeAdminService.UpdateHostTags:output_type -> aegis.edge.v1.UpdateHostTagsResponse
+	28, // 98: aegis.edge.v1.EdgeAdminService.PlanFleetRun:output_type -> aegis.edge.v1.PlanFleetRunResponse
+	30, // 99: aegis.edge.v1.EdgeAdminService.StartFleetRun:output_type -> aegis.edge.v1.StartFleetRunResponse
+	32, // 100: aegis.edge.v1.EdgeAdminService.WatchFleetRun:output_type -> aegis.edge.v1.WatchFleetRunResponse
+	34, // 101: aegis.edge.v1.EdgeAdminService.CancelFleetRun:output_type -> aegis.edge.v1.CancelFleetRunResponse
+	36, // 102: aegis.edge.v1.EdgeAdminService.ListFleetRuns:output_type -> aegis.edge.v1.ListFleetRunsResponse
+	38, // 103: aegis.edge.v1.EdgeAdminService.GetFleetRun:output_type -> aegis.edge.v1.GetFleetRunResponse
+	41, // 104: aegis.edge.v1.EdgeAdminService.CreateAPIToken:output_type -> aegis.edge.v1.CreateAPITokenResponse
+	43, // 105: aegis.edge.v1.EdgeAdminService.ListAPITokens:output_type -> aegis.edge.v1.ListAPITokensResponse
+	45, // 106: aegis.edge.v1.EdgeAdminService.RevokeAPIToken:output_type -> aegis.edge.v1.RevokeAPITokenResponse
+	47, // 107: aegis.edge.v1.EdgeAdminService.CreateTenant:output_type -> aegis.edge.v1.CreateTenantResponse
+	49, // 108: aegis.edge.v1.EdgeAdminService.ListTenants:output_type -> aegis.edge.v1.ListTenantsResponse
+	52, // 109: aegis.edge.v1.EdgeAdminService.ListAudit:output_type -> aegis.edge.v1.ListAuditResponse
+	54, // 110: aegis.edge.v1.EdgeAdminService.VerifyAudit:output_type -> aegis.edge.v1.VerifyAuditResponse
+	56, // 111: aegis.edge.v1.EdgeAdminService.DeleteHost:output_type -> aegis.edge.v1.DeleteHostResponse
+	59, // 112: aegis.edge.v1.EdgeAdminService.SetRotationPolicy:output_type -> aegis.edge.v1.SetRotationPolicyResponse
+	61, // 113: aegis.edge.v1.EdgeAdminService.ListRotationPolicies:output_type -> aegis.edge.v1.ListRotationPoliciesResponse
+	63, // 114: aegis.edge.v1.EdgeAdminService.DeleteRotationPolicy:output_type -> aegis.edge.v1.DeleteRotationPolicyResponse
+	87, // [87:115] is the sub-list for method output_type
+	59, // [59:87] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_admin_proto_init() }
@@ -4002,13 +4167,17 @@ func file_aegis_edge_v1_admin_proto_init() {
 		(*ExecResponse_Output)(nil),
 		(*ExecResponse_Result)(nil),
 	}
+	file_aegis_edge_v1_admin_proto_msgTypes[22].OneofWrappers = []any{
+		(*AttachExecResponse_Output)(nil),
+		(*AttachExecResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_admin_proto_rawDesc), len(file_aegis_edge_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   62,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

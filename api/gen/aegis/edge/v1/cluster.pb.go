@@ -133,6 +133,9 @@ const (
 	ToolErrorKind_TOOL_ERROR_KIND_TOOL_NOT_FOUND    ToolErrorKind = 4
 	ToolErrorKind_TOOL_ERROR_KIND_INTERNAL          ToolErrorKind = 5
 	ToolErrorKind_TOOL_ERROR_KIND_EDGE_DISCONNECTED ToolErrorKind = 6
+	// The host no longer holds the call's result (QueryTool): whether the command ran,
+	// and how it ended, is unknown.
+	ToolErrorKind_TOOL_ERROR_KIND_RESULT_LOST ToolErrorKind = 7
 )
 
 // Enum value maps for ToolErrorKind.
@@ -145,6 +148,7 @@ var (
 		4: "TOOL_ERROR_KIND_TOOL_NOT_FOUND",
 		5: "TOOL_ERROR_KIND_INTERNAL",
 		6: "TOOL_ERROR_KIND_EDGE_DISCONNECTED",
+		7: "TOOL_ERROR_KIND_RESULT_LOST",
 	}
 	ToolErrorKind_value = map[string]int32{
 		"TOOL_ERROR_KIND_UNSPECIFIED":       0,
@@ -154,6 +158,7 @@ var (
 		"TOOL_ERROR_KIND_TOOL_NOT_FOUND":    4,
 		"TOOL_ERROR_KIND_INTERNAL":          5,
 		"TOOL_ERROR_KIND_EDGE_DISCONNECTED": 6,
+		"TOOL_ERROR_KIND_RESULT_LOST":       7,
 	}
 )
 
@@ -1254,6 +1259,7 @@ type EdgeCommand struct {
 	//	*EdgeCommand_CancelTool
 	//	*EdgeCommand_CommandResultAck
 	//	*EdgeCommand_RotationPolicy
+	//	*EdgeCommand_QueryTool
 	Command       isEdgeCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1377,6 +1383,15 @@ func (x *EdgeCommand) GetRotationPolicy() *RotationPolicyCommand {
 	return nil
 }
 
+func (x *EdgeCommand) GetQueryTool() *QueryTool {
+	if x != nil {
+		if x, ok := x.Command.(*EdgeCommand_QueryTool); ok {
+			return x.QueryTool
+		}
+	}
+	return nil
+}
+
 type isEdgeCommand_Command interface {
 	isEdgeCommand_Command()
 }
@@ -1417,6 +1432,10 @@ type EdgeCommand_RotationPolicy struct {
 	RotationPolicy *RotationPolicyCommand `protobuf:"bytes,9,opt,name=rotation_policy,json=rotationPolicy,proto3,oneof"`
 }
 
+type EdgeCommand_QueryTool struct {
+	QueryTool *QueryTool `protobuf:"bytes,10,opt,name=query_tool,json=queryTool,proto3,oneof"`
+}
+
 func (*EdgeCommand_Welcome) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_HeartbeatAck) isEdgeCommand_Command() {}
@@ -1434,6 +1453,8 @@ func (*EdgeCommand_CancelTool) isEdgeCommand_Command() {}
 func (*EdgeCommand_CommandResultAck) isEdgeCommand_Command() {}
 
 func (*EdgeCommand_RotationPolicy) isEdgeCommand_Command() {}
+
+func (*EdgeCommand_QueryTool) isEdgeCommand_Command() {}
 
 // InvokeTool asks the daemon to run one tool call. The daemon evaluates it against
 // its local security policy, in the context its current NodeSecurityToken names:
@@ -1637,6 +1658,55 @@ func (x *CancelTool) GetCommandId() string {
 	return ""
 }
 
+// QueryTool asks the daemon about a call the server no longer follows (it restarted
+// while the call ran, and an operator re-attached): a running call carries on and
+// sends its result when it ends; a finished one not yet acknowledged is sent again;
+// one the daemon does not know (edged restarted, or its result buffer overflowed) is
+// answered with a CommandResult of kind RESULT_LOST. It never starts anything.
+type QueryTool struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CommandId     string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryTool) Reset() {
+	*x = QueryTool{}
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryTool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryTool) ProtoMessage() {}
+
+func (x *QueryTool) ProtoReflect() protoreflect.Message {
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryTool.ProtoReflect.Descriptor instead.
+func (*QueryTool) Descriptor() ([]byte, []int) {
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *QueryTool) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
 // CommandResultAck tells the daemon the server has recorded a result, so the daemon
 // may drop it from the buffer it keeps across reconnects.
 type CommandResultAck struct {
@@ -1648,7 +1718,7 @@ type CommandResultAck struct {
 
 func (x *CommandResultAck) Reset() {
 	*x = CommandResultAck{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1730,7 @@ func (x *CommandResultAck) String() string {
 func (*CommandResultAck) ProtoMessage() {}
 
 func (x *CommandResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[18]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1743,7 @@ func (x *CommandResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResultAck.ProtoReflect.Descriptor instead.
 func (*CommandResultAck) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CommandResultAck) GetCommandId() string {
@@ -1697,7 +1767,7 @@ type CommandProgress struct {
 
 func (x *CommandProgress) Reset() {
 	*x = CommandProgress{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1779,7 @@ func (x *CommandProgress) String() string {
 func (*CommandProgress) ProtoMessage() {}
 
 func (x *CommandProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[19]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1792,7 @@ func (x *CommandProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
 func (*CommandProgress) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CommandProgress) GetCommandId() string {
@@ -1773,7 +1843,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[20]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1855,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[20]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1868,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CommandResult) GetCommandId() string {
@@ -1868,7 +1938,7 @@ type RefreshTokenCommand struct {
 
 func (x *RefreshTokenCommand) Reset() {
 	*x = RefreshTokenCommand{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[21]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +1950,7 @@ func (x *RefreshTokenCommand) String() string {
 func (*RefreshTokenCommand) ProtoMessage() {}
 
 func (x *RefreshTokenCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[21]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +1963,7 @@ func (x *RefreshTokenCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshTokenCommand.ProtoReflect.Descriptor instead.
 func (*RefreshTokenCommand) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RefreshTokenCommand) GetReason() string {
@@ -1917,7 +1987,7 @@ type RotateKeyCommand struct {
 
 func (x *RotateKeyCommand) Reset() {
 	*x = RotateKeyCommand{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[22]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +1999,7 @@ func (x *RotateKeyCommand) String() string {
 func (*RotateKeyCommand) ProtoMessage() {}
 
 func (x *RotateKeyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[22]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2012,7 @@ func (x *RotateKeyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyCommand.ProtoReflect.Descriptor instead.
 func (*RotateKeyCommand) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RotateKeyCommand) GetFleetRunId() string {
@@ -1975,7 +2045,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[23]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2057,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[23]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2070,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{23}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -2042,7 +2112,7 @@ type RotationPolicyCommand struct {
 
 func (x *RotationPolicyCommand) Reset() {
 	*x = RotationPolicyCommand{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2124,7 @@ func (x *RotationPolicyCommand) String() string {
 func (*RotationPolicyCommand) ProtoMessage() {}
 
 func (x *RotationPolicyCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[24]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2137,7 @@ func (x *RotationPolicyCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationPolicyCommand.ProtoReflect.Descriptor instead.
 func (*RotationPolicyCommand) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RotationPolicyCommand) GetMaxKeyAge() *durationpb.Duration {
@@ -2088,7 +2158,7 @@ type HeartbeatAck struct {
 
 func (x *HeartbeatAck) Reset() {
 	*x = HeartbeatAck{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2170,7 @@ func (x *HeartbeatAck) String() string {
 func (*HeartbeatAck) ProtoMessage() {}
 
 func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[25]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2183,7 @@ func (x *HeartbeatAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatAck.ProtoReflect.Descriptor instead.
 func (*HeartbeatAck) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HeartbeatAck) GetSequence() uint64 {
@@ -2142,7 +2212,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[26]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2224,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[26]
+	mi := &file_aegis_edge_v1_cluster_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2237,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{26}
+	return file_aegis_edge_v1_cluster_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Disconnect) GetReason() DisconnectReason {
@@ -2274,7 +2344,7 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x02os\x18\x03 \x01(\tR\x02os\x12D\n" +
 	"\x11local_max_key_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0elocalMaxKeyAge\">\n" +
 	"\tHeartbeat\x121\n" +
-	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xf8\x04\n" +
+	"\x06uptime\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\"\xb3\x05\n" +
 	"\vEdgeCommand\x122\n" +
 	"\awelcome\x18\x01 \x01(\v2\x16.aegis.edge.v1.WelcomeH\x00R\awelcome\x12B\n" +
 	"\rheartbeat_ack\x18\x02 \x01(\v2\x1b.aegis.edge.v1.HeartbeatAckH\x00R\fheartbeatAck\x12;\n" +
@@ -2289,7 +2359,10 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\vcancel_tool\x18\a \x01(\v2\x19.aegis.edge.v1.CancelToolH\x00R\n" +
 	"cancelTool\x12O\n" +
 	"\x12command_result_ack\x18\b \x01(\v2\x1f.aegis.edge.v1.CommandResultAckH\x00R\x10commandResultAck\x12O\n" +
-	"\x0frotation_policy\x18\t \x01(\v2$.aegis.edge.v1.RotationPolicyCommandH\x00R\x0erotationPolicyB\t\n" +
+	"\x0frotation_policy\x18\t \x01(\v2$.aegis.edge.v1.RotationPolicyCommandH\x00R\x0erotationPolicy\x129\n" +
+	"\n" +
+	"query_tool\x18\n" +
+	" \x01(\v2\x18.aegis.edge.v1.QueryToolH\x00R\tqueryToolB\t\n" +
 	"\acommand\"\xd6\x01\n" +
 	"\n" +
 	"InvokeTool\x12\x1d\n" +
@@ -2310,6 +2383,9 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"+\n" +
 	"\n" +
 	"CancelTool\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\"*\n" +
+	"\tQueryTool\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\"1\n" +
 	"\x10CommandResultAck\x12\x1d\n" +
@@ -2363,7 +2439,7 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\fOutputStream\x12\x1d\n" +
 	"\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n" +
-	"\x14OUTPUT_STREAM_STDERR\x10\x02*\xf1\x01\n" +
+	"\x14OUTPUT_STREAM_STDERR\x10\x02*\x92\x02\n" +
 	"\rToolErrorKind\x12\x1f\n" +
 	"\x1bTOOL_ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17TOOL_ERROR_KIND_TIMEOUT\x10\x01\x12\x1d\n" +
@@ -2371,7 +2447,8 @@ const file_aegis_edge_v1_cluster_proto_rawDesc = "" +
 	"\x16TOOL_ERROR_KIND_DENIED\x10\x03\x12\"\n" +
 	"\x1eTOOL_ERROR_KIND_TOOL_NOT_FOUND\x10\x04\x12\x1c\n" +
 	"\x18TOOL_ERROR_KIND_INTERNAL\x10\x05\x12%\n" +
-	"!TOOL_ERROR_KIND_EDGE_DISCONNECTED\x10\x06*\xb4\x01\n" +
+	"!TOOL_ERROR_KIND_EDGE_DISCONNECTED\x10\x06\x12\x1f\n" +
+	"\x1bTOOL_ERROR_KIND_RESULT_LOST\x10\a*\xb4\x01\n" +
 	"\x10DisconnectReason\x12!\n" +
 	"\x1dDISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aDISCONNECT_REASON_SHUTDOWN\x10\x01\x12\x1e\n" +
@@ -2400,7 +2477,7 @@ func file_aegis_edge_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_aegis_edge_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_aegis_edge_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(ChallengePurpose)(0),         // 0: aegis.edge.v1.ChallengePurpose
 	(OutputStream)(0),             // 1: aegis.edge.v1.OutputStream
@@ -2424,80 +2501,82 @@ var file_aegis_edge_v1_cluster_proto_goTypes = []any{
 	(*InvokeTool)(nil),            // 19: aegis.edge.v1.InvokeTool
 	(*CmdRunArgs)(nil),            // 20: aegis.edge.v1.CmdRunArgs
 	(*CancelTool)(nil),            // 21: aegis.edge.v1.CancelTool
-	(*CommandResultAck)(nil),      // 22: aegis.edge.v1.CommandResultAck
-	(*CommandProgress)(nil),       // 23: aegis.edge.v1.CommandProgress
-	(*CommandResult)(nil),         // 24: aegis.edge.v1.CommandResult
-	(*RefreshTokenCommand)(nil),   // 25: aegis.edge.v1.RefreshTokenCommand
-	(*RotateKeyCommand)(nil),      // 26: aegis.edge.v1.RotateKeyCommand
-	(*Welcome)(nil),               // 27: aegis.edge.v1.Welcome
-	(*RotationPolicyCommand)(nil), // 28: aegis.edge.v1.RotationPolicyCommand
-	(*HeartbeatAck)(nil),          // 29: aegis.edge.v1.HeartbeatAck
-	(*Disconnect)(nil),            // 30: aegis.edge.v1.Disconnect
-	nil,                           // 31: aegis.edge.v1.CmdRunArgs.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
-	(*SealNodeEnvelope)(nil),      // 34: aegis.edge.v1.SealNodeEnvelope
+	(*QueryTool)(nil),             // 22: aegis.edge.v1.QueryTool
+	(*CommandResultAck)(nil),      // 23: aegis.edge.v1.CommandResultAck
+	(*CommandProgress)(nil),       // 24: aegis.edge.v1.CommandProgress
+	(*CommandResult)(nil),         // 25: aegis.edge.v1.CommandResult
+	(*RefreshTokenCommand)(nil),   // 26: aegis.edge.v1.RefreshTokenCommand
+	(*RotateKeyCommand)(nil),      // 27: aegis.edge.v1.RotateKeyCommand
+	(*Welcome)(nil),               // 28: aegis.edge.v1.Welcome
+	(*RotationPolicyCommand)(nil), // 29: aegis.edge.v1.RotationPolicyCommand
+	(*HeartbeatAck)(nil),          // 30: aegis.edge.v1.HeartbeatAck
+	(*Disconnect)(nil),            // 31: aegis.edge.v1.Disconnect
+	nil,                           // 32: aegis.edge.v1.CmdRunArgs.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*SealNodeEnvelope)(nil),      // 35: aegis.edge.v1.SealNodeEnvelope
 }
 var file_aegis_edge_v1_cluster_proto_depIdxs = []int32{
 	0,  // 0: aegis.edge.v1.ChallengeRequest.purpose:type_name -> aegis.edge.v1.ChallengePurpose
-	32, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
-	32, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
+	33, // 1: aegis.edge.v1.ChallengeResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 2: aegis.edge.v1.ChallengeResponse.expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 3: aegis.edge.v1.EnrollResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	32, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	32, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
-	32, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	32, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 4: aegis.edge.v1.EnrollResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	33, // 5: aegis.edge.v1.EnrollResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 6: aegis.edge.v1.AttestResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	33, // 7: aegis.edge.v1.AttestResponse.server_time:type_name -> google.protobuf.Timestamp
 	8,  // 8: aegis.edge.v1.AttestResponse.tenant:type_name -> aegis.edge.v1.Tenant
-	32, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
-	32, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
-	32, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
-	32, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
+	33, // 9: aegis.edge.v1.RotateEdgeKeyResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	33, // 10: aegis.edge.v1.RotateEdgeKeyResponse.overlap_until:type_name -> google.protobuf.Timestamp
+	33, // 11: aegis.edge.v1.RotateEdgeKeyResponse.server_time:type_name -> google.protobuf.Timestamp
+	33, // 12: aegis.edge.v1.RotateEdgeKeyResponse.rotated_at:type_name -> google.protobuf.Timestamp
 	16, // 13: aegis.edge.v1.EdgeEvent.hello:type_name -> aegis.edge.v1.Hello
 	17, // 14: aegis.edge.v1.EdgeEvent.heartbeat:type_name -> aegis.edge.v1.Heartbeat
-	23, // 15: aegis.edge.v1.EdgeEvent.command_progress:type_name -> aegis.edge.v1.CommandProgress
-	24, // 16: aegis.edge.v1.EdgeEvent.command_result:type_name -> aegis.edge.v1.CommandResult
-	33, // 17: aegis.edge.v1.Hello.local_max_key_age:type_name -> google.protobuf.Duration
-	33, // 18: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	27, // 19: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
-	29, // 20: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
-	30, // 21: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
-	25, // 22: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
-	26, // 23: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
+	24, // 15: aegis.edge.v1.EdgeEvent.command_progress:type_name -> aegis.edge.v1.CommandProgress
+	25, // 16: aegis.edge.v1.EdgeEvent.command_result:type_name -> aegis.edge.v1.CommandResult
+	34, // 17: aegis.edge.v1.Hello.local_max_key_age:type_name -> google.protobuf.Duration
+	34, // 18: aegis.edge.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	28, // 19: aegis.edge.v1.EdgeCommand.welcome:type_name -> aegis.edge.v1.Welcome
+	30, // 20: aegis.edge.v1.EdgeCommand.heartbeat_ack:type_name -> aegis.edge.v1.HeartbeatAck
+	31, // 21: aegis.edge.v1.EdgeCommand.disconnect:type_name -> aegis.edge.v1.Disconnect
+	26, // 22: aegis.edge.v1.EdgeCommand.refresh_token:type_name -> aegis.edge.v1.RefreshTokenCommand
+	27, // 23: aegis.edge.v1.EdgeCommand.rotate_key:type_name -> aegis.edge.v1.RotateKeyCommand
 	19, // 24: aegis.edge.v1.EdgeCommand.invoke_tool:type_name -> aegis.edge.v1.InvokeTool
 	21, // 25: aegis.edge.v1.EdgeCommand.cancel_tool:type_name -> aegis.edge.v1.CancelTool
-	22, // 26: aegis.edge.v1.EdgeCommand.command_result_ack:type_name -> aegis.edge.v1.CommandResultAck
-	28, // 27: aegis.edge.v1.EdgeCommand.rotation_policy:type_name -> aegis.edge.v1.RotationPolicyCommand
-	20, // 28: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
-	32, // 29: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
-	31, // 30: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
-	1,  // 31: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
-	2,  // 32: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
-	33, // 33: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
-	33, // 34: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
-	32, // 35: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	33, // 36: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	33, // 37: aegis.edge.v1.Welcome.max_key_age:type_name -> google.protobuf.Duration
-	33, // 38: aegis.edge.v1.RotationPolicyCommand.max_key_age:type_name -> google.protobuf.Duration
-	32, // 39: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
-	3,  // 40: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
-	33, // 41: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
-	4,  // 42: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
-	6,  // 43: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
-	9,  // 44: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
-	34, // 45: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
-	34, // 46: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
-	34, // 47: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
-	5,  // 48: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
-	7,  // 49: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
-	10, // 50: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
-	18, // 51: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
-	12, // 52: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
-	14, // 53: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
-	48, // [48:54] is the sub-list for method output_type
-	42, // [42:48] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	23, // 26: aegis.edge.v1.EdgeCommand.command_result_ack:type_name -> aegis.edge.v1.CommandResultAck
+	29, // 27: aegis.edge.v1.EdgeCommand.rotation_policy:type_name -> aegis.edge.v1.RotationPolicyCommand
+	22, // 28: aegis.edge.v1.EdgeCommand.query_tool:type_name -> aegis.edge.v1.QueryTool
+	20, // 29: aegis.edge.v1.InvokeTool.cmd_run:type_name -> aegis.edge.v1.CmdRunArgs
+	33, // 30: aegis.edge.v1.InvokeTool.deadline:type_name -> google.protobuf.Timestamp
+	32, // 31: aegis.edge.v1.CmdRunArgs.env:type_name -> aegis.edge.v1.CmdRunArgs.EnvEntry
+	1,  // 32: aegis.edge.v1.CommandProgress.stream:type_name -> aegis.edge.v1.OutputStream
+	2,  // 33: aegis.edge.v1.CommandResult.error_kind:type_name -> aegis.edge.v1.ToolErrorKind
+	34, // 34: aegis.edge.v1.CommandResult.duration:type_name -> google.protobuf.Duration
+	34, // 35: aegis.edge.v1.RotateKeyCommand.keep_old:type_name -> google.protobuf.Duration
+	33, // 36: aegis.edge.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	34, // 37: aegis.edge.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	34, // 38: aegis.edge.v1.Welcome.max_key_age:type_name -> google.protobuf.Duration
+	34, // 39: aegis.edge.v1.RotationPolicyCommand.max_key_age:type_name -> google.protobuf.Duration
+	33, // 40: aegis.edge.v1.HeartbeatAck.server_time:type_name -> google.protobuf.Timestamp
+	3,  // 41: aegis.edge.v1.Disconnect.reason:type_name -> aegis.edge.v1.DisconnectReason
+	34, // 42: aegis.edge.v1.Disconnect.reconnect_after:type_name -> google.protobuf.Duration
+	4,  // 43: aegis.edge.v1.NodeClusterService.Challenge:input_type -> aegis.edge.v1.ChallengeRequest
+	6,  // 44: aegis.edge.v1.NodeClusterService.Enroll:input_type -> aegis.edge.v1.EnrollRequest
+	9,  // 45: aegis.edge.v1.NodeClusterService.Attest:input_type -> aegis.edge.v1.AttestRequest
+	35, // 46: aegis.edge.v1.NodeClusterService.ConnectEdge:input_type -> aegis.edge.v1.SealNodeEnvelope
+	35, // 47: aegis.edge.v1.NodeClusterService.RotateEdgeKey:input_type -> aegis.edge.v1.SealNodeEnvelope
+	35, // 48: aegis.edge.v1.NodeClusterService.Logout:input_type -> aegis.edge.v1.SealNodeEnvelope
+	5,  // 49: aegis.edge.v1.NodeClusterService.Challenge:output_type -> aegis.edge.v1.ChallengeResponse
+	7,  // 50: aegis.edge.v1.NodeClusterService.Enroll:output_type -> aegis.edge.v1.EnrollResponse
+	10, // 51: aegis.edge.v1.NodeClusterService.Attest:output_type -> aegis.edge.v1.AttestResponse
+	18, // 52: aegis.edge.v1.NodeClusterService.ConnectEdge:output_type -> aegis.edge.v1.EdgeCommand
+	12, // 53: aegis.edge.v1.NodeClusterService.RotateEdgeKey:output_type -> aegis.edge.v1.RotateEdgeKeyResponse
+	14, // 54: aegis.edge.v1.NodeClusterService.Logout:output_type -> aegis.edge.v1.LogoutResponse
+	49, // [49:55] is the sub-list for method output_type
+	43, // [43:49] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_cluster_proto_init() }
@@ -2522,6 +2601,7 @@ func file_aegis_edge_v1_cluster_proto_init() {
 		(*EdgeCommand_CancelTool)(nil),
 		(*EdgeCommand_CommandResultAck)(nil),
 		(*EdgeCommand_RotationPolicy)(nil),
+		(*EdgeCommand_QueryTool)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2529,7 +2609,7 @@ func file_aegis_edge_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_aegis_edge_v1_cluster_proto_rawDesc), len(file_aegis_edge_v1_cluster_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -58,6 +58,9 @@ const (
 	EdgeAdminServiceSetHostSecurityContextProcedure = "/aegis.edge.v1.EdgeAdminService/SetHostSecurityContext"
 	// EdgeAdminServiceExecProcedure is the fully-qualified name of the EdgeAdminService's Exec RPC.
 	EdgeAdminServiceExecProcedure = "/aegis.edge.v1.EdgeAdminService/Exec"
+	// EdgeAdminServiceAttachExecProcedure is the fully-qualified name of the EdgeAdminService's
+	// AttachExec RPC.
+	EdgeAdminServiceAttachExecProcedure = "/aegis.edge.v1.EdgeAdminService/AttachExec"
 	// EdgeAdminServiceUpdateHostTagsProcedure is the fully-qualified name of the EdgeAdminService's
 	// UpdateHostTags RPC.
 	EdgeAdminServiceUpdateHostTagsProcedure = "/aegis.edge.v1.EdgeAdminService/UpdateHostTags"
@@ -132,6 +135,11 @@ type EdgeAdminServiceClient interface {
 	// Exec runs cmd.run on one host and streams its output, then its result. Cancelling
 	// the call cancels the remote command.
 	Exec(context.Context, *connect.Request[v1.ExecRequest]) (*connect.ServerStreamForClient[v1.ExecResponse], error)
+	// AttachExec follows an Exec whose stream ended before its result (the control
+	// plane restarted or a replica died): the output the host kept while no one
+	// followed, then the result, or a result of kind RESULT_LOST when the host no
+	// longer has it. Cancelling it does not cancel the remote command.
+	AttachExec(context.Context, *connect.Request[v1.AttachExecRequest]) (*connect.ServerStreamForClient[v1.AttachExecResponse], error)
 	// UpdateHostTags adds and removes tags (what selectors select on).
 	UpdateHostTags(context.Context, *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error)
 	// Fleet runs (fleet.proto). Plan resolves and changes nothing (--dry-run).
@@ -233,6 +241,12 @@ func NewEdgeAdminServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			httpClient,
 			baseURL+EdgeAdminServiceExecProcedure,
 			connect.WithSchema(edgeAdminServiceMethods.ByName("Exec")),
+			connect.WithClientOptions(opts...),
+		),
+		attachExec: connect.NewClient[v1.AttachExecRequest, v1.AttachExecResponse](
+			httpClient,
+			baseURL+EdgeAdminServiceAttachExecProcedure,
+			connect.WithSchema(edgeAdminServiceMethods.ByName("AttachExec")),
 			connect.WithClientOptions(opts...),
 		),
 		updateHostTags: connect.NewClient[v1.UpdateHostTagsRequest, v1.UpdateHostTagsResponse](
@@ -357,6 +371,7 @@ type edgeAdminServiceClient struct {
 	revokeHost             *connect.Client[v1.RevokeHostRequest, v1.RevokeHostResponse]
 	setHostSecurityContext *connect.Client[v1.SetHostSecurityContextRequest, v1.SetHostSecurityContextResponse]
 	exec                   *connect.Client[v1.ExecRequest, v1.ExecResponse]
+	attachExec             *connect.Client[v1.AttachExecRequest, v1.AttachExecResponse]
 	updateHostTags         *connect.Client[v1.UpdateHostTagsRequest, v1.UpdateHostTagsResponse]
 	planFleetRun           *connect.Client[v1.PlanFleetRunRequest, v1.PlanFleetRunResponse]
 	startFleetRun          *connect.Client[v1.StartFleetRunRequest, v1.StartFleetRunResponse]
@@ -420,6 +435,11 @@ func (c *edgeAdminServiceClient) SetHostSecurityContext(ctx context.Context, req
 // Exec calls aegis.edge.v1.EdgeAdminService.Exec.
 func (c *edgeAdminServiceClient) Exec(ctx context.Context, req *connect.Request[v1.ExecRequest]) (*connect.ServerStreamForClient[v1.ExecResponse], error) {
 	return c.exec.CallServerStream(ctx, req)
+}
+
+// AttachExec calls aegis.edge.v1.EdgeAdminService.AttachExec.
+func (c *edgeAdminServiceClient) AttachExec(ctx context.Context, req *connect.Request[v1.AttachExecRequest]) (*connect.ServerStreamForClient[v1.AttachExecResponse], error) {
+	return c.attachExec.CallServerStream(ctx, req)
 }
 
 // UpdateHostTags calls aegis.edge.v1.EdgeAdminService.UpdateHostTags.
@@ -530,6 +550,11 @@ type EdgeAdminServiceHandler interface {
 	// Exec runs cmd.run on one host and streams its output, then its result. Cancelling
 	// the call cancels the remote command.
 	Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error
+	// AttachExec follows an Exec whose stream ended before its result (the control
+	// plane restarted or a replica died): the output the host kept while no one
+	// followed, then the result, or a result of kind RESULT_LOST when the host no
+	// longer has it. Cancelling it does not cancel the remote command.
+	AttachExec(context.Context, *connect.Request[v1.AttachExecRequest], *connect.ServerStream[v1.AttachExecResponse]) error
 	// UpdateHostTags adds and removes tags (what selectors select on).
 	UpdateHostTags(context.Context, *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error)
 	// Fleet runs (fleet.proto). Plan resolves and changes nothing (--dry-run).
@@ -627,6 +652,12 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 		EdgeAdminServiceExecProcedure,
 		svc.Exec,
 		connect.WithSchema(edgeAdminServiceMethods.ByName("Exec")),
+		connect.WithHandlerOptions(opts...),
+	)
+	edgeAdminServiceAttachExecHandler := connect.NewServerStreamHandler(
+		EdgeAdminServiceAttachExecProcedure,
+		svc.AttachExec,
+		connect.WithSchema(edgeAdminServiceMethods.ByName("AttachExec")),
 		connect.WithHandlerOptions(opts...),
 	)
 	edgeAdminServiceUpdateHostTagsHandler := connect.NewUnaryHandler(
@@ -757,6 +788,8 @@ func NewEdgeAdminServiceHandler(svc EdgeAdminServiceHandler, opts ...connect.Han
 			edgeAdminServiceSetHostSecurityContextHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceExecProcedure:
 			edgeAdminServiceExecHandler.ServeHTTP(w, r)
+		case EdgeAdminServiceAttachExecProcedure:
+			edgeAdminServiceAttachExecHandler.ServeHTTP(w, r)
 		case EdgeAdminServiceUpdateHostTagsProcedure:
 			edgeAdminServiceUpdateHostTagsHandler.ServeHTTP(w, r)
 		case EdgeAdminServicePlanFleetRunProcedure:
@@ -836,6 +869,10 @@ func (UnimplementedEdgeAdminServiceHandler) SetHostSecurityContext(context.Conte
 
 func (UnimplementedEdgeAdminServiceHandler) Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.Exec is not implemented"))
+}
+
+func (UnimplementedEdgeAdminServiceHandler) AttachExec(context.Context, *connect.Request[v1.AttachExecRequest], *connect.ServerStream[v1.AttachExecResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("aegis.edge.v1.EdgeAdminService.AttachExec is not implemented"))
 }
 
 func (UnimplementedEdgeAdminServiceHandler) UpdateHostTags(context.Context, *connect.Request[v1.UpdateHostTagsRequest]) (*connect.Response[v1.UpdateHostTagsResponse], error) {
