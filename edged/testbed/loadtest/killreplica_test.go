@@ -142,7 +142,7 @@ func TestKillReplicaMidFleetRun(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(base, "hosts"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	hosts, _, err := enrollHosts(ctx, a, filepath.Join(base, "hosts"), n, 4, "kill", &progress{w: io.Discard})
+	hosts, _, err := enrollHosts(ctx, a, filepath.Join(base, "hosts"), n, 4, "kill", &progress{w: io.Discard}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
