@@ -40,25 +40,38 @@ const auditSealLock = `pg_advisory_xact_lock(1634035561, hashtext(current_schema
 // sealBatch bounds how many entries one sealing transaction moves.
 const sealBatch = 2000
 
-// AppendAudit records e in the caller's transaction; it joins the chain when sealed.
-// The returned entry has no ID or Hash yet (Store.AppendAudit returns it sealed).
-func (q *queries) AppendAudit(ctx context.Context, e store.AuditEntry) (store.AuditEntry, error) {
+// appendAuditSQL inserts a pending entry; the transaction's own id groups its
+// entries, so they stay adjacent on the chain.
+const appendAuditSQL = `
+	INSERT INTO audit_pending (tx_group, at, tenant_id, actor, action, node_id, result, details)
+	VALUES (pg_current_xact_id()::text::bigint, $1, $2, $3, $4, $5, $6, $7::jsonb)
+	RETURNING pid`
+
+// pendingAudit is e as it is stored and returned before sealing: its time in
+// microseconds and UTC (exactly what a later ListAudit reads and the hash covers),
+// details never nil, no id or hashes yet.
+func pendingAudit(e store.AuditEntry) store.AuditEntry {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
-	// Hash and return exactly what a later ListAudit reads (microseconds, UTC).
 	e.At = audit.Normalize(e.At)
 	if e.Details == nil {
 		e.Details = map[string]string{}
 	}
 	e.ID, e.PrevHash, e.Hash = 0, "", ""
+	return e
+}
+
+func pendingAuditArgs(e store.AuditEntry) []any {
+	return []any{e.At, e.TenantID, e.Actor, e.Action, e.NodeID, e.Result, e.Details}
+}
+
+// AppendAudit records e in the caller's transaction; it joins the chain when sealed.
+// The returned entry has no ID or Hash yet (Store.AppendAudit returns it sealed).
+func (q *queries) AppendAudit(ctx context.Context, e store.AuditEntry) (store.AuditEntry, error) {
+	e = pendingAudit(e)
 	var pid int64
-	// The transaction's own id groups its entries, so they stay adjacent on the chain.
-	err := q.db.QueryRow(ctx, `
-		INSERT INTO audit_pending (tx_group, at, tenant_id, actor, action, node_id, result, details)
-		VALUES (pg_current_xact_id()::text::bigint, $1, $2, $3, $4, $5, $6, $7::jsonb)
-		RETURNING pid`,
-		e.At, e.TenantID, e.Actor, e.Action, e.NodeID, e.Result, e.Details).Scan(&pid)
+	err := q.db.QueryRow(ctx, appendAuditSQL, pendingAuditArgs(e)...).Scan(&pid)
 	if err != nil {
 		return store.AuditEntry{}, wrapf(err, "append audit")
 	}

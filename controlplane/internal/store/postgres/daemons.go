@@ -10,14 +10,15 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
+const claimKeySQL = `
+	INSERT INTO daemon_keys (key, node_id, claimed_at)
+	VALUES ($1, $2, $3)
+	ON CONFLICT DO NOTHING`
+
 func (q *queries) ClaimPublicKey(ctx context.Context, key []byte, nodeID string, at time.Time) error {
 	// Of two transactions claiming one key, the second waits for the first and then
 	// inserts nothing (or the key, if the first rolled back): never a raised error.
-	tag, err := q.db.Exec(ctx, `
-		INSERT INTO daemon_keys (key, node_id, claimed_at)
-		VALUES ($1, $2, $3)
-		ON CONFLICT DO NOTHING`,
-		bytesArg(key), nodeID, ts(at))
+	tag, err := q.db.Exec(ctx, claimKeySQL, bytesArg(key), nodeID, ts(at))
 	if err == nil && tag.RowsAffected() == 0 {
 		err = store.ErrKeyInUse
 	}
@@ -125,19 +126,20 @@ func (q *queries) ListDaemons(ctx context.Context, f store.DaemonFilter) ([]stor
 	return ds, nil
 }
 
+const swapKeySQL = `
+	UPDATE edge_daemons
+	SET public_key = $1, previous_public_key = $2, overlap_until = $3, key_rotated_at = $4
+	WHERE node_id = $5
+	  AND public_key = $2
+	  AND status = 'active'
+	  AND NOT EXISTS (SELECT 1 FROM edge_daemons AS holder WHERE holder.public_key = $1)`
+
 func (q *queries) SwapDaemonKey(ctx context.Context, nodeID string, oldKey, newKey []byte, overlapUntil, at time.Time) error {
 	// Racers for one daemon queue on its row lock; once the winner commits, each
 	// re-checks public_key = oldKey against the new row and changes nothing. The NOT
 	// EXISTS guard reports a key held by another daemon (or this one) as a lost swap
 	// instead of raising a unique violation.
-	tag, err := q.db.Exec(ctx, `
-		UPDATE edge_daemons
-		SET public_key = $1, previous_public_key = $2, overlap_until = $3, key_rotated_at = $4
-		WHERE node_id = $5
-		  AND public_key = $2
-		  AND status = 'active'
-		  AND NOT EXISTS (SELECT 1 FROM edge_daemons AS holder WHERE holder.public_key = $1)`,
-		bytesArg(newKey), bytesArg(oldKey), ts(overlapUntil), ts(at), nodeID)
+	tag, err := q.db.Exec(ctx, swapKeySQL, bytesArg(newKey), bytesArg(oldKey), ts(overlapUntil), ts(at), nodeID)
 	switch {
 	case pgCode(err) == uniqueViolation:
 		// Another transaction installed newKey after this statement's snapshot. The

@@ -61,6 +61,9 @@ type Options struct {
 	MaxConns int
 	// Logger receives the audit sealer's warnings; nil discards them.
 	Logger *slog.Logger
+	// Tracer sees every statement and batch the pool sends (pgx's tracing hooks):
+	// for tests that count round trips, and for debugging. nil: none.
+	Tracer pgx.QueryTracer
 }
 
 // DefaultMaxConns is the pool size when neither Options nor the URL sets one: enough
@@ -92,6 +95,9 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 		cfg.MaxConns = int32(o.MaxConns)
 	case !strings.Contains(url, "pool_max_conns"):
 		cfg.MaxConns = DefaultMaxConns
+	}
+	if o.Tracer != nil {
+		cfg.ConnConfig.Tracer = o.Tracer
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -12,12 +12,17 @@ import (
 // Expiry convention, shared by every table with expires_at: a row is live while
 // expires_at > now, so at expires_at itself it is already dead.
 
+const insertNodeTokenSQL = `
+	INSERT INTO node_tokens (jti, node_id, key_fingerprint, issued_at, expires_at)
+	VALUES ($1, $2, $3, $4, $5)
+	ON CONFLICT DO NOTHING`
+
+func nodeTokenArgs(t store.NodeToken) []any {
+	return []any{t.JTI, t.NodeID, t.KeyFingerprint, ts(t.IssuedAt), ts(t.ExpiresAt)}
+}
+
 func (q *queries) InsertNodeToken(ctx context.Context, t store.NodeToken) error {
-	tag, err := q.db.Exec(ctx, `
-		INSERT INTO node_tokens (jti, node_id, key_fingerprint, issued_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT DO NOTHING`,
-		t.JTI, t.NodeID, t.KeyFingerprint, ts(t.IssuedAt), ts(t.ExpiresAt))
+	tag, err := q.db.Exec(ctx, insertNodeTokenSQL, nodeTokenArgs(t)...)
 	if err == nil && tag.RowsAffected() == 0 {
 		err = store.ErrConflict
 	}
@@ -59,13 +64,18 @@ func (q *queries) ActiveNodeTokens(ctx context.Context, nodeID string, now time.
 	return toks, nil
 }
 
+// blacklistSQL: the first entry wins, its reason and time are what happened.
+const blacklistSQL = `
+	INSERT INTO token_blacklist (jti, node_id, reason, expires_at, added_at)
+	VALUES ($1, $2, $3, $4, $5)
+	ON CONFLICT (jti) DO NOTHING`
+
+func blacklistArgs(e store.BlacklistEntry) []any {
+	return []any{e.JTI, e.NodeID, e.Reason, ts(e.ExpiresAt), ts(e.AddedAt)}
+}
+
 func (q *queries) BlacklistToken(ctx context.Context, e store.BlacklistEntry) error {
-	// The first entry wins: its reason and time are what happened.
-	_, err := q.db.Exec(ctx, `
-		INSERT INTO token_blacklist (jti, node_id, reason, expires_at, added_at)
-		VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (jti) DO NOTHING`,
-		e.JTI, e.NodeID, e.Reason, ts(e.ExpiresAt), ts(e.AddedAt))
+	_, err := q.db.Exec(ctx, blacklistSQL, blacklistArgs(e)...)
 	if err != nil {
 		return wrapf(err, "blacklist token %q", e.JTI)
 	}
@@ -153,13 +163,18 @@ func (q *queries) PurgeNonces(ctx context.Context, now time.Time) (int, error) {
 	return int(tag.RowsAffected()), nil
 }
 
+const insertRotationSQL = `
+	INSERT INTO rotations
+	    (rotation_id, node_id, old_fingerprint, new_fingerprint, new_token_jti, new_token, at)
+	VALUES ($1, $2, $3, $4, $5, $6, $7)
+	ON CONFLICT DO NOTHING`
+
+func rotationArgs(r store.Rotation) []any {
+	return []any{r.RotationID, r.NodeID, r.OldFingerprint, r.NewFingerprint, r.NewTokenJTI, r.NewToken, ts(r.At)}
+}
+
 func (q *queries) InsertRotation(ctx context.Context, r store.Rotation) error {
-	tag, err := q.db.Exec(ctx, `
-		INSERT INTO rotations
-		    (rotation_id, node_id, old_fingerprint, new_fingerprint, new_token_jti, new_token, at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
-		ON CONFLICT DO NOTHING`,
-		r.RotationID, r.NodeID, r.OldFingerprint, r.NewFingerprint, r.NewTokenJTI, r.NewToken, ts(r.At))
+	tag, err := q.db.Exec(ctx, insertRotationSQL, rotationArgs(r)...)
 	if err == nil && tag.RowsAffected() == 0 {
 		err = store.ErrConflict
 	}
