@@ -29,9 +29,10 @@ import (
 // transaction, then by insertion); ids are given under the lock, so they become
 // visible in order and a reader paging with "id > the last id I saw" never skips
 // one. Until it is sealed (normally milliseconds: every commit that appended wakes
-// the sealer, and it also runs every sealEvery), an entry is in audit_pending,
-// outside the chain's protection; Store.ListAudit and Store.ListNodeAudit seal first,
-// so `aegis audit list` and `audit verify` always cover every committed entry.
+// the sealer, at most once per sealGap, and it also runs every sealEvery), an entry
+// is in audit_pending, outside the chain's protection; Store.ListAudit and
+// Store.ListNodeAudit seal first, so `aegis audit list` and `audit verify` always
+// cover every committed entry.
 
 // auditSealLock is the advisory lock (classid, objid) sealers take; objid is the
 // schema's hash, so stores in different schemas of one database seal independently.
@@ -122,15 +123,22 @@ func (s *Store) SealAudit(ctx context.Context) error {
 }
 
 func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
-	err = inTx(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT `+auditSealLock); err != nil {
-			return fmt.Errorf("lock the chain: %w", err)
-		}
-		// Read after the lock: at READ COMMITTED each statement sees what was committed
-		// when it started, so this sees the previous sealer's rows.
-		rows, err := tx.Query(ctx, `
+	err = inTx(ctx, s.pool, func(tx dbtx) error {
+		// One round trip for the lock and both reads (BEGIN rides along too). Each
+		// read runs after the lock is granted and, at READ COMMITTED, sees what was
+		// committed when it started: the previous sealer's rows included.
+		b := &pgx.Batch{}
+		b.Queue(`SELECT ` + auditSealLock)
+		b.Queue(`
 			SELECT pid, at, tenant_id, actor, action, node_id, result, details
 			FROM audit_pending ORDER BY tx_group, pid LIMIT $1`, sealBatch)
+		b.Queue(`SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1`)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("lock the chain: %w", err)
+		}
+		rows, err := br.Query()
 		type pending struct {
 			pid int64
 			e   store.AuditEntry
@@ -146,15 +154,18 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 		if err != nil {
 			return fmt.Errorf("read pending entries: %w", err)
 		}
+		var lastID int64
+		var prevHash string
+		err = br.QueryRow().Scan(&lastID, &prevHash)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read the chain's last entry: %w", err)
+		}
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("read pending entries: %w", err)
+		}
 		n = len(ps)
 		if n == 0 {
 			return nil
-		}
-		var lastID int64
-		var prevHash string
-		err = tx.QueryRow(ctx, `SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1`).Scan(&lastID, &prevHash)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("read the chain's last entry: %w", err)
 		}
 		var cols struct {
 			id, pid                                         []int64
@@ -172,16 +183,25 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 			cols.node, cols.result, cols.details = append(cols.node, e.NodeID), append(cols.result, e.Result), append(cols.details, e.Details)
 			cols.prev, cols.hash = append(cols.prev, e.PrevHash), append(cols.hash, e.Hash)
 		}
-		if _, err := tx.Exec(ctx, `
+		// Both writes in one round trip.
+		wb := &pgx.Batch{}
+		wb.Queue(`
 			INSERT INTO audit_log (id, pending_id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash)
 			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
 			                     $8::text[], $9::jsonb[], $10::text[], $11::text[])`,
 			cols.id, cols.pid, cols.at, cols.tenant, cols.actor, cols.action, cols.node, cols.result, cols.details,
-			cols.prev, cols.hash); err != nil {
+			cols.prev, cols.hash)
+		wb.Queue(`DELETE FROM audit_pending WHERE pid = ANY($1)`, cols.pid)
+		wr := tx.SendBatch(ctx, wb)
+		defer wr.Close()
+		if _, err := wr.Exec(); err != nil {
 			return fmt.Errorf("insert sealed entries: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM audit_pending WHERE pid = ANY($1)`, cols.pid); err != nil {
+		if _, err := wr.Exec(); err != nil {
 			return fmt.Errorf("delete sealed entries: %w", err)
+		}
+		if err := wr.Close(); err != nil {
+			return fmt.Errorf("seal entries: %w", err)
 		}
 		return nil
 	})
@@ -195,18 +215,34 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 // reaches it (an entry committed by a replica that died before sealing it).
 const sealEvery = time.Second
 
-// sealLoop seals whenever a commit that appended wakes it, and every sealEvery.
+// sealGap is the least time between two sealing runs started by wake-ups. Under a
+// burst of audited commits, each run then seals the entries of several commits in
+// one transaction instead of one run (and one PostgreSQL commit) per entry; an entry
+// waits at most this much longer to be sealed.
+const sealGap = 10 * time.Millisecond
+
+// sealLoop seals whenever a commit that appended wakes it (at most once per
+// sealGap), and every sealEvery.
 func (s *Store) sealLoop(ctx context.Context) {
 	defer close(s.sealerDone)
 	t := time.NewTicker(sealEvery)
 	defer t.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wakeSealer:
+			if wait := sealGap - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
 		case <-t.C:
 		}
+		last = time.Now()
 		if err := s.SealAudit(ctx); err != nil && ctx.Err() == nil && s.log != nil {
 			s.log.Warn("audit sealer: will retry", "err", err)
 		}

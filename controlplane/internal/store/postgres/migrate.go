@@ -69,7 +69,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
-	err = inTx(ctx, pool, func(tx pgx.Tx) error {
+	err = inTx(ctx, pool, func(tx dbtx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockKey); err != nil {
 			return fmt.Errorf("take the migration lock: %w", err)
 		}

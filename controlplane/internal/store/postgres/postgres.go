@@ -125,7 +125,7 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 // InTx runs fn in one READ COMMITTED transaction.
 func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
 	var q *queries
-	err := inTx(ctx, s.pool, func(tx pgx.Tx) error {
+	err := inTx(ctx, s.pool, func(tx dbtx) error {
 		q = &queries{db: tx}
 		return fn(q)
 	})
@@ -133,28 +133,6 @@ func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
 		s.woke()
 	}
 	return err
-}
-
-// inTx commits when fn returns nil and rolls back otherwise, returning fn's error
-// unchanged. BeginTxFunc also rolls back when fn panics or calls runtime.Goexit (a
-// failed test assertion), so the connection goes back to the pool outside any
-// transaction; if even the rollback fails, pgx closes the connection instead.
-func inTx(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
-	var fnErr error
-	err := pgx.BeginTxFunc(ctx, pool, txOptions, func(tx pgx.Tx) error {
-		fnErr = fn(tx)
-		return fnErr
-	})
-	switch {
-	case err == nil:
-		return nil
-	case fnErr != nil:
-		// fn failed: BeginTxFunc returns its error as is (a failed rollback after it
-		// only costs the connection).
-		return fnErr
-	default:
-		return fmt.Errorf("postgres: transaction: %w", err)
-	}
 }
 
 // Ping checks that the database answers.

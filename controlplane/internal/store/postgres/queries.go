@@ -13,7 +13,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
-// dbtx is what *pgxpool.Pool and pgx.Tx have in common.
+// dbtx is what *pgxpool.Pool, pgx.Tx and lazyTx have in common.
 type dbtx interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
