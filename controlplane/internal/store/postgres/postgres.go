@@ -111,7 +111,7 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	st := &Store{queries: queries{db: pool}, pool: pool, log: o.Logger,
+	st := &Store{queries: *newQueries(pool), pool: pool, log: o.Logger,
 		wakeSealer: make(chan struct{}, 1), sealerDone: make(chan struct{})}
 	if st.log == nil {
 		st.log = slog.New(slog.DiscardHandler)
@@ -126,7 +126,7 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
 	var q *queries
 	err := inTx(ctx, s.pool, func(tx dbtx) error {
-		q = &queries{db: tx}
+		q = newQueries(tx)
 		return fn(q)
 	})
 	if err == nil && q.appendedAudit != 0 {

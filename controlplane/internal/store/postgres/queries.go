@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // dbtx is what *pgxpool.Pool, pgx.Tx and lazyTx have in common.
@@ -25,10 +26,41 @@ type dbtx interface {
 // method's follow-up statement only explains a change that did not happen) or on one
 // transaction.
 type queries struct {
-	db dbtx
+	sqlstore.Queries // the methods both stores share
+	db               dbtx
 	// appendedAudit is the last audit_pending row this transaction inserted (0: none),
 	// so that its commit wakes the sealer.
 	appendedAudit int64
+}
+
+func newQueries(db dbtx) *queries {
+	a := pgDB{db}
+	return &queries{Queries: sqlstore.Queries{D: dialect, R: a, W: a}, db: db}
+}
+
+// dialect is PostgreSQL's side of the shared queries.
+var dialect = &sqlstore.Dialect{
+	Numbered:              true,
+	Time:                  ts,
+	NoRows:                pgx.ErrNoRows,
+	IsUniqueViolation:     func(err error) bool { return pgCode(err) == uniqueViolation },
+	IsForeignKeyViolation: func(err error) bool { return pgCode(err) == foreignKeyViolation },
+}
+
+// pgDB presents a pool or transaction to the shared queries.
+type pgDB struct{ db dbtx }
+
+func (p pgDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	tag, err := p.db.Exec(ctx, query, args...)
+	return tag.RowsAffected(), err
+}
+
+func (p pgDB) QueryRow(ctx context.Context, query string, args ...any) sqlstore.Row {
+	return p.db.QueryRow(ctx, query, args...)
+}
+
+func (p pgDB) Query(ctx context.Context, query string, args ...any) (sqlstore.Rows, error) {
+	return p.db.Query(ctx, query, args...)
 }
 
 // ts encodes a time for a timestamptz parameter; the zero time is NULL. pgx sends

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // ApplyRotation sends a rotation's six writes as one pgx Batch: one round trip
@@ -24,9 +25,9 @@ func (q *queries) ApplyRotation(ctx context.Context, w store.RotationWrite) (boo
 	b.Queue(`SAVEPOINT apply_rotation`)
 	b.Queue(claimKeySQL, bytesArg(w.NewKey), w.NodeID, ts(w.At))
 	b.Queue(swapKeySQL, bytesArg(w.NewKey), bytesArg(w.OldKey), ts(w.OverlapUntil), ts(w.At), w.NodeID)
-	b.Queue(blacklistSQL, blacklistArgs(w.Blacklist)...)
-	b.Queue(insertNodeTokenSQL, nodeTokenArgs(w.Token)...)
-	b.Queue(insertRotationSQL, rotationArgs(w.Rotation)...)
+	b.Queue(sqlstore.BlacklistSQL, dialect.BlacklistArgs(w.Blacklist)...)
+	b.Queue(sqlstore.InsertNodeTokenSQL, dialect.NodeTokenArgs(w.Token)...)
+	b.Queue(sqlstore.InsertRotationSQL, dialect.RotationArgs(w.Rotation)...)
 	b.Queue(appendAuditSQL, pendingAuditArgs(e)...)
 
 	br := q.db.SendBatch(ctx, b)

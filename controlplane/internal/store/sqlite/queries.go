@@ -12,6 +12,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // dbtx is what *sql.DB and *sql.Tx have in common.
@@ -24,9 +25,45 @@ type dbtx interface {
 // queries implements store.Tx. Outside a transaction r is the read pool and w the
 // writer pool; inside InTx both are the transaction.
 type queries struct {
-	r, w dbtx
-	gc   *groupCommit // the writer outside a transaction; nil inside one
+	sqlstore.Queries // the methods both stores share
+	r, w             dbtx
+	gc               *groupCommit // the writer outside a transaction; nil inside one
 }
+
+func newQueries(r, w dbtx, gc *groupCommit) queries {
+	return queries{Queries: sqlstore.Queries{D: dialect, R: sqlDB{r}, W: sqlDB{w}}, r: r, w: w, gc: gc}
+}
+
+// dialect is SQLite's side of the shared queries.
+var dialect = &sqlstore.Dialect{
+	Time:                  micros,
+	NoRows:                sql.ErrNoRows,
+	IsUniqueViolation:     isUniqueViolation,
+	IsForeignKeyViolation: isForeignKeyViolation,
+}
+
+// sqlDB presents a database/sql pool or transaction to the shared queries.
+type sqlDB struct{ db dbtx }
+
+func (d sqlDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	return changed(d.db.ExecContext(ctx, query, args...))
+}
+
+func (d sqlDB) QueryRow(ctx context.Context, query string, args ...any) sqlstore.Row {
+	return d.db.QueryRowContext(ctx, query, args...)
+}
+
+func (d sqlDB) Query(ctx context.Context, query string, args ...any) (sqlstore.Rows, error) {
+	rows, err := d.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rows}, nil
+}
+
+type sqlRows struct{ *sql.Rows }
+
+func (r sqlRows) Close() { _ = r.Rows.Close() }
 
 // atomic runs a method that needs several statements as one transaction: the
 // caller's, or a new one when the method was called on the Store.
@@ -35,7 +72,8 @@ func (q *queries) atomic(ctx context.Context, fn func(q *queries) error) error {
 		return fn(q)
 	}
 	return q.gc.run(ctx, func(tx *sql.Tx) error {
-		return fn(&queries{r: detached{tx}, w: detached{tx}})
+		tq := newQueries(detached{tx}, detached{tx}, nil)
+		return fn(&tq)
 	})
 }
 
@@ -160,6 +198,11 @@ func sqliteCode(err error) int {
 		return se.Code()
 	}
 	return 0
+}
+
+func isUniqueViolation(err error) bool {
+	c := sqliteCode(err)
+	return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
 }
 
 func isForeignKeyViolation(err error) bool {
