@@ -137,3 +137,35 @@ func (c TimeCol) Scan(v any) error {
 	}
 	return nil
 }
+
+func (q Queries) write(ctx context.Context, query string, args ...any) (Rows, error) {
+	return q.W.Query(ctx, q.D.Rebind(query), args...)
+}
+
+// Bytes encodes a byte-string argument: empty is NULL, so nil round-trips as nil.
+func Bytes(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// BytesCol scans a nullable BLOB or bytea, turning NULL and empty into nil.
+type BytesCol struct{ B *[]byte }
+
+func (c BytesCol) Scan(v any) error {
+	switch v := v.(type) {
+	case nil:
+		*c.B = nil
+	case []byte:
+		if len(v) == 0 {
+			*c.B = nil
+		} else {
+			// The driver may reuse v's buffer for the next row.
+			*c.B = append([]byte(nil), v...)
+		}
+	default:
+		return fmt.Errorf("byte column holds %T", v)
+	}
+	return nil
+}
