@@ -45,6 +45,8 @@ var dialect = &sqlstore.Dialect{
 	NoRows:                pgx.ErrNoRows,
 	IsUniqueViolation:     func(err error) bool { return pgCode(err) == uniqueViolation },
 	IsForeignKeyViolation: func(err error) bool { return pgCode(err) == foreignKeyViolation },
+	Tags:                  func(tags []string) (any, error) { return tagsArg(tags), nil },
+	TagsCol:               func(tags *[]string) any { return tags }, // text[], natively
 }
 
 // pgDB presents a pool or transaction to the shared queries.

@@ -23,7 +23,7 @@ func (q *queries) ApplyRotation(ctx context.Context, w store.RotationWrite) (boo
 	e := pendingAudit(w.Audit)
 	b := &pgx.Batch{}
 	b.Queue(`SAVEPOINT apply_rotation`)
-	b.Queue(claimKeySQL, bytesArg(w.NewKey), w.NodeID, ts(w.At))
+	b.Queue(sqlstore.ClaimKeySQL, bytesArg(w.NewKey), w.NodeID, ts(w.At))
 	b.Queue(swapKeySQL, bytesArg(w.NewKey), bytesArg(w.OldKey), ts(w.OverlapUntil), ts(w.At), w.NodeID)
 	b.Queue(sqlstore.BlacklistSQL, dialect.BlacklistArgs(w.Blacklist)...)
 	b.Queue(sqlstore.InsertNodeTokenSQL, dialect.NodeTokenArgs(w.Token)...)

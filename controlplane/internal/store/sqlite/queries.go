@@ -40,6 +40,8 @@ var dialect = &sqlstore.Dialect{
 	NoRows:                sql.ErrNoRows,
 	IsUniqueViolation:     isUniqueViolation,
 	IsForeignKeyViolation: isForeignKeyViolation,
+	Tags:                  func(tags []string) (any, error) { return tagsJSON(tags) },
+	TagsCol:               func(tags *[]string) any { return tagsCol{tags} }, // a JSON array
 }
 
 // sqlDB presents a database/sql pool or transaction to the shared queries.

@@ -30,6 +30,10 @@ type Dialect struct {
 	// raise them; they are the backstop for races a statement cannot see.
 	IsUniqueViolation     func(error) bool
 	IsForeignKeyViolation func(error) bool
+	// Tags encodes a tags argument (never NULL: the column is NOT NULL); TagsCol is
+	// the scan destination that reads one back.
+	Tags    func([]string) (any, error)
+	TagsCol func(*[]string) any
 
 	rebound sync.Map // query text -> its ?N form
 }
