@@ -119,13 +119,6 @@ func tagsArg(tags []string) []string {
 	return tags
 }
 
-// nonNilTags makes a NULL or empty text[] read back as an empty, non-nil slice.
-func nonNilTags(tags *[]string) {
-	if *tags == nil {
-		*tags = []string{}
-	}
-}
-
 // pgCode is the SQLSTATE of err, or "".
 func pgCode(err error) string {
 	var pe *pgconn.PgError

@@ -30,58 +30,6 @@ func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentT
 	return nil
 }
 
-const enrollmentTokenColumns = `
-	id, tenant_id, name, secret_hash, tags, created_by, created_at, expires_at, used_at, used_by, revoked_at`
-
-func scanEnrollmentToken(row scanner) (store.EnrollmentToken, error) {
-	var t store.EnrollmentToken
-	err := row.Scan(&t.ID, &t.TenantID, &t.Name, blobCol{&t.SecretHash}, tagsCol{&t.Tags}, &t.CreatedBy,
-		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.UsedAt}, &t.UsedBy, timeCol{&t.RevokedAt})
-	return t, err
-}
-
-func (q *queries) GetEnrollmentToken(ctx context.Context, id string) (store.EnrollmentToken, error) {
-	t, err := scanEnrollmentToken(q.r.QueryRowContext(ctx,
-		`SELECT `+enrollmentTokenColumns+` FROM enrollment_tokens WHERE id = ?`, id))
-	if err != nil {
-		return store.EnrollmentToken{}, wrapf(err, "get enrollment token %q", id)
-	}
-	return t, nil
-}
-
-func (q *queries) ListEnrollmentTokens(ctx context.Context, tenantID string) ([]store.EnrollmentToken, error) {
-	query := `SELECT ` + enrollmentTokenColumns + ` FROM enrollment_tokens`
-	var args []any
-	if tenantID != "" {
-		query += ` WHERE tenant_id = ?`
-		args = append(args, tenantID)
-	}
-	query += ` ORDER BY created_at DESC, id DESC`
-	rows, err := q.r.QueryContext(ctx, query, args...)
-	ts, err := collect(rows, err, scanEnrollmentToken)
-	if err != nil {
-		return nil, wrapf(err, "list enrollment tokens")
-	}
-	return ts, nil
-}
-
-func (q *queries) RevokeEnrollmentToken(ctx context.Context, tenantID, id string, at time.Time) error {
-	query := `UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?`
-	args := []any{micros(at), id}
-	if tenantID != "" {
-		query += ` AND tenant_id = ?`
-		args = append(args, tenantID)
-	}
-	n, err := changed(q.w.ExecContext(ctx, query, args...))
-	if err == nil && n == 0 {
-		err = store.ErrNotFound
-	}
-	if err != nil {
-		return wrapf(err, "revoke enrollment token %q", id)
-	}
-	return nil
-}
-
 func (q *queries) ConsumeEnrollmentToken(ctx context.Context, id, nodeID string, now time.Time) error {
 	err := q.atomic(ctx, func(q *queries) error {
 		// The compare-and-swap: only a valid token is marked, so two hosts racing for one
