@@ -31,7 +31,15 @@ type queries struct {
 }
 
 func newQueries(r, w dbtx, gc *groupCommit) queries {
-	return queries{Queries: sqlstore.Queries{D: dialect, R: sqlDB{r}, W: sqlDB{w}}, r: r, w: w, gc: gc}
+	q := queries{Queries: sqlstore.Queries{D: dialect, R: sqlDB{r}, W: sqlDB{w}}, r: r, w: w, gc: gc}
+	if gc != nil {
+		q.Atomic = func(ctx context.Context, fn func(sqlstore.Queries) error) error {
+			return gc.run(ctx, func(tx *sql.Tx) error {
+				return fn(newQueries(detached{tx}, detached{tx}, nil).Queries)
+			})
+		}
+	}
+	return q
 }
 
 // dialect is SQLite's side of the shared queries.

@@ -78,6 +78,19 @@ type DB interface {
 type Queries struct {
 	D    *Dialect
 	R, W DB
+	// Atomic, when set, runs a method that needs two statements (a compare-and-swap
+	// and the read that explains a lost one) in a transaction of its own: SQLite
+	// outside InTx. Nil runs them as they come (inside a transaction, or on
+	// PostgreSQL, where the second statement only explains a change that did not
+	// happen).
+	Atomic func(ctx context.Context, fn func(q Queries) error) error
+}
+
+func (q Queries) atomic(ctx context.Context, fn func(q Queries) error) error {
+	if q.Atomic == nil {
+		return fn(q)
+	}
+	return q.Atomic(ctx, fn)
 }
 
 func (q Queries) exec(ctx context.Context, query string, args ...any) (int64, error) {
