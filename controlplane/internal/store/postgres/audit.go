@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -95,7 +94,7 @@ func (s *Store) AppendAudit(ctx context.Context, e store.AuditEntry) (out store.
 	if err := s.SealAudit(ctx); err != nil {
 		return store.AuditEntry{}, err
 	}
-	list, err := s.queries.scanAudit(ctx, `WHERE pending_id = $1`, pid)
+	list, err := s.queries.ScanAudit(ctx, `WHERE pending_id = $1`, pid)
 	if err != nil || len(list) != 1 {
 		return store.AuditEntry{}, wrapf(errOr(err, store.ErrNotFound), "read back sealed audit entry")
 	}
@@ -273,54 +272,4 @@ func (s *Store) ListNodeAudit(ctx context.Context, tenantID, nodeID string, afte
 	return s.queries.ListNodeAudit(ctx, tenantID, nodeID, afterID, limit)
 }
 
-// ListAudit: limit <= 0 means no limit. Inside a transaction it lists sealed entries.
-func (q *queries) ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	return q.listAudit(ctx, tenantID, "", afterID, limit)
-}
-
-func (q *queries) ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	if nodeID == "" {
-		return []store.AuditEntry{}, nil
-	}
-	return q.listAudit(ctx, tenantID, nodeID, afterID, limit)
-}
-
-// listAudit: "" filters nothing; limit <= 0 means no limit.
-func (q *queries) listAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	query := `WHERE id > $1`
-	args := []any{afterID}
-	if tenantID != "" {
-		args = append(args, tenantID)
-		query += ` AND tenant_id = $` + strconv.Itoa(len(args))
-	}
-	if nodeID != "" {
-		args = append(args, nodeID)
-		query += ` AND node_id = $` + strconv.Itoa(len(args))
-	}
-	query += ` ORDER BY id`
-	if limit > 0 {
-		args = append(args, limit)
-		query += ` LIMIT $` + strconv.Itoa(len(args))
-	}
-	es, err := q.scanAudit(ctx, query, args...)
-	if err != nil {
-		return nil, wrapf(err, "list audit")
-	}
-	return es, nil
-}
-
-// scanAudit reads chain entries; where is the query's WHERE clause onwards.
-func (q *queries) scanAudit(ctx context.Context, where string, args ...any) ([]store.AuditEntry, error) {
-	rows, err := q.db.Query(ctx, `
-		SELECT id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash
-		FROM audit_log `+where, args...)
-	return collect(rows, err, func(row pgx.Row) (store.AuditEntry, error) {
-		var e store.AuditEntry
-		err := row.Scan(&e.ID, timeCol{&e.At}, &e.TenantID, &e.Actor, &e.Action, &e.NodeID, &e.Result,
-			&e.Details, &e.PrevHash, &e.Hash)
-		if e.Details == nil {
-			e.Details = map[string]string{}
-		}
-		return e, err
-	})
-}
+// The chain's listings inside a transaction (sealed entries only) are sqlstore's.

@@ -103,21 +103,6 @@ func microsOf(t time.Time) time.Time {
 	return time.UnixMicro(t.UnixMicro()).UTC()
 }
 
-// timeCol scans a nullable INTEGER microsecond column into a time.Time.
-type timeCol struct{ t *time.Time }
-
-func (c timeCol) Scan(v any) error {
-	switch v := v.(type) {
-	case nil:
-		*c.t = time.Time{}
-	case int64:
-		*c.t = time.UnixMicro(v).UTC()
-	default:
-		return fmt.Errorf("time column holds %T, want INTEGER", v)
-	}
-	return nil
-}
-
 // blob stores an empty byte string as NULL, so nil round-trips as nil.
 func blob(b []byte) any {
 	if len(b) == 0 {
@@ -168,21 +153,6 @@ func (c tagsCol) Scan(v any) error {
 	return nil
 }
 
-// detailsCol scans a JSON object column; the result is never nil.
-type detailsCol struct{ m *map[string]string }
-
-func (c detailsCol) Scan(v any) error {
-	m := map[string]string{}
-	if err := unmarshalCol(v, &m); err != nil {
-		return err
-	}
-	if m == nil {
-		m = map[string]string{}
-	}
-	*c.m = m
-	return nil
-}
-
 func unmarshalCol(v, dst any) error {
 	switch v := v.(type) {
 	case string:
@@ -226,6 +196,3 @@ func wrapf(err error, format string, args ...any) error {
 	}
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
 }
-
-// scanner is a *sql.Row or *sql.Rows.
-type scanner interface{ Scan(dest ...any) error }

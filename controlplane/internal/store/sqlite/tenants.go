@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
@@ -25,21 +24,4 @@ func (q *queries) CreateAPIToken(ctx context.Context, t store.APIToken) error {
 		return wrapf(store.ErrConflict, "create api token %q", t.ID)
 	}
 	return nil
-}
-
-// collect scans every row with scan; it takes QueryContext's results as they come.
-func collect[T any](rows *sql.Rows, err error, scan func(scanner) (T, error)) ([]T, error) {
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []T{}
-	for rows.Next() {
-		x, err := scan(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, x)
-	}
-	return out, rows.Err()
 }
