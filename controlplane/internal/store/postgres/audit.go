@@ -10,6 +10,7 @@ import (
 
 	"github.com/aegis-edge/aegis/controlplane/internal/audit"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // The chain is sealed after the fact, so that audited transactions never wait for
@@ -144,7 +145,7 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 		}
 		ps, err := collect(rows, err, func(row pgx.Row) (pending, error) {
 			var p pending
-			err := row.Scan(&p.pid, timeCol{&p.e.At}, &p.e.TenantID, &p.e.Actor, &p.e.Action, &p.e.NodeID, &p.e.Result, &p.e.Details)
+			err := row.Scan(&p.pid, sqlstore.TimeCol{T: &p.e.At}, &p.e.TenantID, &p.e.Actor, &p.e.Action, &p.e.NodeID, &p.e.Result, &p.e.Details)
 			if p.e.Details == nil {
 				p.e.Details = map[string]string{}
 			}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 func (q *queries) InsertDaemon(ctx context.Context, d store.Daemon) error {
@@ -28,7 +29,7 @@ func (q *queries) InsertDaemon(ctx context.Context, d store.Daemon) error {
 		FROM tenants WHERE tenants.id = $2
 		ON CONFLICT DO NOTHING`,
 		d.NodeID, d.TenantID, d.DisplayName, tagsArg(d.Tags), d.OS, d.Hostname,
-		bytesArg(d.PublicKey), bytesArg(d.PreviousPublicKey), ts(d.OverlapUntil), d.Status, d.SecurityContext,
+		sqlstore.Bytes(d.PublicKey), sqlstore.Bytes(d.PreviousPublicKey), ts(d.OverlapUntil), d.Status, d.SecurityContext,
 		ts(d.EnrolledAt), ts(d.KeyRotatedAt), ts(d.LastSeenAt), ts(d.RevokedAt),
 		d.SessionID, d.SessionReplica, ts(d.SessionSince))
 	switch {
@@ -70,7 +71,7 @@ func (q *queries) SwapDaemonKey(ctx context.Context, nodeID string, oldKey, newK
 	// re-checks public_key = oldKey against the new row and changes nothing. The NOT
 	// EXISTS guard reports a key held by another daemon (or this one) as a lost swap
 	// instead of raising a unique violation.
-	tag, err := q.db.Exec(ctx, swapKeySQL, bytesArg(newKey), bytesArg(oldKey), ts(overlapUntil), ts(at), nodeID)
+	tag, err := q.db.Exec(ctx, swapKeySQL, sqlstore.Bytes(newKey), sqlstore.Bytes(oldKey), ts(overlapUntil), ts(at), nodeID)
 	switch {
 	case pgCode(err) == uniqueViolation:
 		// Another transaction installed newKey after this statement's snapshot. The
@@ -86,7 +87,7 @@ func (q *queries) SwapDaemonKey(ctx context.Context, nodeID string, oldKey, newK
 	var current []byte
 	var status string
 	err = q.db.QueryRow(ctx,
-		`SELECT public_key, status FROM edge_daemons WHERE node_id = $1`, nodeID).Scan(bytesCol{&current}, &status)
+		`SELECT public_key, status FROM edge_daemons WHERE node_id = $1`, nodeID).Scan(sqlstore.BytesCol{B: &current}, &status)
 	switch {
 	case err != nil:
 	case status != store.DaemonActive:

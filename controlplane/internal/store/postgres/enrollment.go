@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentToken) error {
@@ -15,7 +16,7 @@ func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentT
 		       $7::timestamptz, $8::timestamptz, $9::timestamptz, $10, $11::timestamptz
 		FROM tenants WHERE tenants.id = $2
 		ON CONFLICT DO NOTHING`,
-		t.ID, t.TenantID, t.Name, bytesArg(t.SecretHash), tagsArg(t.Tags), t.CreatedBy,
+		t.ID, t.TenantID, t.Name, sqlstore.Bytes(t.SecretHash), tagsArg(t.Tags), t.CreatedBy,
 		ts(t.CreatedAt), ts(t.ExpiresAt), ts(t.UsedAt), t.UsedBy, ts(t.RevokedAt))
 	if err != nil {
 		return wrapf(err, "create enrollment token %q", t.ID)

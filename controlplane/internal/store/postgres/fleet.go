@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 func (q *queries) InsertFleetRun(ctx context.Context, r store.FleetRun) error {
@@ -104,7 +105,7 @@ func (q *queries) AppendFleetRunEvent(ctx context.Context, e store.FleetRunEvent
 		INSERT INTO fleet_run_events (run_id, sequence, at, kind, data)
 		SELECT next.id, next.event_seq, $2::timestamptz, $3, $4 FROM next
 		RETURNING sequence, at`,
-		e.RunID, e.At, e.Kind, e.Data).Scan(&seq, timeCol{&e.At})
+		e.RunID, e.At, e.Kind, e.Data).Scan(&seq, sqlstore.TimeCol{T: &e.At})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return store.FleetRunEvent{}, wrapf(store.ErrNotFound, "append event to fleet run %q", e.RunID)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
@@ -72,43 +71,6 @@ func ts(t time.Time) any {
 		return nil
 	}
 	return t
-}
-
-// timeCol scans a nullable timestamptz into a time.Time: NULL is the zero time, and
-// any other value comes back in UTC (pgx would use time.Local).
-type timeCol struct{ t *time.Time }
-
-func (c timeCol) ScanTimestamptz(v pgtype.Timestamptz) error {
-	switch {
-	case !v.Valid:
-		*c.t = time.Time{}
-	case v.InfinityModifier != pgtype.Finite:
-		return fmt.Errorf("timestamptz holds %s, want a finite time", v.InfinityModifier)
-	default:
-		*c.t = v.Time.UTC()
-	}
-	return nil
-}
-
-// bytesArg stores an empty byte string as NULL, so nil round-trips as nil.
-func bytesArg(b []byte) any {
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-// bytesCol scans a bytea, turning NULL and empty into nil.
-type bytesCol struct{ b *[]byte }
-
-func (c bytesCol) ScanBytes(v []byte) error {
-	if len(v) == 0 {
-		*c.b = nil
-	} else {
-		// v is pgx's read buffer, reused by the next row.
-		*c.b = append([]byte(nil), v...)
-	}
-	return nil
 }
 
 // tagsArg never sends NULL: pgx encodes a nil slice as NULL, the column is NOT NULL.

@@ -23,8 +23,8 @@ func (q *queries) ApplyRotation(ctx context.Context, w store.RotationWrite) (boo
 	e := pendingAudit(w.Audit)
 	b := &pgx.Batch{}
 	b.Queue(`SAVEPOINT apply_rotation`)
-	b.Queue(sqlstore.ClaimKeySQL, bytesArg(w.NewKey), w.NodeID, ts(w.At))
-	b.Queue(swapKeySQL, bytesArg(w.NewKey), bytesArg(w.OldKey), ts(w.OverlapUntil), ts(w.At), w.NodeID)
+	b.Queue(sqlstore.ClaimKeySQL, sqlstore.Bytes(w.NewKey), w.NodeID, ts(w.At))
+	b.Queue(swapKeySQL, sqlstore.Bytes(w.NewKey), sqlstore.Bytes(w.OldKey), ts(w.OverlapUntil), ts(w.At), w.NodeID)
 	b.Queue(sqlstore.BlacklistSQL, dialect.BlacklistArgs(w.Blacklist)...)
 	b.Queue(sqlstore.InsertNodeTokenSQL, dialect.NodeTokenArgs(w.Token)...)
 	b.Queue(sqlstore.InsertRotationSQL, dialect.RotationArgs(w.Rotation)...)

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // Tenants, API token reads and signing keys are shared (sqlstore); what stays here
@@ -15,7 +16,7 @@ func (q *queries) CreateAPIToken(ctx context.Context, t store.APIToken) error {
 		SELECT $1, tenants.id, $3, $4, $5::bytea, $6::timestamptz, $7::timestamptz
 		FROM tenants WHERE tenants.id = $2
 		ON CONFLICT DO NOTHING`,
-		t.ID, t.TenantID, t.Role, t.Name, bytesArg(t.SecretHash), ts(t.CreatedAt), ts(t.RevokedAt))
+		t.ID, t.TenantID, t.Role, t.Name, sqlstore.Bytes(t.SecretHash), ts(t.CreatedAt), ts(t.RevokedAt))
 	if err != nil {
 		return wrapf(err, "create api token %q", t.ID)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 func (q *queries) InsertDaemon(ctx context.Context, d store.Daemon) error {
@@ -26,7 +27,7 @@ func (q *queries) InsertDaemon(ctx context.Context, d store.Daemon) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT DO NOTHING`,
 			d.NodeID, d.TenantID, d.DisplayName, tags, d.OS, d.Hostname,
-			blob(d.PublicKey), blob(d.PreviousPublicKey), micros(d.OverlapUntil), d.Status, d.SecurityContext,
+			sqlstore.Bytes(d.PublicKey), sqlstore.Bytes(d.PreviousPublicKey), micros(d.OverlapUntil), d.Status, d.SecurityContext,
 			micros(d.EnrolledAt), micros(d.KeyRotatedAt), micros(d.LastSeenAt), micros(d.RevokedAt),
 			d.SessionID, d.SessionReplica, micros(d.SessionSince)))
 		switch {
@@ -63,14 +64,14 @@ func (q *queries) SwapDaemonKey(ctx context.Context, nodeID string, oldKey, newK
 			  AND public_key = ?2
 			  AND status = 'active'
 			  AND NOT EXISTS (SELECT 1 FROM edge_daemons WHERE public_key = ?1)`,
-			blob(newKey), blob(oldKey), micros(overlapUntil), micros(at), nodeID))
+			sqlstore.Bytes(newKey), sqlstore.Bytes(oldKey), micros(overlapUntil), micros(at), nodeID))
 		if err != nil || n == 1 {
 			return err
 		}
 		var current []byte
 		var status string
 		err = q.w.QueryRowContext(ctx,
-			`SELECT public_key, status FROM edge_daemons WHERE node_id = ?`, nodeID).Scan(blobCol{&current}, &status)
+			`SELECT public_key, status FROM edge_daemons WHERE node_id = ?`, nodeID).Scan(sqlstore.BytesCol{B: &current}, &status)
 		switch {
 		case err != nil:
 			return err

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentToken) error {
@@ -17,7 +18,7 @@ func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentT
 		    (id, tenant_id, name, secret_hash, tags, created_by, created_at, expires_at, used_at, used_by, revoked_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT DO NOTHING`,
-		t.ID, t.TenantID, t.Name, blob(t.SecretHash), tags, t.CreatedBy,
+		t.ID, t.TenantID, t.Name, sqlstore.Bytes(t.SecretHash), tags, t.CreatedBy,
 		micros(t.CreatedAt), micros(t.ExpiresAt), micros(t.UsedAt), t.UsedBy, micros(t.RevokedAt)))
 	switch {
 	case isForeignKeyViolation(err):

@@ -103,33 +103,6 @@ func microsOf(t time.Time) time.Time {
 	return time.UnixMicro(t.UnixMicro()).UTC()
 }
 
-// blob stores an empty byte string as NULL, so nil round-trips as nil.
-func blob(b []byte) any {
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-// blobCol scans a BLOB, turning NULL and empty into nil.
-type blobCol struct{ b *[]byte }
-
-func (c blobCol) Scan(v any) error {
-	switch v := v.(type) {
-	case nil:
-		*c.b = nil
-	case []byte:
-		if len(v) == 0 {
-			*c.b = nil
-		} else {
-			*c.b = append([]byte(nil), v...)
-		}
-	default:
-		return fmt.Errorf("blob column holds %T", v)
-	}
-	return nil
-}
-
 func tagsJSON(tags []string) (string, error) {
 	if tags == nil {
 		tags = []string{}

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // Tenants, API token reads and signing keys are shared (sqlstore); what stays here
@@ -14,7 +15,7 @@ func (q *queries) CreateAPIToken(ctx context.Context, t store.APIToken) error {
 		INSERT INTO api_tokens (id, tenant_id, role, name, secret_hash, created_at, revoked_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT DO NOTHING`,
-		t.ID, t.TenantID, t.Role, t.Name, blob(t.SecretHash), micros(t.CreatedAt), micros(t.RevokedAt)))
+		t.ID, t.TenantID, t.Role, t.Name, sqlstore.Bytes(t.SecretHash), micros(t.CreatedAt), micros(t.RevokedAt)))
 	switch {
 	case isForeignKeyViolation(err):
 		return wrapf(store.ErrNotFound, "create api token %q: tenant %q", t.ID, t.TenantID)
