@@ -158,6 +158,23 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 	var added []store.BlacklistEntry
 	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
 		added = added[:0]
+		var w store.RotationWrite
+		if preErr == nil {
+			// The common case, a fresh rotation that every check passed, in one step:
+			// on PostgreSQL one round trip for all its writes. If any write would
+			// fail (the id is already recorded, the key claimed, the swap lost),
+			// nothing is written, and the steps below, one at a time, say why.
+			w = s.writes(req, pre, now)
+			switch applied, err := tx.ApplyRotation(ctx, w); {
+			case err != nil:
+				return fmt.Errorf("apply rotation: %w", err)
+			case applied:
+				added = append(added, w.Blacklist)
+				res = result(w, pre)
+				return nil
+			}
+		}
+
 		// 1. Idempotency first: a retry carries the old token, which the first
 		// attempt blacklisted, so it must be recognised before the envelope checks.
 		prev, err := tx.GetRotation(ctx, req.RotationID)
@@ -173,10 +190,9 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 		if preErr != nil {
 			return preErr
 		}
-		v, d, issued := pre.v, pre.v.Daemon, pre.issued
-		oldKey := d.PublicKey
+		nodeID := w.NodeID
 		// 3. The new key, claimed for this node forever.
-		switch err := tx.ClaimPublicKey(ctx, req.NewPublicKey, d.NodeID, now); {
+		switch err := tx.ClaimPublicKey(ctx, w.NewKey, nodeID, w.At); {
 		case errors.Is(err, store.ErrKeyInUse):
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_KEY_IN_USE, "the new key was already used by a daemon (keys are never reused): generate another")
 		case err != nil:
@@ -185,68 +201,36 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 
 		// 4. The swap: the compare-and-swap from the key this transaction verified
 		// is what decides between concurrent rotations of one node.
-		overlapUntil := now.Add(s.cfg.Overlap)
-		switch err := tx.SwapDaemonKey(ctx, d.NodeID, oldKey, req.NewPublicKey, overlapUntil, now); {
+		switch err := tx.SwapDaemonKey(ctx, nodeID, w.OldKey, w.NewKey, w.OverlapUntil, w.At); {
 		case errors.Is(err, store.ErrConflict):
-			return rejection.New(edgev1.RejectReason_REJECT_REASON_ROTATION_CONFLICT, "another rotation of node %s committed first: check which key is current (attest) before retrying", d.NodeID)
+			return rejection.New(edgev1.RejectReason_REJECT_REASON_ROTATION_CONFLICT, "another rotation of node %s committed first: check which key is current (attest) before retrying", nodeID)
 		case errors.Is(err, store.ErrKeyInUse):
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_KEY_IN_USE, "the new key is held by another daemon: generate another")
 		case errors.Is(err, store.ErrNotFound):
-			return rejection.New(edgev1.RejectReason_REJECT_REASON_UNKNOWN_NODE, "node %s is not enrolled", d.NodeID)
+			return rejection.New(edgev1.RejectReason_REJECT_REASON_UNKNOWN_NODE, "node %s is not enrolled", nodeID)
 		case err != nil:
 			return fmt.Errorf("swap key: %w", err)
 		}
 
 		// 5. Withdraw the old token; issue and record one bound to the new key.
-		e := store.BlacklistEntry{JTI: v.Claims.JTI(), NodeID: d.NodeID, Reason: nodeauth.BlacklistReasonRotated, ExpiresAt: v.Claims.Expires(), AddedAt: now}
-		if err := tx.BlacklistToken(ctx, e); err != nil {
+		if err := tx.BlacklistToken(ctx, w.Blacklist); err != nil {
 			return fmt.Errorf("blacklist old token: %w", err)
 		}
-		added = append(added, e)
-		d.PublicKey = req.NewPublicKey
-		if err := tx.InsertNodeToken(ctx, issued.Record); err != nil {
+		added = append(added, w.Blacklist)
+		if err := tx.InsertNodeToken(ctx, w.Token); err != nil {
 			return fmt.Errorf("record new token: %w", err)
 		}
-		rot := store.Rotation{
-			RotationID:     req.RotationID,
-			NodeID:         d.NodeID,
-			OldFingerprint: fingerprint.Of(oldKey),
-			NewFingerprint: fingerprint.Of(req.NewPublicKey),
-			NewTokenJTI:    issued.Record.JTI,
-			NewToken:       issued.Token,
-			At:             now,
-		}
-		switch err := tx.InsertRotation(ctx, rot); {
+		switch err := tx.InsertRotation(ctx, w.Rotation); {
 		case errors.Is(err, store.ErrConflict):
 			// The same id committed by a concurrent request since step 1.
 			return rejection.New(edgev1.RejectReason_REJECT_REASON_ROTATION_CONFLICT, "rotation %s is being committed by another request: retry it", req.RotationID)
 		case err != nil:
 			return fmt.Errorf("record rotation: %w", err)
 		}
-		details := map[string]string{
-			"rotation_id":     req.RotationID,
-			"old_fingerprint": rot.OldFingerprint,
-			"new_fingerprint": rot.NewFingerprint,
-			"overlap_until":   overlapUntil.Format(time.RFC3339Nano),
-		}
-		if req.FleetRunID != "" {
-			details["fleet_run_id"] = req.FleetRunID
-		}
-		if _, err := tx.AppendAudit(ctx, store.AuditEntry{
-			At: now, TenantID: d.TenantID, Actor: "node:" + d.NodeID, Action: "rotate", NodeID: d.NodeID, Result: "ok", Details: details,
-		}); err != nil {
+		if _, err := tx.AppendAudit(ctx, w.Audit); err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		res = Result{
-			RotationID:     req.RotationID,
-			NodeID:         d.NodeID,
-			Token:          issued.Token,
-			TokenExpires:   issued.Claims.Expires(),
-			NewFingerprint: rot.NewFingerprint,
-			OldFingerprint: rot.OldFingerprint,
-			OverlapUntil:   overlapUntil,
-			RotatedAt:      now,
-		}
+		res = result(w, pre)
 		return nil
 	})
 	if err != nil {
@@ -262,6 +246,57 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 	}
 	s.cfg.Blacklist.Add(added...)
 	return res, nil
+}
+
+// writes is what a fresh rotation writes, from what precheck verified and issued.
+func (s *Service) writes(req Request, pre prechecked, now time.Time) store.RotationWrite {
+	d, claims, issued := pre.v.Daemon, pre.v.Claims, pre.issued
+	overlapUntil := now.Add(s.cfg.Overlap)
+	rot := store.Rotation{
+		RotationID:     req.RotationID,
+		NodeID:         d.NodeID,
+		OldFingerprint: fingerprint.Of(d.PublicKey),
+		NewFingerprint: fingerprint.Of(req.NewPublicKey),
+		NewTokenJTI:    issued.Record.JTI,
+		NewToken:       issued.Token,
+		At:             now,
+	}
+	details := map[string]string{
+		"rotation_id":     req.RotationID,
+		"old_fingerprint": rot.OldFingerprint,
+		"new_fingerprint": rot.NewFingerprint,
+		"overlap_until":   overlapUntil.Format(time.RFC3339Nano),
+	}
+	if req.FleetRunID != "" {
+		details["fleet_run_id"] = req.FleetRunID
+	}
+	return store.RotationWrite{
+		NodeID:       d.NodeID,
+		OldKey:       d.PublicKey,
+		NewKey:       req.NewPublicKey,
+		OverlapUntil: overlapUntil,
+		At:           now,
+		Blacklist:    store.BlacklistEntry{JTI: claims.JTI(), NodeID: d.NodeID, Reason: nodeauth.BlacklistReasonRotated, ExpiresAt: claims.Expires(), AddedAt: now},
+		Token:        issued.Record,
+		Rotation:     rot,
+		Audit: store.AuditEntry{
+			At: now, TenantID: d.TenantID, Actor: "node:" + d.NodeID, Action: "rotate", NodeID: d.NodeID, Result: "ok", Details: details,
+		},
+	}
+}
+
+// result is the answer to a fresh rotation once w is written.
+func result(w store.RotationWrite, pre prechecked) Result {
+	return Result{
+		RotationID:     w.Rotation.RotationID,
+		NodeID:         w.NodeID,
+		Token:          pre.issued.Token,
+		TokenExpires:   pre.issued.Claims.Expires(),
+		NewFingerprint: w.Rotation.NewFingerprint,
+		OldFingerprint: w.Rotation.OldFingerprint,
+		OverlapUntil:   w.OverlapUntil,
+		RotatedAt:      w.At,
+	}
 }
 
 // prechecked is what precheck verified and made outside the transaction.

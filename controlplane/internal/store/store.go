@@ -179,6 +179,19 @@ type Rotation struct {
 	At             time.Time
 }
 
+// RotationWrite is everything one key rotation writes (Tx.ApplyRotation).
+type RotationWrite struct {
+	NodeID       string
+	OldKey       []byte // the key the swap replaces (compare-and-swap)
+	NewKey       []byte
+	OverlapUntil time.Time
+	At           time.Time
+	Blacklist    BlacklistEntry // the old token, withdrawn
+	Token        NodeToken      // the new token, bound to NewKey
+	Rotation     Rotation
+	Audit        AuditEntry
+}
+
 // AuditEntry is one line of the audit trail.
 type AuditEntry struct {
 	ID       int64 // assigned by the store
@@ -360,6 +373,15 @@ type Tx interface {
 	ConsumeNonce(ctx context.Context, value string, now time.Time) (Nonce, error)
 	PurgeNonces(ctx context.Context, now time.Time) (int, error)
 
+	// ApplyRotation makes a rotation's writes, each as its own method makes it and in
+	// this order: ClaimPublicKey(NewKey), SwapDaemonKey, BlacklistToken,
+	// InsertNodeToken, InsertRotation and AppendAudit; but only if every one of them
+	// succeeds, and then it reports true. If any would fail, it writes none of them
+	// and reports false with a nil error: the caller makes them one at a time to
+	// learn which failed and why, and may still commit. A store may send the writes
+	// to the database together (PostgreSQL sends them in one round trip); err is a
+	// failure of the database itself.
+	ApplyRotation(ctx context.Context, w RotationWrite) (applied bool, err error)
 	// InsertRotation: ErrConflict if rotation_id exists.
 	InsertRotation(ctx context.Context, r Rotation) error
 	GetRotation(ctx context.Context, rotationID string) (Rotation, error)

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/audit"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // The chain is sealed after the fact, so that audited transactions never wait for
@@ -29,9 +29,10 @@ import (
 // transaction, then by insertion); ids are given under the lock, so they become
 // visible in order and a reader paging with "id > the last id I saw" never skips
 // one. Until it is sealed (normally milliseconds: every commit that appended wakes
-// the sealer, and it also runs every sealEvery), an entry is in audit_pending,
-// outside the chain's protection; Store.ListAudit and Store.ListNodeAudit seal first,
-// so `aegis audit list` and `audit verify` always cover every committed entry.
+// the sealer, at most once per sealGap, and it also runs every sealEvery), an entry
+// is in audit_pending, outside the chain's protection; Store.ListAudit and
+// Store.ListNodeAudit seal first, so `aegis audit list` and `audit verify` always
+// cover every committed entry.
 
 // auditSealLock is the advisory lock (classid, objid) sealers take; objid is the
 // schema's hash, so stores in different schemas of one database seal independently.
@@ -40,25 +41,38 @@ const auditSealLock = `pg_advisory_xact_lock(1634035561, hashtext(current_schema
 // sealBatch bounds how many entries one sealing transaction moves.
 const sealBatch = 2000
 
-// AppendAudit records e in the caller's transaction; it joins the chain when sealed.
-// The returned entry has no ID or Hash yet (Store.AppendAudit returns it sealed).
-func (q *queries) AppendAudit(ctx context.Context, e store.AuditEntry) (store.AuditEntry, error) {
+// appendAuditSQL inserts a pending entry; the transaction's own id groups its
+// entries, so they stay adjacent on the chain.
+const appendAuditSQL = `
+	INSERT INTO audit_pending (tx_group, at, tenant_id, actor, action, node_id, result, details)
+	VALUES (pg_current_xact_id()::text::bigint, $1, $2, $3, $4, $5, $6, $7::jsonb)
+	RETURNING pid`
+
+// pendingAudit is e as it is stored and returned before sealing: its time in
+// microseconds and UTC (exactly what a later ListAudit reads and the hash covers),
+// details never nil, no id or hashes yet.
+func pendingAudit(e store.AuditEntry) store.AuditEntry {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
-	// Hash and return exactly what a later ListAudit reads (microseconds, UTC).
 	e.At = audit.Normalize(e.At)
 	if e.Details == nil {
 		e.Details = map[string]string{}
 	}
 	e.ID, e.PrevHash, e.Hash = 0, "", ""
+	return e
+}
+
+func pendingAuditArgs(e store.AuditEntry) []any {
+	return []any{e.At, e.TenantID, e.Actor, e.Action, e.NodeID, e.Result, e.Details}
+}
+
+// AppendAudit records e in the caller's transaction; it joins the chain when sealed.
+// The returned entry has no ID or Hash yet (Store.AppendAudit returns it sealed).
+func (q *queries) AppendAudit(ctx context.Context, e store.AuditEntry) (store.AuditEntry, error) {
+	e = pendingAudit(e)
 	var pid int64
-	// The transaction's own id groups its entries, so they stay adjacent on the chain.
-	err := q.db.QueryRow(ctx, `
-		INSERT INTO audit_pending (tx_group, at, tenant_id, actor, action, node_id, result, details)
-		VALUES (pg_current_xact_id()::text::bigint, $1, $2, $3, $4, $5, $6, $7::jsonb)
-		RETURNING pid`,
-		e.At, e.TenantID, e.Actor, e.Action, e.NodeID, e.Result, e.Details).Scan(&pid)
+	err := q.db.QueryRow(ctx, appendAuditSQL, pendingAuditArgs(e)...).Scan(&pid)
 	if err != nil {
 		return store.AuditEntry{}, wrapf(err, "append audit")
 	}
@@ -81,7 +95,7 @@ func (s *Store) AppendAudit(ctx context.Context, e store.AuditEntry) (out store.
 	if err := s.SealAudit(ctx); err != nil {
 		return store.AuditEntry{}, err
 	}
-	list, err := s.queries.scanAudit(ctx, `WHERE pending_id = $1`, pid)
+	list, err := s.queries.ScanAudit(ctx, `WHERE pending_id = $1`, pid)
 	if err != nil || len(list) != 1 {
 		return store.AuditEntry{}, wrapf(errOr(err, store.ErrNotFound), "read back sealed audit entry")
 	}
@@ -109,22 +123,29 @@ func (s *Store) SealAudit(ctx context.Context) error {
 }
 
 func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
-	err = inTx(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT `+auditSealLock); err != nil {
-			return fmt.Errorf("lock the chain: %w", err)
-		}
-		// Read after the lock: at READ COMMITTED each statement sees what was committed
-		// when it started, so this sees the previous sealer's rows.
-		rows, err := tx.Query(ctx, `
+	err = inTx(ctx, s.pool, func(tx dbtx) error {
+		// One round trip for the lock and both reads (BEGIN rides along too). Each
+		// read runs after the lock is granted and, at READ COMMITTED, sees what was
+		// committed when it started: the previous sealer's rows included.
+		b := &pgx.Batch{}
+		b.Queue(`SELECT ` + auditSealLock)
+		b.Queue(`
 			SELECT pid, at, tenant_id, actor, action, node_id, result, details
 			FROM audit_pending ORDER BY tx_group, pid LIMIT $1`, sealBatch)
+		b.Queue(`SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1`)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("lock the chain: %w", err)
+		}
+		rows, err := br.Query()
 		type pending struct {
 			pid int64
 			e   store.AuditEntry
 		}
 		ps, err := collect(rows, err, func(row pgx.Row) (pending, error) {
 			var p pending
-			err := row.Scan(&p.pid, timeCol{&p.e.At}, &p.e.TenantID, &p.e.Actor, &p.e.Action, &p.e.NodeID, &p.e.Result, &p.e.Details)
+			err := row.Scan(&p.pid, sqlstore.TimeCol{T: &p.e.At}, &p.e.TenantID, &p.e.Actor, &p.e.Action, &p.e.NodeID, &p.e.Result, &p.e.Details)
 			if p.e.Details == nil {
 				p.e.Details = map[string]string{}
 			}
@@ -133,15 +154,18 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 		if err != nil {
 			return fmt.Errorf("read pending entries: %w", err)
 		}
+		var lastID int64
+		var prevHash string
+		err = br.QueryRow().Scan(&lastID, &prevHash)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read the chain's last entry: %w", err)
+		}
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("read pending entries: %w", err)
+		}
 		n = len(ps)
 		if n == 0 {
 			return nil
-		}
-		var lastID int64
-		var prevHash string
-		err = tx.QueryRow(ctx, `SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1`).Scan(&lastID, &prevHash)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("read the chain's last entry: %w", err)
 		}
 		var cols struct {
 			id, pid                                         []int64
@@ -159,16 +183,25 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 			cols.node, cols.result, cols.details = append(cols.node, e.NodeID), append(cols.result, e.Result), append(cols.details, e.Details)
 			cols.prev, cols.hash = append(cols.prev, e.PrevHash), append(cols.hash, e.Hash)
 		}
-		if _, err := tx.Exec(ctx, `
+		// Both writes in one round trip.
+		wb := &pgx.Batch{}
+		wb.Queue(`
 			INSERT INTO audit_log (id, pending_id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash)
 			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
 			                     $8::text[], $9::jsonb[], $10::text[], $11::text[])`,
 			cols.id, cols.pid, cols.at, cols.tenant, cols.actor, cols.action, cols.node, cols.result, cols.details,
-			cols.prev, cols.hash); err != nil {
+			cols.prev, cols.hash)
+		wb.Queue(`DELETE FROM audit_pending WHERE pid = ANY($1)`, cols.pid)
+		wr := tx.SendBatch(ctx, wb)
+		defer wr.Close()
+		if _, err := wr.Exec(); err != nil {
 			return fmt.Errorf("insert sealed entries: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM audit_pending WHERE pid = ANY($1)`, cols.pid); err != nil {
+		if _, err := wr.Exec(); err != nil {
 			return fmt.Errorf("delete sealed entries: %w", err)
+		}
+		if err := wr.Close(); err != nil {
+			return fmt.Errorf("seal entries: %w", err)
 		}
 		return nil
 	})
@@ -182,18 +215,34 @@ func (s *Store) sealOnce(ctx context.Context) (n int, err error) {
 // reaches it (an entry committed by a replica that died before sealing it).
 const sealEvery = time.Second
 
-// sealLoop seals whenever a commit that appended wakes it, and every sealEvery.
+// sealGap is the least time between two sealing runs started by wake-ups. Under a
+// burst of audited commits, each run then seals the entries of several commits in
+// one transaction instead of one run (and one PostgreSQL commit) per entry; an entry
+// waits at most this much longer to be sealed.
+const sealGap = 10 * time.Millisecond
+
+// sealLoop seals whenever a commit that appended wakes it (at most once per
+// sealGap), and every sealEvery.
 func (s *Store) sealLoop(ctx context.Context) {
 	defer close(s.sealerDone)
 	t := time.NewTicker(sealEvery)
 	defer t.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wakeSealer:
+			if wait := sealGap - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
 		case <-t.C:
 		}
+		last = time.Now()
 		if err := s.SealAudit(ctx); err != nil && ctx.Err() == nil && s.log != nil {
 			s.log.Warn("audit sealer: will retry", "err", err)
 		}
@@ -224,54 +273,4 @@ func (s *Store) ListNodeAudit(ctx context.Context, tenantID, nodeID string, afte
 	return s.queries.ListNodeAudit(ctx, tenantID, nodeID, afterID, limit)
 }
 
-// ListAudit: limit <= 0 means no limit. Inside a transaction it lists sealed entries.
-func (q *queries) ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	return q.listAudit(ctx, tenantID, "", afterID, limit)
-}
-
-func (q *queries) ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	if nodeID == "" {
-		return []store.AuditEntry{}, nil
-	}
-	return q.listAudit(ctx, tenantID, nodeID, afterID, limit)
-}
-
-// listAudit: "" filters nothing; limit <= 0 means no limit.
-func (q *queries) listAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	query := `WHERE id > $1`
-	args := []any{afterID}
-	if tenantID != "" {
-		args = append(args, tenantID)
-		query += ` AND tenant_id = $` + strconv.Itoa(len(args))
-	}
-	if nodeID != "" {
-		args = append(args, nodeID)
-		query += ` AND node_id = $` + strconv.Itoa(len(args))
-	}
-	query += ` ORDER BY id`
-	if limit > 0 {
-		args = append(args, limit)
-		query += ` LIMIT $` + strconv.Itoa(len(args))
-	}
-	es, err := q.scanAudit(ctx, query, args...)
-	if err != nil {
-		return nil, wrapf(err, "list audit")
-	}
-	return es, nil
-}
-
-// scanAudit reads chain entries; where is the query's WHERE clause onwards.
-func (q *queries) scanAudit(ctx context.Context, where string, args ...any) ([]store.AuditEntry, error) {
-	rows, err := q.db.Query(ctx, `
-		SELECT id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash
-		FROM audit_log `+where, args...)
-	return collect(rows, err, func(row pgx.Row) (store.AuditEntry, error) {
-		var e store.AuditEntry
-		err := row.Scan(&e.ID, timeCol{&e.At}, &e.TenantID, &e.Actor, &e.Action, &e.NodeID, &e.Result,
-			&e.Details, &e.PrevHash, &e.Hash)
-		if e.Details == nil {
-			e.Details = map[string]string{}
-		}
-		return e, err
-	})
-}
+// The chain's listings inside a transaction (sealed entries only) are sqlstore's.

@@ -4,9 +4,8 @@ import (
 	"context"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentToken) error {
@@ -17,63 +16,10 @@ func (q *queries) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentT
 		       $7::timestamptz, $8::timestamptz, $9::timestamptz, $10, $11::timestamptz
 		FROM tenants WHERE tenants.id = $2
 		ON CONFLICT DO NOTHING`,
-		t.ID, t.TenantID, t.Name, bytesArg(t.SecretHash), tagsArg(t.Tags), t.CreatedBy,
+		t.ID, t.TenantID, t.Name, sqlstore.Bytes(t.SecretHash), tagsArg(t.Tags), t.CreatedBy,
 		ts(t.CreatedAt), ts(t.ExpiresAt), ts(t.UsedAt), t.UsedBy, ts(t.RevokedAt))
 	if err != nil {
 		return wrapf(err, "create enrollment token %q", t.ID)
-	}
-	return nil
-}
-
-const enrollmentTokenColumns = `
-	id, tenant_id, name, secret_hash, tags, created_by, created_at, expires_at, used_at, used_by, revoked_at`
-
-func scanEnrollmentToken(row pgx.Row) (store.EnrollmentToken, error) {
-	var t store.EnrollmentToken
-	err := row.Scan(&t.ID, &t.TenantID, &t.Name, bytesCol{&t.SecretHash}, &t.Tags, &t.CreatedBy,
-		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.UsedAt}, &t.UsedBy, timeCol{&t.RevokedAt})
-	nonNilTags(&t.Tags)
-	return t, err
-}
-
-func (q *queries) GetEnrollmentToken(ctx context.Context, id string) (store.EnrollmentToken, error) {
-	t, err := scanEnrollmentToken(q.db.QueryRow(ctx,
-		`SELECT `+enrollmentTokenColumns+` FROM enrollment_tokens WHERE id = $1`, id))
-	if err != nil {
-		return store.EnrollmentToken{}, wrapf(err, "get enrollment token %q", id)
-	}
-	return t, nil
-}
-
-func (q *queries) ListEnrollmentTokens(ctx context.Context, tenantID string) ([]store.EnrollmentToken, error) {
-	query := `SELECT ` + enrollmentTokenColumns + ` FROM enrollment_tokens`
-	var args []any
-	if tenantID != "" {
-		query += ` WHERE tenant_id = $1`
-		args = append(args, tenantID)
-	}
-	query += ` ORDER BY created_at DESC NULLS LAST, id DESC`
-	rows, err := q.db.Query(ctx, query, args...)
-	toks, err := collect(rows, err, scanEnrollmentToken)
-	if err != nil {
-		return nil, wrapf(err, "list enrollment tokens")
-	}
-	return toks, nil
-}
-
-func (q *queries) RevokeEnrollmentToken(ctx context.Context, tenantID, id string, at time.Time) error {
-	query := `UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2`
-	args := []any{ts(at), id}
-	if tenantID != "" {
-		query += ` AND tenant_id = $3`
-		args = append(args, tenantID)
-	}
-	tag, err := q.db.Exec(ctx, query, args...)
-	if err == nil && tag.RowsAffected() == 0 {
-		err = store.ErrNotFound
-	}
-	if err != nil {
-		return wrapf(err, "revoke enrollment token %q", id)
 	}
 	return nil
 }

@@ -2,9 +2,6 @@ package postgres
 
 import (
 	"context"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
@@ -28,45 +25,6 @@ func (q *queries) PutRotationPolicy(ctx context.Context, p store.RotationPolicy)
 	}
 	if err != nil {
 		return wrapf(err, "put rotation policy %q: tenant %q", p.Name, p.TenantID)
-	}
-	return nil
-}
-
-const policyColumns = `tenant_id, name, target, max_key_age_ms, created_at, updated_at, updated_by`
-
-func scanPolicy(row pgx.Row) (store.RotationPolicy, error) {
-	var p store.RotationPolicy
-	var ms int64
-	err := row.Scan(&p.TenantID, &p.Name, &p.Target, &ms, timeCol{&p.CreatedAt}, timeCol{&p.UpdatedAt}, &p.UpdatedBy)
-	p.MaxKeyAge = time.Duration(ms) * time.Millisecond
-	return p, err
-}
-
-func (q *queries) GetRotationPolicy(ctx context.Context, tenantID, name string) (store.RotationPolicy, error) {
-	p, err := scanPolicy(q.db.QueryRow(ctx, `SELECT `+policyColumns+` FROM rotation_policies WHERE tenant_id = $1 AND name = $2`, tenantID, name))
-	if err != nil {
-		return store.RotationPolicy{}, wrapf(err, "get rotation policy %q", name)
-	}
-	return p, nil
-}
-
-func (q *queries) ListRotationPolicies(ctx context.Context, tenantID string) ([]store.RotationPolicy, error) {
-	rows, err := q.db.Query(ctx, `SELECT `+policyColumns+` FROM rotation_policies
-		WHERE $1 = '' OR tenant_id = $1 ORDER BY tenant_id, name`, tenantID)
-	ps, err := collect(rows, err, scanPolicy)
-	if err != nil {
-		return nil, wrapf(err, "list rotation policies")
-	}
-	return ps, nil
-}
-
-func (q *queries) DeleteRotationPolicy(ctx context.Context, tenantID, name string) error {
-	tag, err := q.db.Exec(ctx, `DELETE FROM rotation_policies WHERE tenant_id = $1 AND name = $2`, tenantID, name)
-	if err == nil && tag.RowsAffected() == 0 {
-		err = store.ErrNotFound
-	}
-	if err != nil {
-		return wrapf(err, "delete rotation policy %q", name)
 	}
 	return nil
 }

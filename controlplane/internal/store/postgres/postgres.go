@@ -61,6 +61,9 @@ type Options struct {
 	MaxConns int
 	// Logger receives the audit sealer's warnings; nil discards them.
 	Logger *slog.Logger
+	// Tracer sees every statement and batch the pool sends (pgx's tracing hooks):
+	// for tests that count round trips, and for debugging. nil: none.
+	Tracer pgx.QueryTracer
 }
 
 // DefaultMaxConns is the pool size when neither Options nor the URL sets one: enough
@@ -93,6 +96,9 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 	case !strings.Contains(url, "pool_max_conns"):
 		cfg.MaxConns = DefaultMaxConns
 	}
+	if o.Tracer != nil {
+		cfg.ConnConfig.Tracer = o.Tracer
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -105,7 +111,7 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	st := &Store{queries: queries{db: pool}, pool: pool, log: o.Logger,
+	st := &Store{queries: *newQueries(pool), pool: pool, log: o.Logger,
 		wakeSealer: make(chan struct{}, 1), sealerDone: make(chan struct{})}
 	if st.log == nil {
 		st.log = slog.New(slog.DiscardHandler)
@@ -119,36 +125,14 @@ func Open(ctx context.Context, url string, opts ...Options) (*Store, error) {
 // InTx runs fn in one READ COMMITTED transaction.
 func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
 	var q *queries
-	err := inTx(ctx, s.pool, func(tx pgx.Tx) error {
-		q = &queries{db: tx}
+	err := inTx(ctx, s.pool, func(tx dbtx) error {
+		q = newQueries(tx)
 		return fn(q)
 	})
 	if err == nil && q.appendedAudit != 0 {
 		s.woke()
 	}
 	return err
-}
-
-// inTx commits when fn returns nil and rolls back otherwise, returning fn's error
-// unchanged. BeginTxFunc also rolls back when fn panics or calls runtime.Goexit (a
-// failed test assertion), so the connection goes back to the pool outside any
-// transaction; if even the rollback fails, pgx closes the connection instead.
-func inTx(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
-	var fnErr error
-	err := pgx.BeginTxFunc(ctx, pool, txOptions, func(tx pgx.Tx) error {
-		fnErr = fn(tx)
-		return fnErr
-	})
-	switch {
-	case err == nil:
-		return nil
-	case fnErr != nil:
-		// fn failed: BeginTxFunc returns its error as is (a failed rollback after it
-		// only costs the connection).
-		return fnErr
-	default:
-		return fmt.Errorf("postgres: transaction: %w", err)
-	}
 }
 
 // Ping checks that the database answers.

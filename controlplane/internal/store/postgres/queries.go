@@ -8,26 +8,60 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
-// dbtx is what *pgxpool.Pool and pgx.Tx have in common.
+// dbtx is what *pgxpool.Pool, pgx.Tx and lazyTx have in common.
 type dbtx interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // queries implements store.Tx on the pool (each statement its own transaction: a
 // method's follow-up statement only explains a change that did not happen) or on one
 // transaction.
 type queries struct {
-	db dbtx
+	sqlstore.Queries // the methods both stores share
+	db               dbtx
 	// appendedAudit is the last audit_pending row this transaction inserted (0: none),
 	// so that its commit wakes the sealer.
 	appendedAudit int64
+}
+
+func newQueries(db dbtx) *queries {
+	a := pgDB{db}
+	return &queries{Queries: sqlstore.Queries{D: dialect, R: a, W: a}, db: db}
+}
+
+// dialect is PostgreSQL's side of the shared queries.
+var dialect = &sqlstore.Dialect{
+	Numbered:              true,
+	Time:                  ts,
+	NoRows:                pgx.ErrNoRows,
+	IsUniqueViolation:     func(err error) bool { return pgCode(err) == uniqueViolation },
+	IsForeignKeyViolation: func(err error) bool { return pgCode(err) == foreignKeyViolation },
+	Tags:                  func(tags []string) (any, error) { return tagsArg(tags), nil },
+	TagsCol:               func(tags *[]string) any { return tags }, // text[], natively
+}
+
+// pgDB presents a pool or transaction to the shared queries.
+type pgDB struct{ db dbtx }
+
+func (p pgDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	tag, err := p.db.Exec(ctx, query, args...)
+	return tag.RowsAffected(), err
+}
+
+func (p pgDB) QueryRow(ctx context.Context, query string, args ...any) sqlstore.Row {
+	return p.db.QueryRow(ctx, query, args...)
+}
+
+func (p pgDB) Query(ctx context.Context, query string, args ...any) (sqlstore.Rows, error) {
+	return p.db.Query(ctx, query, args...)
 }
 
 // ts encodes a time for a timestamptz parameter; the zero time is NULL. pgx sends
@@ -39,56 +73,12 @@ func ts(t time.Time) any {
 	return t
 }
 
-// timeCol scans a nullable timestamptz into a time.Time: NULL is the zero time, and
-// any other value comes back in UTC (pgx would use time.Local).
-type timeCol struct{ t *time.Time }
-
-func (c timeCol) ScanTimestamptz(v pgtype.Timestamptz) error {
-	switch {
-	case !v.Valid:
-		*c.t = time.Time{}
-	case v.InfinityModifier != pgtype.Finite:
-		return fmt.Errorf("timestamptz holds %s, want a finite time", v.InfinityModifier)
-	default:
-		*c.t = v.Time.UTC()
-	}
-	return nil
-}
-
-// bytesArg stores an empty byte string as NULL, so nil round-trips as nil.
-func bytesArg(b []byte) any {
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-// bytesCol scans a bytea, turning NULL and empty into nil.
-type bytesCol struct{ b *[]byte }
-
-func (c bytesCol) ScanBytes(v []byte) error {
-	if len(v) == 0 {
-		*c.b = nil
-	} else {
-		// v is pgx's read buffer, reused by the next row.
-		*c.b = append([]byte(nil), v...)
-	}
-	return nil
-}
-
 // tagsArg never sends NULL: pgx encodes a nil slice as NULL, the column is NOT NULL.
 func tagsArg(tags []string) []string {
 	if tags == nil {
 		return []string{}
 	}
 	return tags
-}
-
-// nonNilTags makes a NULL or empty text[] read back as an empty, non-nil slice.
-func nonNilTags(tags *[]string) {
-	if *tags == nil {
-		*tags = []string{}
-	}
 }
 
 // pgCode is the SQLSTATE of err, or "".

@@ -55,47 +55,4 @@ func (s *Store) AppendAudit(ctx context.Context, e store.AuditEntry) (out store.
 	return out, err
 }
 
-// ListAudit: limit <= 0 means no limit.
-func (q *queries) ListAudit(ctx context.Context, tenantID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	return q.listAudit(ctx, tenantID, "", afterID, limit)
-}
-
-func (q *queries) ListNodeAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	if nodeID == "" {
-		return []store.AuditEntry{}, nil
-	}
-	return q.listAudit(ctx, tenantID, nodeID, afterID, limit)
-}
-
-// listAudit: "" filters nothing; limit <= 0 means no limit.
-func (q *queries) listAudit(ctx context.Context, tenantID, nodeID string, afterID int64, limit int) ([]store.AuditEntry, error) {
-	query := `
-		SELECT id, at, tenant_id, actor, action, node_id, result, details, prev_hash, hash
-		FROM audit_log
-		WHERE id > ?`
-	args := []any{afterID}
-	if tenantID != "" {
-		query += ` AND tenant_id = ?`
-		args = append(args, tenantID)
-	}
-	if nodeID != "" {
-		query += ` AND node_id = ?`
-		args = append(args, nodeID)
-	}
-	query += ` ORDER BY id`
-	if limit > 0 {
-		query += ` LIMIT ?`
-		args = append(args, limit)
-	}
-	rows, err := q.r.QueryContext(ctx, query, args...)
-	es, err := collect(rows, err, func(row scanner) (store.AuditEntry, error) {
-		var e store.AuditEntry
-		err := row.Scan(&e.ID, timeCol{&e.At}, &e.TenantID, &e.Actor, &e.Action, &e.NodeID, &e.Result,
-			detailsCol{&e.Details}, &e.PrevHash, &e.Hash)
-		return e, err
-	})
-	if err != nil {
-		return nil, wrapf(err, "list audit")
-	}
-	return es, nil
-}
+// The chain's listings are sqlstore's.

@@ -10,88 +10,28 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
-// migrationFiles are applied in version order; a file, once released, never changes.
+// migrationFiles are applied in version order by sqlstore.Migrate.
 //
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
-// loadMigrations reads "NNNN_name.sql" files, sorted by version.
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, "migrations")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, e := range entries {
-		prefix, _, ok := strings.Cut(e.Name(), "_")
-		version, err := strconv.Atoi(prefix)
-		if !ok || err != nil || version <= 0 {
-			return nil, fmt.Errorf("migration %q: name must start with a positive version number and '_'", e.Name())
-		}
-		body, err := fs.ReadFile(migrationFiles, "migrations/"+e.Name())
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: version, name: e.Name(), sql: string(body)})
-	}
-	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
-	for i := 1; i < len(ms); i++ {
-		if ms[i].version == ms[i-1].version {
-			return nil, fmt.Errorf("migrations %q and %q share version %d", ms[i-1].name, ms[i].name, ms[i].version)
-		}
-	}
-	return ms, nil
-}
+// MigrationState is one embedded migration and whether a database has applied it.
+type MigrationState = sqlstore.MigrationState
 
 // migrate applies the missing migrations in one IMMEDIATE transaction, so a second
 // process opening the same file waits and then finds nothing to do.
 func migrate(ctx context.Context, db *sql.DB) error {
-	ms, err := loadMigrations()
+	ms, err := sqlstore.LoadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		return fmt.Errorf("sqlite: %w", err)
 	}
 	err = inTx(ctx, db, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `
-			CREATE TABLE IF NOT EXISTS schema_migrations (
-			    version    INTEGER NOT NULL PRIMARY KEY,
-			    name       TEXT    NOT NULL,
-			    applied_at INTEGER NOT NULL
-			) STRICT`); err != nil {
-			return err
-		}
-		applied, err := appliedVersions(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if latest := ms[len(ms)-1].version; len(applied) > 0 && slices.Max(applied) > latest {
-			return fmt.Errorf("database schema is at version %d, newer than this binary's %d; run a newer release", slices.Max(applied), latest)
-		}
-		for _, m := range ms {
-			if slices.Contains(applied, m.version) {
-				continue
-			}
-			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-				return fmt.Errorf("%s: %w", m.name, err)
-			}
-			if _, err := tx.ExecContext(ctx,
-				`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
-				m.version, m.name, time.Now().UnixMicro()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return sqlstore.Migrate(ctx, migrationTx{tx}, ms)
 	})
 	if err != nil {
 		return fmt.Errorf("sqlite: migrate: %w", err)
@@ -99,8 +39,18 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-func appliedVersions(ctx context.Context, tx *sql.Tx) ([]int, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+type migrationTx struct{ tx *sql.Tx }
+
+func (m migrationTx) Applied(ctx context.Context) ([]int, error) {
+	if _, err := m.tx.ExecContext(ctx, `
+		CREATE TABLE IF NOT EXISTS schema_migrations (
+		    version    INTEGER NOT NULL PRIMARY KEY,
+		    name       TEXT    NOT NULL,
+		    applied_at INTEGER NOT NULL
+		) STRICT`); err != nil {
+		return nil, err
+	}
+	rows, err := m.tx.QueryContext(ctx, `SELECT version FROM schema_migrations`)
 	if err != nil {
 		return nil, err
 	}
@@ -116,19 +66,21 @@ func appliedVersions(ctx context.Context, tx *sql.Tx) ([]int, error) {
 	return vs, rows.Err()
 }
 
-// MigrationState is one embedded migration and whether a database has applied it.
-type MigrationState struct {
-	Version int
-	Name    string
-	// AppliedAt is zero while the migration is pending.
-	AppliedAt time.Time
+func (m migrationTx) Apply(ctx context.Context, mg sqlstore.Migration) error {
+	if _, err := m.tx.ExecContext(ctx, mg.SQL); err != nil {
+		return err
+	}
+	_, err := m.tx.ExecContext(ctx,
+		`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+		mg.Version, mg.Name, time.Now().UnixMicro())
+	return err
 }
 
 // MigrationStatus reports, without changing anything (it does not create the file),
 // which of this binary's migrations the database at path has applied. newer lists
 // versions the database has that this binary does not know: a newer release ran.
 func MigrationStatus(ctx context.Context, path string) (states []MigrationState, newer []int, err error) {
-	ms, err := loadMigrations()
+	ms, err := sqlstore.LoadMigrations(migrationFiles, "migrations")
 	if err != nil {
 		return nil, nil, fmt.Errorf("sqlite: %w", err)
 	}
@@ -168,13 +120,6 @@ func MigrationStatus(ctx context.Context, path string) (states []MigrationState,
 	} else if !errors.Is(statErr, fs.ErrNotExist) {
 		return nil, nil, fmt.Errorf("sqlite: %w", statErr)
 	}
-	for _, m := range ms {
-		states = append(states, MigrationState{Version: m.version, Name: m.name, AppliedAt: applied[m.version]})
-		delete(applied, m.version)
-	}
-	for v := range applied {
-		newer = append(newer, v)
-	}
-	slices.Sort(newer)
+	states, newer = sqlstore.States(ms, applied)
 	return states, newer, nil
 }

@@ -12,6 +12,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
+	"github.com/aegis-edge/aegis/controlplane/internal/store/sqlstore"
 )
 
 // dbtx is what *sql.DB and *sql.Tx have in common.
@@ -24,9 +25,55 @@ type dbtx interface {
 // queries implements store.Tx. Outside a transaction r is the read pool and w the
 // writer pool; inside InTx both are the transaction.
 type queries struct {
-	r, w dbtx
-	gc   *groupCommit // the writer outside a transaction; nil inside one
+	sqlstore.Queries // the methods both stores share
+	r, w             dbtx
+	gc               *groupCommit // the writer outside a transaction; nil inside one
 }
+
+func newQueries(r, w dbtx, gc *groupCommit) queries {
+	q := queries{Queries: sqlstore.Queries{D: dialect, R: sqlDB{r}, W: sqlDB{w}}, r: r, w: w, gc: gc}
+	if gc != nil {
+		q.Atomic = func(ctx context.Context, fn func(sqlstore.Queries) error) error {
+			return gc.run(ctx, func(tx *sql.Tx) error {
+				return fn(newQueries(detached{tx}, detached{tx}, nil).Queries)
+			})
+		}
+	}
+	return q
+}
+
+// dialect is SQLite's side of the shared queries.
+var dialect = &sqlstore.Dialect{
+	Time:                  micros,
+	NoRows:                sql.ErrNoRows,
+	IsUniqueViolation:     isUniqueViolation,
+	IsForeignKeyViolation: isForeignKeyViolation,
+	Tags:                  func(tags []string) (any, error) { return tagsJSON(tags) },
+	TagsCol:               func(tags *[]string) any { return tagsCol{tags} }, // a JSON array
+}
+
+// sqlDB presents a database/sql pool or transaction to the shared queries.
+type sqlDB struct{ db dbtx }
+
+func (d sqlDB) Exec(ctx context.Context, query string, args ...any) (int64, error) {
+	return changed(d.db.ExecContext(ctx, query, args...))
+}
+
+func (d sqlDB) QueryRow(ctx context.Context, query string, args ...any) sqlstore.Row {
+	return d.db.QueryRowContext(ctx, query, args...)
+}
+
+func (d sqlDB) Query(ctx context.Context, query string, args ...any) (sqlstore.Rows, error) {
+	rows, err := d.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rows}, nil
+}
+
+type sqlRows struct{ *sql.Rows }
+
+func (r sqlRows) Close() { _ = r.Rows.Close() }
 
 // atomic runs a method that needs several statements as one transaction: the
 // caller's, or a new one when the method was called on the Store.
@@ -35,7 +82,8 @@ func (q *queries) atomic(ctx context.Context, fn func(q *queries) error) error {
 		return fn(q)
 	}
 	return q.gc.run(ctx, func(tx *sql.Tx) error {
-		return fn(&queries{r: detached{tx}, w: detached{tx}})
+		tq := newQueries(detached{tx}, detached{tx}, nil)
+		return fn(&tq)
 	})
 }
 
@@ -53,48 +101,6 @@ func microsOf(t time.Time) time.Time {
 		return time.Time{}
 	}
 	return time.UnixMicro(t.UnixMicro()).UTC()
-}
-
-// timeCol scans a nullable INTEGER microsecond column into a time.Time.
-type timeCol struct{ t *time.Time }
-
-func (c timeCol) Scan(v any) error {
-	switch v := v.(type) {
-	case nil:
-		*c.t = time.Time{}
-	case int64:
-		*c.t = time.UnixMicro(v).UTC()
-	default:
-		return fmt.Errorf("time column holds %T, want INTEGER", v)
-	}
-	return nil
-}
-
-// blob stores an empty byte string as NULL, so nil round-trips as nil.
-func blob(b []byte) any {
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-// blobCol scans a BLOB, turning NULL and empty into nil.
-type blobCol struct{ b *[]byte }
-
-func (c blobCol) Scan(v any) error {
-	switch v := v.(type) {
-	case nil:
-		*c.b = nil
-	case []byte:
-		if len(v) == 0 {
-			*c.b = nil
-		} else {
-			*c.b = append([]byte(nil), v...)
-		}
-	default:
-		return fmt.Errorf("blob column holds %T", v)
-	}
-	return nil
 }
 
 func tagsJSON(tags []string) (string, error) {
@@ -117,21 +123,6 @@ func (c tagsCol) Scan(v any) error {
 		tags = []string{}
 	}
 	*c.tags = tags
-	return nil
-}
-
-// detailsCol scans a JSON object column; the result is never nil.
-type detailsCol struct{ m *map[string]string }
-
-func (c detailsCol) Scan(v any) error {
-	m := map[string]string{}
-	if err := unmarshalCol(v, &m); err != nil {
-		return err
-	}
-	if m == nil {
-		m = map[string]string{}
-	}
-	*c.m = m
 	return nil
 }
 
@@ -162,6 +153,11 @@ func sqliteCode(err error) int {
 	return 0
 }
 
+func isUniqueViolation(err error) bool {
+	c := sqliteCode(err)
+	return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+}
+
 func isForeignKeyViolation(err error) bool {
 	return sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
 }
@@ -173,6 +169,3 @@ func wrapf(err error, format string, args ...any) error {
 	}
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
 }
-
-// scanner is a *sql.Row or *sql.Rows.
-type scanner interface{ Scan(dest ...any) error }

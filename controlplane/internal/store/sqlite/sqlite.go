@@ -90,7 +90,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		_ = write.Close()
 		return nil, err
 	}
-	s.queries.r = s.read
+	s.queries = newQueries(s.read, write, s.gc)
 	return s, nil
 }
 
@@ -132,7 +132,7 @@ func newStore(ctx context.Context, write, read *sql.DB) (*Store, error) {
 	}
 	gc := newGroupCommit(write)
 	return &Store{
-		queries: queries{r: read, w: write, gc: gc},
+		queries: newQueries(read, write, gc),
 		gc:      gc,
 		write:   write,
 		read:    read,
@@ -144,7 +144,8 @@ func newStore(ctx context.Context, write, read *sql.DB) (*Store, error) {
 // durable, or fn's error with its work undone.
 func (s *Store) InTx(ctx context.Context, fn func(tx store.Tx) error) error {
 	return s.gc.run(ctx, func(tx *sql.Tx) error {
-		return fn(&queries{r: detached{tx}, w: detached{tx}})
+		tq := newQueries(detached{tx}, detached{tx}, nil)
+		return fn(&tq)
 	})
 }
 

@@ -61,6 +61,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentConsumeEnrollmentToken", testConcurrentConsume},
 		{"ConcurrentIndependentRotations", testConcurrentIndependentRotations},
 		{"NodeRotations", testNodeRotations},
+		{"ApplyRotation", testApplyRotation},
+		{"ConcurrentApplyRotation", testConcurrentApplyRotation},
 		{"FleetRunRoundTrip", testFleetRunRoundTrip},
 		{"FleetRunHosts", testFleetRunHosts},
 		{"FleetRunFinishAndCancel", testFleetRunFinishAndCancel},
