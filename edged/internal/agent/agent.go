@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/backoff"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/api/nodetoken"
@@ -421,20 +422,13 @@ func (a *Agent) readEnrolled(node keystore.Node, loggedRevoked *bool, loggedMism
 	return nil, false, nil
 }
 
-// backoff is the full-jitter delay before reconnect attempt n (0-based):
-// uniform in [0, min(max, min*2^n)).
-func backoff(n int, lo, hi time.Duration, jitter func() float64) time.Duration {
-	ceil := lo
-	for i := 0; i < n && ceil < hi; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, hi)
-	return time.Duration(jitter() * float64(ceil))
+// retry is the one retry schedule of this daemon (reconnects, refreshes, routine
+// rotations): api/backoff with the configured bounds and jitter source.
+func (a *Agent) retry() backoff.Policy {
+	return backoff.Policy{Min: a.cfg.MinBackoff, Max: a.cfg.MaxBackoff, Rand: a.cfg.Jitter}
 }
 
-func (a *Agent) backoff(n int) time.Duration {
-	return backoff(n, a.cfg.MinBackoff, a.cfg.MaxBackoff, a.cfg.Jitter)
-}
+func (a *Agent) backoff(n int) time.Duration { return a.retry().Delay(n) }
 
 // tokenExpiry is the token's exp and iat as the token itself says (unverified: the
 // daemon cannot verify the server's signature, and only schedules with it).
