@@ -18,6 +18,7 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
+	"github.com/aegis-edge/aegis/controlplane/internal/ratelimit"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
@@ -58,7 +59,21 @@ type ClusterConfig struct {
 	MaxMessageBytes int
 	// KeyPolicy gives each stream's Welcome its policy max key age; nil: none.
 	KeyPolicy *keypolicy.Service
+	// Admission paces new streams (--stream-admission-rate); nil admits all.
+	Admission *ratelimit.Admission
+	// AdmissionRate is Admission's rate, used to size the shutdown spread; 0: none.
+	AdmissionRate float64
+	// ShutdownWindow caps the spread of reconnect hints on shutdown
+	// (--shutdown-reconnect-window); 0 means DefaultShutdownWindow.
+	ShutdownWindow time.Duration
 }
+
+// DefaultShutdownWindow is --shutdown-reconnect-window's default.
+const DefaultShutdownWindow = 30 * time.Second
+
+// minReconnectAfter is the earliest a daemon told to reconnect comes back: a restart
+// takes at least that long, and a replica's peers need a moment to see it go.
+const minReconnectAfter = time.Second
 
 // Cluster implements edgev1connect.NodeClusterServiceHandler.
 type Cluster struct{ cfg ClusterConfig }
@@ -166,6 +181,14 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		// The daemon left before saying anything, or said something unreadable.
 		return c.receiveFailed(ctx, err)
 	}
+	// Admission comes before any verification, so a stream over the rate costs the
+	// server no signature check: it is told its slot and comes back then.
+	if ok, wait := c.cfg.Admission.Admit(first.GetNodeId(), c.cfg.Now()); !ok {
+		c.cfg.Metrics.StreamAdmission("busy")
+		return c.fail(ctx, "ConnectEdge", rejection.Retry(edgev1.RejectReason_REJECT_REASON_BUSY, wait,
+			"the control plane is admitting streams at a bounded rate: come back in %s", wait.Round(time.Millisecond)))
+	}
+	c.cfg.Metrics.StreamAdmission("admitted")
 	if err := verifier.Check(ctx, first); err != nil {
 		return c.fail(ctx, "ConnectEdge", err)
 	}
@@ -183,7 +206,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 	now := c.cfg.Now()
 	h, err := c.cfg.Sessions.AttachSince(nodeID, sessionID, now)
 	if errors.Is(err, session.ErrClosed) {
-		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: ShutdownReconnectAfter(), Message: err.Error()}))
+		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: c.lateShutdownHint(), Message: err.Error()}))
 	}
 	defer c.cfg.Sessions.Release(h)
 
@@ -243,7 +266,13 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 			return nil
 		case k := <-h.Kicked():
 			log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
-			return bs.Send(disconnect(k))
+			err := bs.Send(disconnect(k))
+			if k.Reason == session.ReasonRevoked && !k.RevokedAt.IsZero() {
+				// The Disconnect is on the wire and the handler returns next, which
+				// ends the stream: the revocation has reached the host.
+				c.cfg.Metrics.RevocationPropagated(c.cfg.Now().Sub(k.RevokedAt))
+			}
+			return err
 		case cmd := <-h.Commands():
 			log.InfoContext(ctx, "command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
 			if err := bs.Send(command(cmd)); err != nil {
@@ -329,10 +358,36 @@ func (c *Cluster) presented(v *nodeauth.Stream) {
 	c.cfg.Presence.Presented(v.NodeID(), session.Credentials{KeyFingerprint: kfp, TokenJTI: jti})
 }
 
-// ShutdownReconnectAfter is the jittered reconnect hint sent with Disconnect{SHUTDOWN}:
-// 1-3s, so a fleet does not reconnect in one burst.
-func ShutdownReconnectAfter() time.Duration {
-	return time.Second + mrand.N(2*time.Second)
+// ShutdownHints are the reconnect_after hints a shutdown sends: the i-th of n
+// streams is told minReconnectAfter + span*i/n, evenly spaced over a span just long
+// enough for the next start to admit them all at its admission rate (n/rate), but no
+// longer than the shutdown window. A small fleet is back in about a second; 10,000
+// daemons arrive at the pace they are admitted, each on its first attempt.
+func (c *Cluster) ShutdownHints() func(i, n int) time.Duration {
+	window := c.cfg.ShutdownWindow
+	if window <= 0 {
+		window = DefaultShutdownWindow
+	}
+	return func(i, n int) time.Duration {
+		span := window
+		if c.cfg.AdmissionRate > 0 {
+			span = min(window, time.Duration(float64(n)/c.cfg.AdmissionRate*float64(time.Second)))
+		}
+		if n <= 0 {
+			return minReconnectAfter
+		}
+		return minReconnectAfter + time.Duration(int64(span)*int64(i)/int64(n))
+	}
+}
+
+// lateShutdownHint is the hint for a stream that arrives while the server is already
+// shutting down: somewhere in the whole window, at random.
+func (c *Cluster) lateShutdownHint() time.Duration {
+	window := c.cfg.ShutdownWindow
+	if window <= 0 {
+		window = DefaultShutdownWindow
+	}
+	return minReconnectAfter + mrand.N(window)
 }
 
 func disconnect(k session.Kick) *edgev1.EdgeCommand {

@@ -2,7 +2,8 @@
 // first-start bootstrap, loads the TLS identity, wires the domain services into the
 // Connect handlers (which also speak gRPC and gRPC-Web) beside /healthz, /readyz and
 // /metrics on one TLS HTTP/2 port, runs housekeeping, and shuts down gracefully:
-// every open stream is told Disconnect{SHUTDOWN} with a jittered reconnect hint,
+// every open stream is told Disconnect{SHUTDOWN} with its own reconnect hint, spread so
+// the next start can admit the fleet as it returns,
 // sessions are cleared, pending last-seen times are flushed, and the store is closed.
 package server
 
@@ -139,6 +140,8 @@ type Server struct {
 	metricsHTTP *http.Server
 	// certs reloads --tls-cert/--tls-key when they change; nil for a generated pair.
 	certs *certReloader
+	// cluster is the NodeClusterService handler (its shutdown hints).
+	cluster *rpc.Cluster
 }
 
 // New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
@@ -260,7 +263,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Now:           s.now,
 		MaxClockSkew:  cfg.MaxClockSkew,
 		RefreshGrace:  opts.RefreshGrace,
-		AttestLimiter: ratelimit.New(1, 10),
+		AttestLimiter: ratelimit.New(cfg.AttestPerNode.Rate, cfg.AttestPerNode.Burst),
 		Metrics:       s.metrics,
 	})
 	revoker := revocation.New(revocation.Config{
@@ -316,11 +319,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}})
 	cluster := rpc.NewCluster(rpc.ClusterConfig{
 		Challenges: challenge.New(challenge.Config{
-			Store:     s.store,
-			Now:       s.now,
-			Rand:      rnd,
-			PerSource: ratelimit.New(50, 200),
-			PerNode:   ratelimit.New(1, 10),
+			Store:         s.store,
+			Now:           s.now,
+			Rand:          rnd,
+			PerSource:     ratelimit.New(cfg.ChallengePerSource.Rate, cfg.ChallengePerSource.Burst),
+			PerNode:       ratelimit.New(cfg.AttestPerNode.Rate, cfg.AttestPerNode.Burst),
+			BulkSources:   cfg.BulkEnrollSources,
+			BulkPerSource: ratelimit.New(cfg.BulkEnroll.Rate, cfg.BulkEnroll.Burst),
 		}),
 		Enroll: enrollSvc,
 		Auth:   s.auth,
@@ -349,7 +354,11 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Rand:              rnd,
 		MaxMessageBytes:   readMaxBytes,
 		KeyPolicy:         keyPolicy,
+		Admission:         ratelimit.NewAdmission(cfg.StreamAdmission.Rate, cfg.StreamAdmission.Burst),
+		AdmissionRate:     cfg.StreamAdmission.Rate,
+		ShutdownWindow:    cfg.ShutdownReconnectWindow,
 	})
+	s.cluster = cluster
 	admin := rpc.NewAdmin(rpc.AdminConfig{
 		Enroll: enrollSvc,
 		Hosts: hosts.New(hosts.Config{
@@ -508,7 +517,7 @@ func (s *Server) shutdown() error {
 	// replica is closing its stream. Their runs stay running for the next replica
 	// (or this one, restarted) to resume.
 	s.fleet.Stop()
-	if err := s.sessions.Shutdown(ctx, rpc.ShutdownReconnectAfter); err != nil {
+	if err := s.sessions.Shutdown(ctx, s.cluster.ShutdownHints()); err != nil {
 		s.log.Warn("streams did not all close in time", "err", err)
 	}
 	// With the streams gone no result can arrive here; release the waiting Execs.

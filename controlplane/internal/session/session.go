@@ -42,6 +42,9 @@ type Kick struct {
 	Reason         Reason
 	ReconnectAfter time.Duration
 	Message        string
+	// RevokedAt is when the revocation behind a ReasonRevoked kick committed (zero
+	// when unknown): the stream observes the propagation time once it is closed.
+	RevokedAt time.Time
 }
 
 // CommandKind names what a Command asks the daemon to do.
@@ -230,10 +233,10 @@ func (r *Registry) Len() int {
 }
 
 // Shutdown refuses new streams and kicks every registered one with ReasonShutdown and
-// a reconnect hint from after (called per stream, so hints can be jittered to spread
-// the reconnect storm). It then waits until every stream has been released or ctx
-// ends.
-func (r *Registry) Shutdown(ctx context.Context, after func() time.Duration) error {
+// a reconnect hint of its own: after(i, n) for the i-th of n streams, so the hints
+// can spread the fleet's return over a window. It then waits until every stream has
+// been released or ctx ends.
+func (r *Registry) Shutdown(ctx context.Context, after func(i, n int) time.Duration) error {
 	r.mu.Lock()
 	r.closed = true
 	all := make([]*Handle, 0, len(r.byNode))
@@ -241,8 +244,8 @@ func (r *Registry) Shutdown(ctx context.Context, after func() time.Duration) err
 		all = append(all, h)
 	}
 	r.mu.Unlock()
-	for _, h := range all {
-		h.send(Kick{Reason: ReasonShutdown, ReconnectAfter: after(), Message: "control plane is shutting down: reconnect shortly"})
+	for i, h := range all {
+		h.send(Kick{Reason: ReasonShutdown, ReconnectAfter: after(i, len(all)), Message: "control plane is shutting down: reconnect after the hint"})
 	}
 	done := make(chan struct{})
 	go func() { r.live.Wait(); close(done) }()
