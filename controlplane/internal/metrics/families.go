@@ -13,11 +13,22 @@ import (
 // defines (a bounded set).
 func initFamilies(m *Metrics) {
 	m.keyRotations.WithLabelValues("ok", "none")
-	m.enrollments.WithLabelValues("ok")
-	m.attestations.WithLabelValues("ok")
+	m.keyRotations.WithLabelValues("replayed", "none")
+	m.keyRotations.WithLabelValues("error", "internal")
+	for _, result := range []string{"ok", "error"} {
+		m.enrollments.WithLabelValues(result)
+		m.attestations.WithLabelValues(result)
+	}
+	// Refusals by every reason the protocol defines (a bounded set), wherever a
+	// family is labelled by one: an alert on "refused for bad_signature" has its
+	// series before the first such refusal.
 	for v := range edgev1.RejectReason_name {
 		if r := edgev1.RejectReason(v); r != edgev1.RejectReason_REJECT_REASON_UNSPECIFIED {
-			m.envelopeRejections.WithLabelValues(reject.Short(r))
+			reason := reject.Short(r)
+			m.envelopeRejections.WithLabelValues(reason)
+			m.enrollments.WithLabelValues(reason)
+			m.attestations.WithLabelValues(reason)
+			m.keyRotations.WithLabelValues("refused", reason)
 		}
 	}
 	m.streamAdmissions.WithLabelValues("admitted")
