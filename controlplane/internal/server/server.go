@@ -421,6 +421,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.http = &http.Server{
 		Handler:           mux,
 		TLSConfig:         tlsConf,
+		HTTP2:             http2Config(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -428,6 +429,26 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	s.http.RegisterOnShutdown(ui.Close)
 	return s, nil
+}
+
+// http2Config sizes HTTP/2 for what a daemon's connection carries: one long-lived
+// stream of small envelopes (heartbeats every 10s, a few hundred bytes each), not
+// bulk transfers. Each connection otherwise keeps a 4 KiB HPACK table per direction
+// for headers it sends once, and may be made to buffer 1 MiB per stream.
+func http2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		// A daemon sends its request headers once per stream, on a connection of its
+		// own: a dynamic table would only hold them for ever.
+		MaxDecoderHeaderTableSize: 256,
+		MaxEncoderHeaderTableSize: 256,
+		// The protocol minimum: the framer's read buffer never grows past a frame
+		// this size; larger messages (tool output, host listings) arrive in several.
+		MaxReadFrameSize: 16 << 10,
+		// Flow-control windows bound what a client can make the server buffer before
+		// the handler reads it. Still ample for a 1 MiB message or streamed output.
+		MaxReceiveBufferPerStream:     256 << 10,
+		MaxReceiveBufferPerConnection: 512 << 10,
+	}
 }
 
 // Addr is the address being served.
