@@ -386,7 +386,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	// (a compressor reset per message) than the bytes it saves, so compress only
 	// messages worth it (listings of thousands of hosts, long command output).
 	small := connect.WithCompressMinBytes(compressMinBytes)
-	mux.Handle(edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(metricsI), limits, small))
+	mux.Handle(rpc.NewClusterHandler(cluster, connect.WithInterceptors(metricsI), limits, small))
 	// Metrics outermost, so refused authentications are counted too.
 	adminPath, adminHandler := edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small)
 	mux.Handle(adminPath, adminHandler)
@@ -433,13 +433,14 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 
 // http2Config sizes HTTP/2 for what a daemon's connection carries: one long-lived
 // stream of small envelopes (heartbeats every 10s, a few hundred bytes each), not
-// bulk transfers. Each connection otherwise keeps a 4 KiB HPACK table per direction
-// for headers it sends once, and may be made to buffer 1 MiB per stream.
+// bulk transfers. Each connection otherwise keeps a 4 KiB HPACK table for the
+// headers it sends, and may be made to buffer 1 MiB per stream.
 func http2Config() *http.HTTP2Config {
 	return &http.HTTP2Config{
-		// A daemon sends its request headers once per stream, on a connection of its
-		// own: a dynamic table would only hold them for ever.
-		MaxDecoderHeaderTableSize: 256,
+		// The server's own HPACK table: responses carry a handful of fixed headers.
+		// (The decoder's stays at the default: a client encodes its first requests
+		// before it has read our settings, and a smaller table would refuse them
+		// with COMPRESSION_ERROR.)
 		MaxEncoderHeaderTableSize: 256,
 		// The protocol minimum: the framer's read buffer never grows past a frame
 		// this size; larger messages (tool output, host listings) arrive in several.
