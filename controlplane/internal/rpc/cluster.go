@@ -9,10 +9,14 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
@@ -165,9 +169,31 @@ func (c *Cluster) Attest(ctx context.Context, req *connect.Request[edgev1.Attest
 	}), nil
 }
 
-type received struct {
-	env *edgev1.SealNodeEnvelope
-	err error
+// NewClusterHandler mounts c as edgev1connect's NodeClusterService handler does,
+// and gives each ConnectEdge stream a way to end its own Receive (bodyCloser): a
+// kicked stream closes its request body, so it needs no goroutine parked on the
+// kick channel while the daemon is silent. Serve c only through this.
+func NewClusterHandler(c *Cluster, opts ...connect.HandlerOption) (string, http.Handler) {
+	path, h := edgev1connect.NewNodeClusterServiceHandler(c, opts...)
+	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == edgev1connect.NodeClusterServiceConnectEdgeProcedure && r.Body != nil {
+			body := r.Body
+			r = r.WithContext(context.WithValue(r.Context(), bodyCloserKey{}, func() { _ = body.Close() }))
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type bodyCloserKey struct{}
+
+// bodyCloser is the stream's way to end its own Receive; a no-op when the handler
+// was mounted without NewClusterHandler (a kicked daemon then ends the stream
+// itself when it reads the Disconnect).
+func bodyCloser(ctx context.Context) func() {
+	if f, ok := ctx.Value(bodyCloserKey{}).(func()); ok {
+		return f
+	}
+	return func() {}
 }
 
 // ConnectEdge implements NodeClusterService.ConnectEdge: Hello -> Welcome, then each
@@ -240,90 +266,173 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return nil
 	}
 
-	// Receive on its own goroutine so a Kick can end the stream while the daemon is
-	// silent; every Send stays on this goroutine.
-	done := make(chan struct{})
-	defer close(done)
-	recv := make(chan received, 1)
-	go func() {
-		for {
-			env, err := bs.Receive()
-			select {
-			case recv <- received{env, err}:
-			case <-done:
+	st := &edgeStream{c: c, bs: bs, h: h, log: log, nodeID: nodeID, closeBody: bodyCloser(ctx)}
+	return st.serve(ctx, verifier)
+}
+
+// edgeStream is one admitted, welcomed ConnectEdge stream. Its handler goroutine
+// only receives (and answers what it receives); kicks and commands queued by the
+// rest of the control plane are sent by a goroutine started when one arrives, so an
+// idle stream costs no goroutine of its own beyond the handler. Sends are serialized
+// by out; once a Disconnect is sent nothing more is, and the request body is closed
+// so the handler's Receive returns and the stream ends.
+type edgeStream struct {
+	c         *Cluster
+	bs        *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]
+	h         *session.Handle
+	log       *slog.Logger
+	nodeID    string
+	closeBody func()
+
+	// mu serializes Sends; ended is set (under mu) once the stream's last message
+	// went out or the handler is returning.
+	mu    sync.Mutex
+	ended bool
+	// kicked is the Kick that ended the stream, if one did.
+	kicked atomic.Pointer[session.Kick]
+	// draining: a drain goroutine is running (at most one at a time).
+	draining atomic.Bool
+}
+
+var errStreamEnded = errors.New("stream ended")
+
+// send sends cmd unless the stream has ended.
+func (s *edgeStream) send(cmd *edgev1.EdgeCommand) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return errStreamEnded
+	}
+	return s.bs.Send(cmd)
+}
+
+// last sends cmd as the stream's final message.
+func (s *edgeStream) last(cmd *edgev1.EdgeCommand) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return errStreamEnded
+	}
+	s.ended = true
+	return s.bs.Send(cmd)
+}
+
+// end stops every later send; it waits for a send in progress.
+func (s *edgeStream) end() {
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+}
+
+// wake is called (by the registry, on the queuing goroutine) after a kick or command
+// was queued for this stream.
+func (s *edgeStream) wake() {
+	if s.draining.CompareAndSwap(false, true) {
+		go s.drain()
+	}
+}
+
+// drain sends what is queued: commands in order, or a kick's Disconnect as the last
+// message, after which the body is closed to end the handler's Receive.
+func (s *edgeStream) drain() {
+	for {
+		select {
+		case k := <-s.h.Kicked():
+			s.kicked.Store(&k)
+			err := s.last(disconnect(k))
+			if err == nil && k.Reason == session.ReasonRevoked && !k.RevokedAt.IsZero() {
+				// The Disconnect is on the wire and the stream ends now: the
+				// revocation has reached the host.
+				s.c.cfg.Metrics.RevocationPropagated(s.c.cfg.Now().Sub(k.RevokedAt))
+			}
+			s.closeBody()
+			return // draining stays set: nothing more goes out on this stream
+		case cmd := <-s.h.Commands():
+			s.log.Info("command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
+			if err := s.send(command(cmd)); err != nil {
+				s.end()
+				s.closeBody()
 				return
 			}
-			if err != nil {
+		default:
+			s.draining.Store(false)
+			// Something queued after the select looked and before the flag fell
+			// would have found the flag set and started nobody: look again.
+			if len(s.h.Kicked()) == 0 && len(s.h.Commands()) == 0 {
+				return
+			}
+			if !s.draining.CompareAndSwap(false, true) {
 				return
 			}
 		}
-	}()
+	}
+}
 
+// sendFailed ends the handler after a reply could not be sent: the daemon is gone,
+// or a kick's Disconnect already ended the stream.
+func (s *edgeStream) sendFailed(ctx context.Context) error {
+	if k := s.kicked.Load(); k != nil {
+		s.log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
+	}
+	return nil
+}
+
+func (s *edgeStream) serve(ctx context.Context, verifier *nodeauth.Stream) error {
+	c, log := s.c, s.log
+	defer s.end()
+	s.h.OnWork(s.wake)
 	for {
-		select {
-		case <-ctx.Done():
-			log.InfoContext(ctx, "stream closed", "why", "request context ended")
+		env, err := s.bs.Receive()
+		if err != nil {
+			if k := s.kicked.Load(); k != nil {
+				log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
+				return nil
+			}
+			if rerr := c.receiveFailed(ctx, err); rerr != nil {
+				return rerr
+			}
+			log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
 			return nil
-		case k := <-h.Kicked():
-			log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
-			err := bs.Send(disconnect(k))
-			if k.Reason == session.ReasonRevoked && !k.RevokedAt.IsZero() {
-				// The Disconnect is on the wire and the handler returns next, which
-				// ends the stream: the revocation has reached the host.
-				c.cfg.Metrics.RevocationPropagated(c.cfg.Now().Sub(k.RevokedAt))
+		}
+		if err := verifier.Check(ctx, env); err != nil {
+			s.end()
+			return c.fail(ctx, "ConnectEdge", err)
+		}
+		c.presented(verifier)
+		var ev edgev1.EdgeEvent
+		if err := proto.Unmarshal(env.GetPayload(), &ev); err != nil {
+			s.end()
+			return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
+		}
+		now := c.cfg.Now()
+		c.cfg.LastSeen.Touch(s.nodeID, now)
+		switch e := ev.GetEvent().(type) {
+		case *edgev1.EdgeEvent_CommandProgress:
+			p := e.CommandProgress
+			c.cfg.ToolCalls.Progress(s.nodeID, p.GetCommandId(), progressFromPB(p))
+		case *edgev1.EdgeEvent_CommandResult:
+			res := e.CommandResult
+			if !c.cfg.ToolCalls.Result(s.nodeID, res.GetCommandId(), resultFromPB(res)) {
+				log.InfoContext(ctx, "tool result for no pending call acked and ignored", "command_id", res.GetCommandId())
 			}
-			return err
-		case cmd := <-h.Commands():
-			log.InfoContext(ctx, "command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
-			if err := bs.Send(command(cmd)); err != nil {
-				return nil
+			// Acked as the answer to what was just received: a duplicate is acked
+			// too, so the daemon's buffer drains either way.
+			if err := s.send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CommandResultAck{CommandResultAck: &edgev1.CommandResultAck{
+				CommandId: res.GetCommandId(),
+			}}}); err != nil {
+				return s.sendFailed(ctx)
 			}
-		case r := <-recv:
-			if r.err != nil {
-				if rerr := c.receiveFailed(ctx, r.err); rerr != nil {
-					return rerr
-				}
-				log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
-				return nil
+		case *edgev1.EdgeEvent_Heartbeat:
+			c.cfg.Metrics.Heartbeat()
+			if err := s.send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
+				Sequence:   env.GetSequence(),
+				ServerTime: timestamppb.New(now),
+			}}}); err != nil {
+				return s.sendFailed(ctx)
 			}
-			if err := verifier.Check(ctx, r.env); err != nil {
-				return c.fail(ctx, "ConnectEdge", err)
-			}
-			c.presented(verifier)
-			var ev edgev1.EdgeEvent
-			if err := proto.Unmarshal(r.env.GetPayload(), &ev); err != nil {
-				return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
-			}
-			now := c.cfg.Now()
-			c.cfg.LastSeen.Touch(nodeID, now)
-			switch e := ev.GetEvent().(type) {
-			case *edgev1.EdgeEvent_CommandProgress:
-				p := e.CommandProgress
-				c.cfg.ToolCalls.Progress(nodeID, p.GetCommandId(), progressFromPB(p))
-			case *edgev1.EdgeEvent_CommandResult:
-				res := e.CommandResult
-				if !c.cfg.ToolCalls.Result(nodeID, res.GetCommandId(), resultFromPB(res)) {
-					log.InfoContext(ctx, "tool result for no pending call acked and ignored", "command_id", res.GetCommandId())
-				}
-				// Acked on this goroutine, as the answer to what it just received:
-				// a duplicate is acked too, so the daemon's buffer drains either way.
-				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CommandResultAck{CommandResultAck: &edgev1.CommandResultAck{
-					CommandId: res.GetCommandId(),
-				}}}); err != nil {
-					return nil
-				}
-			case *edgev1.EdgeEvent_Heartbeat:
-				c.cfg.Metrics.Heartbeat()
-				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
-					Sequence:   r.env.GetSequence(),
-					ServerTime: timestamppb.New(now),
-				}}}); err != nil {
-					return nil
-				}
-			default:
-				// A second Hello or an event this server does not know yet: the
-				// envelope was genuine, so it only refreshes last-seen.
-			}
+		default:
+			// A second Hello or an event this server does not know yet: the
+			// envelope was genuine, so it only refreshes last-seen.
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
@@ -125,6 +126,25 @@ type Handle struct {
 	cmds     chan Command
 	once     sync.Once
 	released sync.Once
+	// onWork is called after each kick or command is queued (OnWork).
+	onWork atomic.Pointer[func()]
+}
+
+// OnWork sets f to be called, on the queuing goroutine and with no lock held, after
+// each Kick or Command is queued for h, so the stream needs no goroutine waiting on
+// Kicked and Commands while its daemon is silent. f must not block. Work queued
+// before OnWork is signalled at once.
+func (h *Handle) OnWork(f func()) {
+	h.onWork.Store(&f)
+	if len(h.kick) > 0 || len(h.cmds) > 0 {
+		f()
+	}
+}
+
+func (h *Handle) wake() {
+	if f := h.onWork.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // Kicked delivers at most one Kick.
@@ -135,6 +155,7 @@ func (h *Handle) Commands() <-chan Command { return h.cmds }
 
 func (h *Handle) send(k Kick) {
 	h.once.Do(func() { h.kick <- k })
+	h.wake()
 }
 
 // Registry maps node ids to their open stream on this replica. Safe for concurrent
@@ -219,6 +240,7 @@ func (r *Registry) Send(nodeID string, c Command) error {
 	}
 	select {
 	case h.cmds <- c:
+		h.wake()
 		return nil
 	default:
 		return ErrBusy
