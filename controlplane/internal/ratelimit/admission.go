@@ -41,6 +41,12 @@ const (
 // little late (jitter, a slow handshake) and must still find it.
 const promiseGrace = 30 * time.Second
 
+// MaxAhead bounds the queue: no slot is promised further ahead than this. A stream
+// arriving when the queue is full is told to come back in MaxAhead without a slot,
+// so a flood of streams (genuine or forged node ids) costs bounded memory, and
+// never parks a daemon for longer than this.
+const MaxAhead = 2 * time.Minute
+
 // NewAdmission paces at rate streams a second with a burst of burst; a rate <= 0
 // admits everything.
 func NewAdmission(rate float64, burst int) *Admission {
@@ -79,6 +85,9 @@ func (a *Admission) Admit(key string, now time.Time) (ok bool, retryAfter time.D
 		a.next = floor
 	}
 	slot := a.next
+	if slot.Sub(now) > MaxAhead {
+		return false, MaxAhead
+	}
 	a.next = a.next.Add(a.every)
 	if !slot.After(now) {
 		return true, 0

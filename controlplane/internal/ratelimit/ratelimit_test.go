@@ -109,3 +109,19 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// A flood cannot grow the queue past MaxAhead: later streams are told to come back
+// then, without a slot, and the promises held stay bounded.
+func TestAdmissionQueueIsBounded(t *testing.T) {
+	a := NewAdmission(1, 1)
+	var last time.Duration
+	for i := range 1000 {
+		_, last = a.Admit(fmt.Sprint(i), t0)
+	}
+	if last != MaxAhead {
+		t.Fatalf("retry_after at the end of a flood = %s, want MaxAhead %s", last, MaxAhead)
+	}
+	if w := a.Waiting(); w > int(MaxAhead/time.Second)+1 {
+		t.Fatalf("%d promises held, want at most %d (one a second for MaxAhead)", w, int(MaxAhead/time.Second)+1)
+	}
+}
