@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -23,6 +24,8 @@ func Code(r edgev1.RejectReason) connect.Code {
 		return connect.CodeNotFound
 	case edgev1.RejectReason_REJECT_REASON_RATE_LIMITED:
 		return connect.CodeResourceExhausted
+	case edgev1.RejectReason_REJECT_REASON_BUSY:
+		return connect.CodeUnavailable
 	case edgev1.RejectReason_REJECT_REASON_KEY_IN_USE, edgev1.RejectReason_REJECT_REASON_ROTATION_CONFLICT,
 		edgev1.RejectReason_REJECT_REASON_ENROLLMENT_TOKEN_USED:
 		return connect.CodeFailedPrecondition
@@ -33,12 +36,21 @@ func Code(r edgev1.RejectReason) connect.Code {
 
 // New builds the error for reason. msg must not contain secrets.
 func New(reason edgev1.RejectReason, msg string, serverTime time.Time) *connect.Error {
+	return NewRetry(reason, msg, serverTime, 0)
+}
+
+// NewRetry is New with a "come back in retryAfter" (0: none).
+func NewRetry(reason edgev1.RejectReason, msg string, serverTime time.Time, retryAfter time.Duration) *connect.Error {
 	err := connect.NewError(Code(reason), errors.New(msg))
-	if d, derr := connect.NewErrorDetail(&edgev1.Rejection{
+	rj := &edgev1.Rejection{
 		Reason:     reason,
 		Message:    msg,
 		ServerTime: timestamppb.New(serverTime),
-	}); derr == nil {
+	}
+	if retryAfter > 0 {
+		rj.RetryAfter = durationpb.New(retryAfter)
+	}
+	if d, derr := connect.NewErrorDetail(rj); derr == nil {
 		err.AddDetail(d)
 	}
 	return err
@@ -60,6 +72,14 @@ func From(err error) (*edgev1.Rejection, bool) {
 		}
 	}
 	return nil, false
+}
+
+// RetryAfter is the refusal's "come back in", 0 when err carries none.
+func RetryAfter(err error) time.Duration {
+	if r, ok := From(err); ok && r.GetRetryAfter() != nil {
+		return max(r.GetRetryAfter().AsDuration(), 0)
+	}
+	return 0
 }
 
 // Reason is From's reason, or UNSPECIFIED.

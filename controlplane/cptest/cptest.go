@@ -71,6 +71,22 @@ type Options struct {
 	// (default host:port, distinct for each Start).
 	ReplicaID string
 
+	// StreamAdmissionRate and StreamAdmissionBurst pace new streams (default 300/s,
+	// burst 300, as --stream-admission-rate/-burst).
+	StreamAdmissionRate  float64
+	StreamAdmissionBurst int
+	// ShutdownReconnectWindow caps the spread of shutdown reconnect hints (default
+	// 30s, as --shutdown-reconnect-window).
+	ShutdownReconnectWindow time.Duration
+	// ChallengeRatePerSource and ChallengeBurstPerSource limit challenges per
+	// address (default 50/s, burst 200); BulkEnrollSources (comma-separated
+	// addresses or CIDRs) get BulkEnrollRate/BulkEnrollBurst instead (default 300).
+	ChallengeRatePerSource  float64
+	ChallengeBurstPerSource int
+	BulkEnrollSources       string
+	BulkEnrollRate          float64
+	BulkEnrollBurst         int
+
 	// adminToken is the bootstrap admin token of the first replica (StartReplica):
 	// the store mints it once, so later replicas find no admin.token of their own.
 	adminToken string
@@ -154,6 +170,26 @@ func (s *Server) start(t testing.TB) {
 	}
 	if s.opts.MaxConcurrentRotations > 0 {
 		f.MaxConcurrentRotations = strconv.Itoa(s.opts.MaxConcurrentRotations)
+	}
+	rate := func(dst *string, v float64) {
+		if v > 0 {
+			*dst = strconv.FormatFloat(v, 'f', -1, 64)
+		}
+	}
+	burst := func(dst *string, v int) {
+		if v > 0 {
+			*dst = strconv.Itoa(v)
+		}
+	}
+	rate(&f.StreamAdmissionRate, s.opts.StreamAdmissionRate)
+	burst(&f.StreamAdmissionBurst, s.opts.StreamAdmissionBurst)
+	rate(&f.ChallengeRatePerSource, s.opts.ChallengeRatePerSource)
+	burst(&f.ChallengeBurstPerSource, s.opts.ChallengeBurstPerSource)
+	rate(&f.BulkEnrollRate, s.opts.BulkEnrollRate)
+	burst(&f.BulkEnrollBurst, s.opts.BulkEnrollBurst)
+	f.BulkEnrollSources = s.opts.BulkEnrollSources
+	if s.opts.ShutdownReconnectWindow > 0 {
+		f.ShutdownReconnectWindow = s.opts.ShutdownReconnectWindow.String()
 	}
 	cfg, err := f.Resolve()
 	if err != nil {

@@ -19,9 +19,11 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/backoff"
 	"github.com/aegis-edge/aegis/api/enrolltoken"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/api/reject"
 	"github.com/aegis-edge/aegis/api/seal"
 	"github.com/aegis-edge/aegis/edged/cpclient"
@@ -148,9 +150,7 @@ func Enroll(ctx context.Context, opts Options) (_ Result, retErr error) {
 	netCtx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 
-	ch, err := client.Challenge(netCtx, connect.NewRequest(&edgev1.ChallengeRequest{
-		Purpose: edgev1.ChallengePurpose_CHALLENGE_PURPOSE_ENROLL,
-	}))
+	ch, err := challenge(netCtx, client)
 	if err != nil {
 		return Result{}, explain(err, server)
 	}
@@ -201,6 +201,32 @@ func Enroll(ctx context.Context, opts Options) (_ Result, retErr error) {
 		TokenExpires:   m.GetTokenExpiresAt().AsTime(),
 		StateDir:       dir.Path(),
 	}, nil
+}
+
+// challenge asks for an enrollment nonce. A refusal that says when to retry (the
+// per-source limit during a bulk enrollment) is retried then, with a little jitter
+// on top, for as long as the enrollment's network budget lasts; the enrollment
+// token is not spent by a refused challenge.
+func challenge(ctx context.Context, client edgev1connect.NodeClusterServiceClient) (*connect.Response[edgev1.ChallengeResponse], error) {
+	wait := backoff.Policy{Min: 250 * time.Millisecond, Max: time.Minute}
+	for {
+		ch, err := client.Challenge(ctx, connect.NewRequest(&edgev1.ChallengeRequest{
+			Purpose: edgev1.ChallengePurpose_CHALLENGE_PURPOSE_ENROLL,
+		}))
+		ra := reject.RetryAfter(err)
+		if err == nil || ra <= 0 {
+			return ch, err
+		}
+		d := wait.After(ra)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(d):
+		}
+	}
 }
 
 // write stores the identity, node.json last; on any failure it removes every file it
@@ -255,6 +281,9 @@ func explain(err error, server string) error {
 		case edgev1.RejectReason_REJECT_REASON_NONCE_INVALID:
 			return fmt.Errorf("%w: the server's challenge expired before it was answered (%s): run the command again", ErrRejected, r.GetMessage())
 		case edgev1.RejectReason_REJECT_REASON_RATE_LIMITED:
+			if ra := reject.RetryAfter(err); ra > 0 {
+				return fmt.Errorf("%w: rate limited by the control plane (%s): run the command again in %s; to enroll many hosts from one address, ask your operator about --bulk-enroll-sources", ErrRejected, r.GetMessage(), ra.Round(time.Second))
+			}
 			return fmt.Errorf("%w: rate limited by the control plane: wait a minute and run the command again", ErrRejected)
 		default:
 			return fmt.Errorf("%w: %s (%s): run the command again, or ask your operator for a new token", ErrRejected, r.GetMessage(), reject.Short(r.GetReason()))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/backoff"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	ucli "github.com/urfave/cli/v2"
@@ -783,7 +784,7 @@ func (a *app) followFleetRun(ctx context.Context, client edgev1connect.EdgeAdmin
 			return fmt.Errorf("lost the stream of fleet run %s %d times in a row (%s); the run goes on: re-attach later with `%s edge fleet runs watch %s`",
 				runID, watchAttempts, why, a.name, runID)
 		}
-		wait := watchBackoff(broken)
+		wait := watchBackoff(broken).Round(time.Millisecond)
 		fmt.Fprintf(a.env.Stderr, "%s: lost the stream of fleet run %s (%s); re-attaching after event %d in %s (attempt %d of %d)\n",
 			a.name, runID, why, pr.last, shortDuration(wait), broken, watchAttempts)
 		select {
@@ -803,12 +804,11 @@ func watchRetryable(err error) bool {
 	return !isCertError(err)
 }
 
+// watchBackoff is the wait before re-attach attempt (1-based): the shared
+// full-jitter schedule, so the CLIs of many operators watching one run do not all
+// come back at the same instant after a control-plane restart.
 func watchBackoff(attempt int) time.Duration {
-	d := watchBackoffBase
-	for i := 1; i < attempt && d < watchBackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, watchBackoffMax)
+	return backoff.Policy{Min: watchBackoffBase, Max: watchBackoffMax}.Delay(attempt - 1)
 }
 
 func (a *app) fleetRunsCommand() *ucli.Command {

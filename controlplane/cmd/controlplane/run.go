@@ -70,6 +70,26 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.MaxConcurrentRotations = v }),
 		str("database-max-conns", "AEGIS_DATABASE_MAX_CONNS", "", "PostgreSQL connection pool size per replica (`N`); default: the URL's pool_max_conns, else 32. Rotations are concurrent transactions, so a burst uses up to min(N, --max-concurrent-rotations) connections; keep N x replicas below the server's max_connections",
 			func(f *config.File, v string) { f.DatabaseMaxConns = v }),
+		str("challenge-rate-per-source", "AEGIS_CHALLENGE_RATE_PER_SOURCE", d.ChallengeRatePerSource, "challenges (one per enrollment or attestation) a second from one source address (`RATE`); over it a host is refused rate_limited with a retry-after it honours",
+			func(f *config.File, v string) { f.ChallengeRatePerSource = v }),
+		str("challenge-burst-per-source", "AEGIS_CHALLENGE_BURST_PER_SOURCE", d.ChallengeBurstPerSource, "challenges one source address may ask for at once before --challenge-rate-per-source applies (`N`)",
+			func(f *config.File, v string) { f.ChallengeBurstPerSource = v }),
+		str("attest-rate-per-node", "AEGIS_ATTEST_RATE_PER_NODE", d.AttestRatePerNode, "challenges and attestations a second for one node (`RATE`); a healthy daemon attests once per token lifetime",
+			func(f *config.File, v string) { f.AttestRatePerNode = v }),
+		str("attest-burst-per-node", "AEGIS_ATTEST_BURST_PER_NODE", d.AttestBurstPerNode, "attestations one node may make at once before --attest-rate-per-node applies (`N`)",
+			func(f *config.File, v string) { f.AttestBurstPerNode = v }),
+		str("bulk-enroll-sources", "AEGIS_BULK_ENROLL_SOURCES", "", "addresses or CIDRs (`LIST`, comma-separated) that enroll many hosts at once, e.g. a bastion or an autoscaling group's NAT: they get --bulk-enroll-rate instead of --challenge-rate-per-source; every other source keeps the tight limit",
+			func(f *config.File, v string) { f.BulkEnrollSources = v }),
+		str("bulk-enroll-rate", "AEGIS_BULK_ENROLL_RATE", d.BulkEnrollRate, "challenges a second from each --bulk-enroll-sources address (`RATE`); the default enrolls 10,000 hosts from one bastion in about 35s",
+			func(f *config.File, v string) { f.BulkEnrollRate = v }),
+		str("bulk-enroll-burst", "AEGIS_BULK_ENROLL_BURST", d.BulkEnrollBurst, "challenges a bulk source may ask for at once (`N`)",
+			func(f *config.File, v string) { f.BulkEnrollBurst = v }),
+		str("stream-admission-rate", "AEGIS_STREAM_ADMISSION_RATE", d.StreamAdmissionRate, "new daemon streams admitted a second (`RATE`), always and above all after a restart; a stream over it is refused busy with a slot to come back at, so a reconnect storm becomes a queue (the default brings 10,000 daemons back in about 35s)",
+			func(f *config.File, v string) { f.StreamAdmissionRate = v }),
+		str("stream-admission-burst", "AEGIS_STREAM_ADMISSION_BURST", d.StreamAdmissionBurst, "new streams admitted at once before --stream-admission-rate applies (`N`)",
+			func(f *config.File, v string) { f.StreamAdmissionBurst = v }),
+		str("shutdown-reconnect-window", "AEGIS_SHUTDOWN_RECONNECT_WINDOW", d.ShutdownReconnectWindow, "on shutdown every stream is told Disconnect with its own reconnect_after, spread evenly from 1s to this (`DURATION`), so the fleet comes back at a pace the next start admits",
+			func(f *config.File, v string) { f.ShutdownReconnectWindow = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
 		str("log-format", "AEGIS_LOG_FORMAT", d.LogFormat, "`FORMAT` of the log on stderr: text, or json (one object per line, for log collectors)",
@@ -86,7 +106,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	flags := []cli.Flag{&cli.StringFlag{
 		Name:    "config",
 		EnvVars: []string{"AEGIS_CONTROLPLANE_CONFIG"},
-		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, fleet_max_concurrency, max_concurrent_rotations, log_level, log_format, metrics_listen, bootstrap_token_file); environment and flags override it",
+		Usage:   "optional YAML `FILE` with the same settings (listen, data_dir, database_url, tls_cert, tls_key, advertise_url, heartbeat_interval, token_ttl, max_clock_skew, rotation_overlap, fleet_max_concurrency, max_concurrent_rotations, challenge_rate_per_source, challenge_burst_per_source, attest_rate_per_node, attest_burst_per_node, bulk_enroll_sources, bulk_enroll_rate, bulk_enroll_burst, stream_admission_rate, stream_admission_burst, shutdown_reconnect_window, log_level, log_format, metrics_listen, bootstrap_token_file); environment and flags override it",
 	}}
 	configFlag := flags[0]
 	flags = append(flags, &cli.BoolFlag{
@@ -119,12 +139,19 @@ given) and admin.token (mode 0600): a bootstrap admin API token for the first op
 
 Every flag can also be set through its AEGIS_* environment variable (flags win) or
 the --config file. SIGINT/SIGTERM shut down gracefully: connected daemons are told to
-reconnect after 1-3s.
+reconnect after a delay of their own, spread over --shutdown-reconnect-window.
+
+Rate limits (see docs/deployment.md, "Rate limits and bulk enrollment"): every refusal
+is typed (rate_limited, busy) and says when to retry; daemons and enrollments honour it.
+New streams are admitted at --stream-admission-rate; challenges are limited per source
+address and per node; --bulk-enroll-sources names a bastion or NAT that enrolls many
+hosts at once, without turning the limits off for anyone else.
 
 Examples:
    controlplane serve
    controlplane serve --listen 0.0.0.0:7443 --advertise-url https://cp.example.com:7443
-   controlplane serve --database-url postgres://aegis@db:5432/aegis?sslmode=require`,
+   controlplane serve --database-url postgres://aegis@db:5432/aegis?sslmode=require
+   controlplane serve --bulk-enroll-sources 10.0.4.7,10.8.0.0/16`,
 			Flags: flags,
 			Action: func(c *cli.Context) error {
 				return serve(c, layers, stderr)

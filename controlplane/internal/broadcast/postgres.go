@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/aegis-edge/aegis/api/backoff"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -120,7 +121,8 @@ func (p *Postgres) Publish(ctx context.Context, e Event) error {
 func (p *Postgres) Run(ctx context.Context, h Handler) {
 	conn := p.listen
 	p.listen = nil
-	wait := minBackoff
+	retry := backoff.Policy{Min: minBackoff, Max: maxBackoff}
+	failures := 0
 	for {
 		if conn == nil {
 			var err error
@@ -128,16 +130,17 @@ func (p *Postgres) Run(ctx context.Context, h Handler) {
 				if ctx.Err() != nil {
 					return
 				}
-				p.log.Warn("broadcast: LISTEN connection failed; retrying", "err", err, "in", wait)
+				wait := retry.Delay(failures)
+				failures++
+				p.log.Warn("broadcast: LISTEN connection failed; retrying", "err", err, "in", wait.Round(time.Millisecond))
 				select {
 				case <-ctx.Done():
 					return
 				case <-time.After(wait):
 				}
-				wait = min(2*wait, maxBackoff)
 				continue
 			}
-			wait = minBackoff
+			failures = 0
 			p.log.Info("broadcast: LISTEN connection re-opened; resyncing")
 			if err := h.Resync(ctx); err != nil && ctx.Err() == nil {
 				p.log.Warn("broadcast: resync after reconnect", "err", err)

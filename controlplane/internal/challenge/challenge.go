@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"regexp"
 	"time"
 
@@ -38,6 +39,12 @@ type Config struct {
 	Rand  io.Reader
 	// PerSource and PerNode limit challenges; nil means unlimited.
 	PerSource, PerNode *ratelimit.Limiter
+	// BulkSources are the addresses (a bastion, an autoscaling group's NAT) allowed
+	// the larger BulkPerSource limit instead of PerSource, so a bulk enrollment from
+	// one place goes at the speed the server can sustain while every other source
+	// keeps the tight limit (controlplane serve --bulk-enroll-sources).
+	BulkSources   []netip.Prefix
+	BulkPerSource *ratelimit.Limiter
 }
 
 // Service issues nonces.
@@ -62,8 +69,15 @@ func (s *Service) Issue(ctx context.Context, purpose, nodeID, source string) (st
 	default:
 		return store.Nonce{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "challenge purpose must be ENROLL or ATTEST")
 	}
-	if !s.cfg.PerSource.Allow(source, now) || (nodeID != "" && !s.cfg.PerNode.Allow(nodeID, now)) {
-		return store.Nonce{}, rejection.New(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, "too many challenges: slow down and retry")
+	if ok, wait := s.sourceLimiter(source).Take(source, now); !ok {
+		return store.Nonce{}, rejection.Retry(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, wait,
+			"too many challenges from this address: retry in %s", wait.Round(time.Millisecond))
+	}
+	if nodeID != "" {
+		if ok, wait := s.cfg.PerNode.Take(nodeID, now); !ok {
+			return store.Nonce{}, rejection.Retry(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, wait,
+				"too many challenges for this node: retry in %s", wait.Round(time.Millisecond))
+		}
 	}
 	var raw [32]byte
 	if _, err := io.ReadFull(s.cfg.Rand, raw[:]); err != nil {
@@ -79,6 +93,21 @@ func (s *Service) Issue(ctx context.Context, purpose, nodeID, source string) (st
 		return store.Nonce{}, fmt.Errorf("store nonce: %w", err)
 	}
 	return n, nil
+}
+
+// sourceLimiter is the limiter for source: the bulk one for a named bulk source.
+func (s *Service) sourceLimiter(source string) *ratelimit.Limiter {
+	if len(s.cfg.BulkSources) > 0 {
+		if a, err := netip.ParseAddr(source); err == nil {
+			a = a.Unmap()
+			for _, p := range s.cfg.BulkSources {
+				if p.Contains(a) {
+					return s.cfg.BulkPerSource
+				}
+			}
+		}
+	}
+	return s.cfg.PerSource
 }
 
 // Consume spends a nonce through tx: it must exist, be unexpired at now, and have been

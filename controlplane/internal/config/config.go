@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -53,6 +54,22 @@ type File struct {
 	// BootstrapTokenFile holds the admin API token to install on first start instead
 	// of minting admin.token (Kubernetes: a mounted Secret).
 	BootstrapTokenFile string `yaml:"bootstrap_token_file"`
+	// Rate limits (docs/deployment.md, "Rate limits and bulk enrollment"): challenges
+	// per source address, challenges and attestations per node, the larger per-source
+	// allowance of named bulk-enrollment sources, and the pace at which new streams
+	// are admitted. Rates are per second, bursts whole numbers.
+	ChallengeRatePerSource  string `yaml:"challenge_rate_per_source"`
+	ChallengeBurstPerSource string `yaml:"challenge_burst_per_source"`
+	AttestRatePerNode       string `yaml:"attest_rate_per_node"`
+	AttestBurstPerNode      string `yaml:"attest_burst_per_node"`
+	BulkEnrollSources       string `yaml:"bulk_enroll_sources"`
+	BulkEnrollRate          string `yaml:"bulk_enroll_rate"`
+	BulkEnrollBurst         string `yaml:"bulk_enroll_burst"`
+	StreamAdmissionRate     string `yaml:"stream_admission_rate"`
+	StreamAdmissionBurst    string `yaml:"stream_admission_burst"`
+	// ShutdownReconnectWindow is the window over which a shutting-down server spreads
+	// the reconnect_after hints it sends its streams.
+	ShutdownReconnectWindow string `yaml:"shutdown_reconnect_window"`
 }
 
 // Defaults are the documented defaults (DESIGN §9).
@@ -71,6 +88,19 @@ func Defaults() File {
 		// About what one PostgreSQL primary sustains with good latency (DESIGN §7:
 		// ~6,600 rotations/s with 32 in flight).
 		MaxConcurrentRotations: "64",
+		// A host asks for one challenge per enrollment or attestation: 50/s per address
+		// blunts a flood, and a bulk enrollment names its source instead.
+		ChallengeRatePerSource:  "50",
+		ChallengeBurstPerSource: "200",
+		AttestRatePerNode:       "1",
+		AttestBurstPerNode:      "10",
+		// 10,000 hosts from one bastion in about 35s, within what the server sustains.
+		BulkEnrollRate:  "300",
+		BulkEnrollBurst: "300",
+		// 10,000 daemons back within about 35s of a restart (DESIGN §7: 60s).
+		StreamAdmissionRate:     "300",
+		StreamAdmissionBurst:    "300",
+		ShutdownReconnectWindow: "30s",
 	}
 }
 
@@ -100,6 +130,16 @@ func Merge(layers ...File) File {
 		set(&out.MetricsListen, l.MetricsListen)
 		set(&out.LogFormat, l.LogFormat)
 		set(&out.BootstrapTokenFile, l.BootstrapTokenFile)
+		set(&out.ChallengeRatePerSource, l.ChallengeRatePerSource)
+		set(&out.ChallengeBurstPerSource, l.ChallengeBurstPerSource)
+		set(&out.AttestRatePerNode, l.AttestRatePerNode)
+		set(&out.AttestBurstPerNode, l.AttestBurstPerNode)
+		set(&out.BulkEnrollSources, l.BulkEnrollSources)
+		set(&out.BulkEnrollRate, l.BulkEnrollRate)
+		set(&out.BulkEnrollBurst, l.BulkEnrollBurst)
+		set(&out.StreamAdmissionRate, l.StreamAdmissionRate)
+		set(&out.StreamAdmissionBurst, l.StreamAdmissionBurst)
+		set(&out.ShutdownReconnectWindow, l.ShutdownReconnectWindow)
 	}
 	return out
 }
@@ -159,6 +199,18 @@ type Config struct {
 	LogJSON bool
 	// BootstrapToken is the content of --bootstrap-token-file, "" when not given.
 	BootstrapToken string
+	// Limits: each a rate per second and a burst.
+	ChallengePerSource, AttestPerNode, BulkEnroll, StreamAdmission Limit
+	// BulkEnrollSources get BulkEnroll instead of ChallengePerSource.
+	BulkEnrollSources []netip.Prefix
+	// ShutdownReconnectWindow spreads the reconnect_after hints of a shutdown.
+	ShutdownReconnectWindow time.Duration
+}
+
+// Limit is a token bucket's settings.
+type Limit struct {
+	Rate  float64
+	Burst int
 }
 
 // Resolve validates f (already merged over Defaults) into a Config. Each error names
@@ -255,6 +307,36 @@ func (f File) Resolve() (Config, error) {
 		}
 		*dst = n
 	}
+	limit := func(rateFlag, rate, burstFlag, burst string, dst *Limit) {
+		r, err := strconv.ParseFloat(strings.TrimSpace(rate), 64)
+		if err != nil || r <= 0 || r > 1e6 {
+			bad("invalid --%s %q: want a rate per second above 0, e.g. 50 or 0.5", rateFlag, rate)
+		}
+		b, err := strconv.Atoi(strings.TrimSpace(burst))
+		if err != nil || b < 1 || b > 1000000 {
+			bad("invalid --%s %q: want a whole number from 1 to 1000000", burstFlag, burst)
+		}
+		*dst = Limit{Rate: r, Burst: b}
+	}
+	limit("challenge-rate-per-source", f.ChallengeRatePerSource, "challenge-burst-per-source", f.ChallengeBurstPerSource, &c.ChallengePerSource)
+	limit("attest-rate-per-node", f.AttestRatePerNode, "attest-burst-per-node", f.AttestBurstPerNode, &c.AttestPerNode)
+	limit("bulk-enroll-rate", f.BulkEnrollRate, "bulk-enroll-burst", f.BulkEnrollBurst, &c.BulkEnroll)
+	limit("stream-admission-rate", f.StreamAdmissionRate, "stream-admission-burst", f.StreamAdmissionBurst, &c.StreamAdmission)
+	for _, src := range strings.Split(f.BulkEnrollSources, ",") {
+		src = strings.TrimSpace(src)
+		if src == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(src); err == nil {
+			c.BulkEnrollSources = append(c.BulkEnrollSources, p.Masked())
+		} else if a, err := netip.ParseAddr(src); err == nil {
+			c.BulkEnrollSources = append(c.BulkEnrollSources, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+		} else {
+			bad("invalid --bulk-enroll-sources entry %q: want an address or a CIDR, e.g. 10.0.4.7 or 10.0.0.0/16, comma-separated", src)
+		}
+	}
+	dur("shutdown-reconnect-window", f.ShutdownReconnectWindow, time.Second, time.Hour, &c.ShutdownReconnectWindow)
+
 	count("fleet-max-concurrency", f.FleetMaxConcurrency, 1, 100000, &c.FleetMaxConcurrency)
 	count("max-concurrent-rotations", f.MaxConcurrentRotations, 1, 100000, &c.MaxConcurrentRotations)
 	if f.DatabaseMaxConns != "" {

@@ -109,8 +109,9 @@ func (s *Service) attest(ctx context.Context, req AttestRequest) (AttestResult, 
 	if !challenge.NodeIDPattern.MatchString(req.NodeID) {
 		return AttestResult{}, rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "node_id must be n-<12 hex>")
 	}
-	if !s.cfg.AttestLimiter.Allow(req.NodeID, now) {
-		return AttestResult{}, rejection.New(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, "too many attestations for this node: slow down and retry")
+	if ok, wait := s.cfg.AttestLimiter.Take(req.NodeID, now); !ok {
+		return AttestResult{}, rejection.Retry(edgev1.RejectReason_REJECT_REASON_RATE_LIMITED, wait,
+			"too many attestations for this node: retry in %s", wait.Round(time.Millisecond))
 	}
 	// The nonce is spent in a transaction of its own, committed whatever the proof
 	// turns out to be: inside the attestation's transaction a refusal would roll the

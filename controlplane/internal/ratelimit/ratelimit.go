@@ -29,8 +29,15 @@ func New(rate float64, burst int) *Limiter {
 
 // Allow takes one token from key's bucket at now; false when it is empty.
 func (l *Limiter) Allow(key string, now time.Time) bool {
+	ok, _ := l.Take(key, now)
+	return ok
+}
+
+// Take is Allow that also says, when the bucket is empty, how long until it holds a
+// token again: the retry-after a refusal carries.
+func (l *Limiter) Take(key string, now time.Time) (ok bool, retryAfter time.Duration) {
 	if l == nil {
-		return true
+		return true, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -45,11 +52,19 @@ func (l *Limiter) Allow(key string, now time.Time) bool {
 	}
 	b.at = now
 	if b.tokens < 1 {
-		return false
+		if l.rate <= 0 {
+			return false, time.Minute
+		}
+		wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+		return false, max(wait, time.Millisecond)
 	}
 	b.tokens--
-	return true
+	return true, 0
 }
+
+// Rate and Burst are the limiter's settings (for messages and logs).
+func (l *Limiter) Rate() float64 { return l.rate }
+func (l *Limiter) Burst() int    { return int(l.burst) }
 
 // gc drops buckets that have refilled completely, so the map stays as small as the
 // set of recently busy keys.

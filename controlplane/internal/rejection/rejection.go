@@ -7,6 +7,7 @@ package rejection
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 )
@@ -15,6 +16,9 @@ import (
 type Error struct {
 	Reason edgev1.RejectReason
 	Msg    string
+	// RetryAfter, when positive, tells the daemon when to come back (RATE_LIMITED,
+	// BUSY).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -22,6 +26,13 @@ func (e *Error) Error() string { return e.Msg }
 // New builds a refusal; the message must not contain secrets.
 func New(reason edgev1.RejectReason, format string, a ...any) *Error {
 	return &Error{Reason: reason, Msg: fmt.Sprintf(format, a...)}
+}
+
+// Retry builds a refusal that says when to come back.
+func Retry(reason edgev1.RejectReason, after time.Duration, format string, a ...any) *Error {
+	e := New(reason, format, a...)
+	e.RetryAfter = after
+	return e
 }
 
 // As finds a refusal in err's chain.

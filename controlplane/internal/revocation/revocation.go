@@ -187,7 +187,7 @@ func KickMessage(why string) string {
 // was told to end.
 func (s *Service) after(ctx context.Context, d store.Daemon, added []store.BlacklistEntry, why string) bool {
 	s.cfg.Blacklist.Add(added...)
-	dropped := s.cfg.Sessions.Kick(d.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: KickMessage(why)})
+	dropped := s.cfg.Sessions.Kick(d.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: KickMessage(why), RevokedAt: s.cfg.Now()})
 	if s.cfg.Broadcast == nil || !s.cfg.Broadcast.Shared() {
 		return dropped
 	}

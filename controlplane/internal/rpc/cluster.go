@@ -9,15 +9,20 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
+	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/controlplane/internal/challenge"
 	"github.com/aegis-edge/aegis/controlplane/internal/enroll"
 	"github.com/aegis-edge/aegis/controlplane/internal/keypolicy"
 	"github.com/aegis-edge/aegis/controlplane/internal/metrics"
 	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
+	"github.com/aegis-edge/aegis/controlplane/internal/ratelimit"
 	"github.com/aegis-edge/aegis/controlplane/internal/rejection"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/rotation"
@@ -58,7 +63,21 @@ type ClusterConfig struct {
 	MaxMessageBytes int
 	// KeyPolicy gives each stream's Welcome its policy max key age; nil: none.
 	KeyPolicy *keypolicy.Service
+	// Admission paces new streams (--stream-admission-rate); nil admits all.
+	Admission *ratelimit.Admission
+	// AdmissionRate is Admission's rate, used to size the shutdown spread; 0: none.
+	AdmissionRate float64
+	// ShutdownWindow caps the spread of reconnect hints on shutdown
+	// (--shutdown-reconnect-window); 0 means DefaultShutdownWindow.
+	ShutdownWindow time.Duration
 }
+
+// DefaultShutdownWindow is --shutdown-reconnect-window's default.
+const DefaultShutdownWindow = 30 * time.Second
+
+// minReconnectAfter is the earliest a daemon told to reconnect comes back: a restart
+// takes at least that long, and a replica's peers need a moment to see it go.
+const minReconnectAfter = time.Second
 
 // Cluster implements edgev1connect.NodeClusterServiceHandler.
 type Cluster struct{ cfg ClusterConfig }
@@ -150,9 +169,31 @@ func (c *Cluster) Attest(ctx context.Context, req *connect.Request[edgev1.Attest
 	}), nil
 }
 
-type received struct {
-	env *edgev1.SealNodeEnvelope
-	err error
+// NewClusterHandler mounts c as edgev1connect's NodeClusterService handler does,
+// and gives each ConnectEdge stream a way to end its own Receive (bodyCloser): a
+// kicked stream closes its request body, so it needs no goroutine parked on the
+// kick channel while the daemon is silent. Serve c only through this.
+func NewClusterHandler(c *Cluster, opts ...connect.HandlerOption) (string, http.Handler) {
+	path, h := edgev1connect.NewNodeClusterServiceHandler(c, opts...)
+	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == edgev1connect.NodeClusterServiceConnectEdgeProcedure && r.Body != nil {
+			body := r.Body
+			r = r.WithContext(context.WithValue(r.Context(), bodyCloserKey{}, func() { _ = body.Close() }))
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type bodyCloserKey struct{}
+
+// bodyCloser is the stream's way to end its own Receive; a no-op when the handler
+// was mounted without NewClusterHandler (a kicked daemon then ends the stream
+// itself when it reads the Disconnect).
+func bodyCloser(ctx context.Context) func() {
+	if f, ok := ctx.Value(bodyCloserKey{}).(func()); ok {
+		return f
+	}
+	return func() {}
 }
 
 // ConnectEdge implements NodeClusterService.ConnectEdge: Hello -> Welcome, then each
@@ -166,6 +207,14 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		// The daemon left before saying anything, or said something unreadable.
 		return c.receiveFailed(ctx, err)
 	}
+	// Admission comes before any verification, so a stream over the rate costs the
+	// server no signature check: it is told its slot and comes back then.
+	if ok, wait := c.cfg.Admission.Admit(first.GetNodeId(), c.cfg.Now()); !ok {
+		c.cfg.Metrics.StreamAdmission("busy")
+		return c.fail(ctx, "ConnectEdge", rejection.Retry(edgev1.RejectReason_REJECT_REASON_BUSY, wait,
+			"the control plane is admitting streams at a bounded rate: come back in %s", wait.Round(time.Millisecond)))
+	}
+	c.cfg.Metrics.StreamAdmission("admitted")
 	if err := verifier.Check(ctx, first); err != nil {
 		return c.fail(ctx, "ConnectEdge", err)
 	}
@@ -183,7 +232,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 	now := c.cfg.Now()
 	h, err := c.cfg.Sessions.AttachSince(nodeID, sessionID, now)
 	if errors.Is(err, session.ErrClosed) {
-		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: ShutdownReconnectAfter(), Message: err.Error()}))
+		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: c.lateShutdownHint(), Message: err.Error()}))
 	}
 	defer c.cfg.Sessions.Release(h)
 
@@ -220,84 +269,173 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return nil
 	}
 
-	// Receive on its own goroutine so a Kick can end the stream while the daemon is
-	// silent; every Send stays on this goroutine.
-	done := make(chan struct{})
-	defer close(done)
-	recv := make(chan received, 1)
-	go func() {
-		for {
-			env, err := bs.Receive()
-			select {
-			case recv <- received{env, err}:
-			case <-done:
+	st := &edgeStream{c: c, bs: bs, h: h, log: log, nodeID: nodeID, closeBody: bodyCloser(ctx)}
+	return st.serve(ctx, verifier)
+}
+
+// edgeStream is one admitted, welcomed ConnectEdge stream. Its handler goroutine
+// only receives (and answers what it receives); kicks and commands queued by the
+// rest of the control plane are sent by a goroutine started when one arrives, so an
+// idle stream costs no goroutine of its own beyond the handler. Sends are serialized
+// by out; once a Disconnect is sent nothing more is, and the request body is closed
+// so the handler's Receive returns and the stream ends.
+type edgeStream struct {
+	c         *Cluster
+	bs        *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]
+	h         *session.Handle
+	log       *slog.Logger
+	nodeID    string
+	closeBody func()
+
+	// mu serializes Sends; ended is set (under mu) once the stream's last message
+	// went out or the handler is returning.
+	mu    sync.Mutex
+	ended bool
+	// kicked is the Kick that ended the stream, if one did.
+	kicked atomic.Pointer[session.Kick]
+	// draining: a drain goroutine is running (at most one at a time).
+	draining atomic.Bool
+}
+
+var errStreamEnded = errors.New("stream ended")
+
+// send sends cmd unless the stream has ended.
+func (s *edgeStream) send(cmd *edgev1.EdgeCommand) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return errStreamEnded
+	}
+	return s.bs.Send(cmd)
+}
+
+// last sends cmd as the stream's final message.
+func (s *edgeStream) last(cmd *edgev1.EdgeCommand) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return errStreamEnded
+	}
+	s.ended = true
+	return s.bs.Send(cmd)
+}
+
+// end stops every later send; it waits for a send in progress.
+func (s *edgeStream) end() {
+	s.mu.Lock()
+	s.ended = true
+	s.mu.Unlock()
+}
+
+// wake is called (by the registry, on the queuing goroutine) after a kick or command
+// was queued for this stream.
+func (s *edgeStream) wake() {
+	if s.draining.CompareAndSwap(false, true) {
+		go s.drain()
+	}
+}
+
+// drain sends what is queued: commands in order, or a kick's Disconnect as the last
+// message, after which the body is closed to end the handler's Receive.
+func (s *edgeStream) drain() {
+	for {
+		select {
+		case k := <-s.h.Kicked():
+			s.kicked.Store(&k)
+			err := s.last(disconnect(k))
+			if err == nil && k.Reason == session.ReasonRevoked && !k.RevokedAt.IsZero() {
+				// The Disconnect is on the wire and the stream ends now: the
+				// revocation has reached the host.
+				s.c.cfg.Metrics.RevocationPropagated(s.c.cfg.Now().Sub(k.RevokedAt))
+			}
+			s.closeBody()
+			return // draining stays set: nothing more goes out on this stream
+		case cmd := <-s.h.Commands():
+			s.log.Info("command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
+			if err := s.send(command(cmd)); err != nil {
+				s.end()
+				s.closeBody()
 				return
 			}
-			if err != nil {
+		default:
+			s.draining.Store(false)
+			// Something queued after the select looked and before the flag fell
+			// would have found the flag set and started nobody: look again.
+			if len(s.h.Kicked()) == 0 && len(s.h.Commands()) == 0 {
+				return
+			}
+			if !s.draining.CompareAndSwap(false, true) {
 				return
 			}
 		}
-	}()
+	}
+}
 
+// sendFailed ends the handler after a reply could not be sent: the daemon is gone,
+// or a kick's Disconnect already ended the stream.
+func (s *edgeStream) sendFailed(ctx context.Context) error {
+	if k := s.kicked.Load(); k != nil {
+		s.log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
+	}
+	return nil
+}
+
+func (s *edgeStream) serve(ctx context.Context, verifier *nodeauth.Stream) error {
+	c, log := s.c, s.log
+	defer s.end()
+	s.h.OnWork(s.wake)
 	for {
-		select {
-		case <-ctx.Done():
-			log.InfoContext(ctx, "stream closed", "why", "request context ended")
+		env, err := s.bs.Receive()
+		if err != nil {
+			if k := s.kicked.Load(); k != nil {
+				log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
+				return nil
+			}
+			if rerr := c.receiveFailed(ctx, err); rerr != nil {
+				return rerr
+			}
+			log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
 			return nil
-		case k := <-h.Kicked():
-			log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
-			return bs.Send(disconnect(k))
-		case cmd := <-h.Commands():
-			log.InfoContext(ctx, "command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
-			if err := bs.Send(command(cmd)); err != nil {
-				return nil
+		}
+		if err := verifier.Check(ctx, env); err != nil {
+			s.end()
+			return c.fail(ctx, "ConnectEdge", err)
+		}
+		c.presented(verifier)
+		var ev edgev1.EdgeEvent
+		if err := proto.Unmarshal(env.GetPayload(), &ev); err != nil {
+			s.end()
+			return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
+		}
+		now := c.cfg.Now()
+		c.cfg.LastSeen.Touch(s.nodeID, now)
+		switch e := ev.GetEvent().(type) {
+		case *edgev1.EdgeEvent_CommandProgress:
+			p := e.CommandProgress
+			c.cfg.ToolCalls.Progress(s.nodeID, p.GetCommandId(), progressFromPB(p))
+		case *edgev1.EdgeEvent_CommandResult:
+			res := e.CommandResult
+			if !c.cfg.ToolCalls.Result(s.nodeID, res.GetCommandId(), resultFromPB(res)) {
+				log.InfoContext(ctx, "tool result for no call followed here: acked, and kept a while for an attach", "command_id", res.GetCommandId())
 			}
-		case r := <-recv:
-			if r.err != nil {
-				if rerr := c.receiveFailed(ctx, r.err); rerr != nil {
-					return rerr
-				}
-				log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
-				return nil
+			// Acked as the answer to what was just received: a duplicate is acked
+			// too, so the daemon's buffer drains either way.
+			if err := s.send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CommandResultAck{CommandResultAck: &edgev1.CommandResultAck{
+				CommandId: res.GetCommandId(),
+			}}}); err != nil {
+				return s.sendFailed(ctx)
 			}
-			if err := verifier.Check(ctx, r.env); err != nil {
-				return c.fail(ctx, "ConnectEdge", err)
+		case *edgev1.EdgeEvent_Heartbeat:
+			c.cfg.Metrics.Heartbeat()
+			if err := s.send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
+				Sequence:   env.GetSequence(),
+				ServerTime: timestamppb.New(now),
+			}}}); err != nil {
+				return s.sendFailed(ctx)
 			}
-			c.presented(verifier)
-			var ev edgev1.EdgeEvent
-			if err := proto.Unmarshal(r.env.GetPayload(), &ev); err != nil {
-				return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
-			}
-			now := c.cfg.Now()
-			c.cfg.LastSeen.Touch(nodeID, now)
-			switch e := ev.GetEvent().(type) {
-			case *edgev1.EdgeEvent_CommandProgress:
-				p := e.CommandProgress
-				c.cfg.ToolCalls.Progress(nodeID, p.GetCommandId(), progressFromPB(p))
-			case *edgev1.EdgeEvent_CommandResult:
-				res := e.CommandResult
-				if !c.cfg.ToolCalls.Result(nodeID, res.GetCommandId(), resultFromPB(res)) {
-					log.InfoContext(ctx, "tool result for no call followed here: acked, and kept a while for an attach", "command_id", res.GetCommandId())
-				}
-				// Acked on this goroutine, as the answer to what it just received:
-				// a duplicate is acked too, so the daemon's buffer drains either way.
-				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CommandResultAck{CommandResultAck: &edgev1.CommandResultAck{
-					CommandId: res.GetCommandId(),
-				}}}); err != nil {
-					return nil
-				}
-			case *edgev1.EdgeEvent_Heartbeat:
-				c.cfg.Metrics.Heartbeat()
-				if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
-					Sequence:   r.env.GetSequence(),
-					ServerTime: timestamppb.New(now),
-				}}}); err != nil {
-					return nil
-				}
-			default:
-				// A second Hello or an event this server does not know yet: the
-				// envelope was genuine, so it only refreshes last-seen.
-			}
+		default:
+			// A second Hello or an event this server does not know yet: the
+			// envelope was genuine, so it only refreshes last-seen.
 		}
 	}
 }
@@ -332,10 +470,36 @@ func (c *Cluster) presented(v *nodeauth.Stream) {
 	c.cfg.Presence.Presented(v.NodeID(), session.Credentials{KeyFingerprint: kfp, TokenJTI: jti})
 }
 
-// ShutdownReconnectAfter is the jittered reconnect hint sent with Disconnect{SHUTDOWN}:
-// 1-3s, so a fleet does not reconnect in one burst.
-func ShutdownReconnectAfter() time.Duration {
-	return time.Second + mrand.N(2*time.Second)
+// ShutdownHints are the reconnect_after hints a shutdown sends: the i-th of n
+// streams is told minReconnectAfter + span*i/n, evenly spaced over a span just long
+// enough for the next start to admit them all at its admission rate (n/rate), but no
+// longer than the shutdown window. A small fleet is back in about a second; 10,000
+// daemons arrive at the pace they are admitted, each on its first attempt.
+func (c *Cluster) ShutdownHints() func(i, n int) time.Duration {
+	window := c.cfg.ShutdownWindow
+	if window <= 0 {
+		window = DefaultShutdownWindow
+	}
+	return func(i, n int) time.Duration {
+		span := window
+		if c.cfg.AdmissionRate > 0 {
+			span = min(window, time.Duration(float64(n)/c.cfg.AdmissionRate*float64(time.Second)))
+		}
+		if n <= 0 {
+			return minReconnectAfter
+		}
+		return minReconnectAfter + time.Duration(int64(span)*int64(i)/int64(n))
+	}
+}
+
+// lateShutdownHint is the hint for a stream that arrives while the server is already
+// shutting down: somewhere in the whole window, at random.
+func (c *Cluster) lateShutdownHint() time.Duration {
+	window := c.cfg.ShutdownWindow
+	if window <= 0 {
+		window = DefaultShutdownWindow
+	}
+	return minReconnectAfter + mrand.N(window)
 }
 
 func disconnect(k session.Kick) *edgev1.EdgeCommand {

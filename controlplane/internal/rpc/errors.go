@@ -30,8 +30,13 @@ func toConnect(ctx context.Context, logger *slog.Logger, now time.Time, op strin
 		return nil
 	}
 	if r, ok := rejection.As(err); ok {
-		logger.InfoContext(ctx, "refused", "rpc", op, "reason", reject.Short(r.Reason), "msg", r.Msg)
-		return reject.New(r.Reason, r.Msg, now)
+		if r.RetryAfter > 0 {
+			// Expected under load (a storm, a bulk enrollment): not worth a line each.
+			logger.DebugContext(ctx, "refused", "rpc", op, "reason", reject.Short(r.Reason), "msg", r.Msg, "retry_after", r.RetryAfter)
+		} else {
+			logger.InfoContext(ctx, "refused", "rpc", op, "reason", reject.Short(r.Reason), "msg", r.Msg)
+		}
+		return reject.NewRetry(r.Reason, r.Msg, now, r.RetryAfter)
 	}
 	var ce *connect.Error
 	if errors.As(err, &ce) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
@@ -167,7 +168,8 @@ func (a AuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc)
 	}
 }
 
-// MetricsInterceptor counts every finished RPC by procedure and code.
+// MetricsInterceptor counts every finished RPC by procedure and code, and times it
+// (aegis_rpc_duration_seconds{procedure}).
 type MetricsInterceptor struct {
 	Metrics *metrics.Metrics
 }
@@ -182,9 +184,11 @@ func codeLabel(err error) string {
 // WrapUnary implements connect.Interceptor.
 func (m MetricsInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		start := time.Now()
 		resp, err := next(ctx, req)
 		if !req.Spec().IsClient {
 			m.Metrics.RPC(req.Spec().Procedure, codeLabel(err))
+			m.Metrics.RPCDuration(req.Spec().Procedure, time.Since(start))
 		}
 		return resp, err
 	}
@@ -198,8 +202,10 @@ func (m MetricsInterceptor) WrapStreamingClient(next connect.StreamingClientFunc
 // WrapStreamingHandler implements connect.Interceptor.
 func (m MetricsInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		start := time.Now()
 		err := next(ctx, conn)
 		m.Metrics.RPC(conn.Spec().Procedure, codeLabel(err))
+		m.Metrics.RPCDuration(conn.Spec().Procedure, time.Since(start))
 		return err
 	}
 }

@@ -57,9 +57,11 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 		for i, t := range e.Tokens {
 			es[i] = store.BlacklistEntry{JTI: t.JTI, NodeID: t.NodeID, Reason: t.Reason, ExpiresAt: time.Unix(t.ExpiresAt, 0).UTC(), AddedAt: time.Unix(t.AddedAt, 0).UTC()}
 		}
-		s.learnBlacklisted(es)
+		// The trigger's "a" is the committing transaction's now(), with
+		// microseconds: the start of the revocation's propagation.
+		s.learnBlacklisted(es, e.At)
 	case broadcast.KindRevoked:
-		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(e.Why)}) {
+		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(e.Why), RevokedAt: e.At}) {
 			s.log.Info("dropped the stream of a node revoked through another replica", "node", e.NodeID, "origin", e.Origin)
 		}
 	case broadcast.KindTool:

@@ -49,7 +49,7 @@ func (s *Server) rewarm(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rewarm: %w", err)
 	}
-	s.learnBlacklisted(list)
+	s.learnBlacklisted(list, time.Time{})
 	return nil
 }
 
@@ -57,7 +57,9 @@ func (s *Server) rewarm(ctx context.Context) error {
 // or read back from the store) to the in-memory blacklist. An entry this replica
 // had not seen that withdraws a node's tokens for good also ends the node's stream
 // here, since the stream may never present the token again before it is dropped.
-func (s *Server) learnBlacklisted(es []store.BlacklistEntry) {
+// committed is when the entries were committed, if the caller knows it more
+// precisely than their AddedAt.
+func (s *Server) learnBlacklisted(es []store.BlacklistEntry, committed time.Time) {
 	var fresh []store.BlacklistEntry
 	for _, e := range es {
 		if _, known := s.black.Lookup(e.JTI); !known {
@@ -75,7 +77,11 @@ func (s *Server) learnBlacklisted(es []store.BlacklistEntry) {
 		default:
 			continue // rotated or refreshed: the stream moves on to the new token
 		}
-		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(why)}) {
+		at := committed
+		if at.IsZero() {
+			at = e.AddedAt
+		}
+		if s.sessions.Kick(e.NodeID, session.Kick{Reason: session.ReasonRevoked, Message: revocation.KickMessage(why), RevokedAt: at}) {
 			s.log.Info("dropped the stream of a node revoked through another replica", "node", e.NodeID, "reason", e.Reason)
 		}
 	}

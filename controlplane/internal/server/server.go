@@ -2,7 +2,8 @@
 // first-start bootstrap, loads the TLS identity, wires the domain services into the
 // Connect handlers (which also speak gRPC and gRPC-Web) beside /healthz, /readyz and
 // /metrics on one TLS HTTP/2 port, runs housekeeping, and shuts down gracefully:
-// every open stream is told Disconnect{SHUTDOWN} with a jittered reconnect hint,
+// every open stream is told Disconnect{SHUTDOWN} with its own reconnect hint, spread so
+// the next start can admit the fleet as it returns,
 // sessions are cleared, pending last-seen times are flushed, and the store is closed.
 package server
 
@@ -139,6 +140,8 @@ type Server struct {
 	metricsHTTP *http.Server
 	// certs reloads --tls-cert/--tls-key when they change; nil for a generated pair.
 	certs *certReloader
+	// cluster is the NodeClusterService handler (its shutdown hints).
+	cluster *rpc.Cluster
 }
 
 // New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
@@ -260,7 +263,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Now:           s.now,
 		MaxClockSkew:  cfg.MaxClockSkew,
 		RefreshGrace:  opts.RefreshGrace,
-		AttestLimiter: ratelimit.New(1, 10),
+		AttestLimiter: ratelimit.New(cfg.AttestPerNode.Rate, cfg.AttestPerNode.Burst),
 		Metrics:       s.metrics,
 	})
 	revoker := revocation.New(revocation.Config{
@@ -316,11 +319,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}})
 	cluster := rpc.NewCluster(rpc.ClusterConfig{
 		Challenges: challenge.New(challenge.Config{
-			Store:     s.store,
-			Now:       s.now,
-			Rand:      rnd,
-			PerSource: ratelimit.New(50, 200),
-			PerNode:   ratelimit.New(1, 10),
+			Store:         s.store,
+			Now:           s.now,
+			Rand:          rnd,
+			PerSource:     ratelimit.New(cfg.ChallengePerSource.Rate, cfg.ChallengePerSource.Burst),
+			PerNode:       ratelimit.New(cfg.AttestPerNode.Rate, cfg.AttestPerNode.Burst),
+			BulkSources:   cfg.BulkEnrollSources,
+			BulkPerSource: ratelimit.New(cfg.BulkEnroll.Rate, cfg.BulkEnroll.Burst),
 		}),
 		Enroll: enrollSvc,
 		Auth:   s.auth,
@@ -349,7 +354,11 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Rand:              rnd,
 		MaxMessageBytes:   readMaxBytes,
 		KeyPolicy:         keyPolicy,
+		Admission:         ratelimit.NewAdmission(cfg.StreamAdmission.Rate, cfg.StreamAdmission.Burst),
+		AdmissionRate:     cfg.StreamAdmission.Rate,
+		ShutdownWindow:    cfg.ShutdownReconnectWindow,
 	})
+	s.cluster = cluster
 	admin := rpc.NewAdmin(rpc.AdminConfig{
 		Enroll: enrollSvc,
 		Hosts: hosts.New(hosts.Config{
@@ -381,7 +390,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	// gives its refusal a typed reason, and rpc.ReadInterceptor (first) tells it
 	// which requests were read.
 	read := rpc.ReadInterceptor{}
-	clusterPath, clusterHandler := edgev1connect.NewNodeClusterServiceHandler(cluster, connect.WithInterceptors(read, metricsI), limits, small)
+	clusterPath, clusterHandler := rpc.NewClusterHandler(cluster, connect.WithInterceptors(read, metricsI), limits, small)
 	mux.Handle(clusterPath, rpc.Unreadable(clusterHandler, s.now, readMaxBytes))
 	// Metrics outermost, so refused authentications are counted too.
 	adminPath, adminHandler := edgev1connect.NewEdgeAdminServiceHandler(admin, connect.WithInterceptors(read, metricsI, rpc.AuthInterceptor{Store: s.store}), limits, small)
@@ -417,6 +426,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.http = &http.Server{
 		Handler:           mux,
 		TLSConfig:         tlsConf,
+		HTTP2:             http2Config(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -424,6 +434,27 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	s.http.RegisterOnShutdown(ui.Close)
 	return s, nil
+}
+
+// http2Config sizes HTTP/2 for what a daemon's connection carries: one long-lived
+// stream of small envelopes (heartbeats every 10s, a few hundred bytes each), not
+// bulk transfers. Each connection otherwise keeps a 4 KiB HPACK table for the
+// headers it sends, and may be made to buffer 1 MiB per stream.
+func http2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		// The server's own HPACK table: responses carry a handful of fixed headers.
+		// (The decoder's stays at the default: a client encodes its first requests
+		// before it has read our settings, and a smaller table would refuse them
+		// with COMPRESSION_ERROR.)
+		MaxEncoderHeaderTableSize: 256,
+		// The protocol minimum: the framer's read buffer never grows past a frame
+		// this size; larger messages (tool output, host listings) arrive in several.
+		MaxReadFrameSize: 16 << 10,
+		// Flow-control windows bound what a client can make the server buffer before
+		// the handler reads it. Still ample for a 1 MiB message or streamed output.
+		MaxReceiveBufferPerStream:     256 << 10,
+		MaxReceiveBufferPerConnection: 512 << 10,
+	}
 }
 
 // Addr is the address being served.
@@ -513,7 +544,7 @@ func (s *Server) shutdown() error {
 	// replica is closing its stream. Their runs stay running for the next replica
 	// (or this one, restarted) to resume.
 	s.fleet.Stop()
-	if err := s.sessions.Shutdown(ctx, rpc.ShutdownReconnectAfter); err != nil {
+	if err := s.sessions.Shutdown(ctx, s.cluster.ShutdownHints()); err != nil {
 		s.log.Warn("streams did not all close in time", "err", err)
 	}
 	// With the streams gone no result can arrive here; release the waiting Execs.

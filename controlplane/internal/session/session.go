@@ -43,6 +43,9 @@ type Kick struct {
 	Reason         Reason
 	ReconnectAfter time.Duration
 	Message        string
+	// RevokedAt is when the revocation behind a ReasonRevoked kick committed (zero
+	// when unknown): the stream observes the propagation time once it is closed.
+	RevokedAt time.Time
 }
 
 // CommandKind names what a Command asks the daemon to do.
@@ -128,6 +131,25 @@ type Handle struct {
 	cmds     chan Command
 	once     sync.Once
 	released sync.Once
+	// onWork is called after each kick or command is queued (OnWork).
+	onWork atomic.Pointer[func()]
+}
+
+// OnWork sets f to be called, on the queuing goroutine and with no lock held, after
+// each Kick or Command is queued for h, so the stream needs no goroutine waiting on
+// Kicked and Commands while its daemon is silent. f must not block. Work queued
+// before OnWork is signalled at once.
+func (h *Handle) OnWork(f func()) {
+	h.onWork.Store(&f)
+	if len(h.kick) > 0 || len(h.cmds) > 0 {
+		f()
+	}
+}
+
+func (h *Handle) wake() {
+	if f := h.onWork.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // Kicked delivers at most one Kick.
@@ -138,6 +160,7 @@ func (h *Handle) Commands() <-chan Command { return h.cmds }
 
 func (h *Handle) send(k Kick) {
 	h.once.Do(func() { h.kick <- k })
+	h.wake()
 }
 
 // Registry maps node ids to their open stream on this replica. Safe for concurrent
@@ -222,6 +245,7 @@ func (r *Registry) Send(nodeID string, c Command) error {
 	}
 	select {
 	case h.cmds <- c:
+		h.wake()
 		return nil
 	default:
 		return ErrBusy
@@ -236,10 +260,10 @@ func (r *Registry) Len() int {
 }
 
 // Shutdown refuses new streams and kicks every registered one with ReasonShutdown and
-// a reconnect hint from after (called per stream, so hints can be jittered to spread
-// the reconnect storm). It then waits until every stream has been released or ctx
-// ends.
-func (r *Registry) Shutdown(ctx context.Context, after func() time.Duration) error {
+// a reconnect hint of its own: after(i, n) for the i-th of n streams, so the hints
+// can spread the fleet's return over a window. It then waits until every stream has
+// been released or ctx ends.
+func (r *Registry) Shutdown(ctx context.Context, after func(i, n int) time.Duration) error {
 	r.mu.Lock()
 	r.closed = true
 	all := make([]*Handle, 0, len(r.byNode))
@@ -247,8 +271,8 @@ func (r *Registry) Shutdown(ctx context.Context, after func() time.Duration) err
 		all = append(all, h)
 	}
 	r.mu.Unlock()
-	for _, h := range all {
-		h.send(Kick{Reason: ReasonShutdown, ReconnectAfter: after(), Message: "control plane is shutting down: reconnect shortly"})
+	for i, h := range all {
+		h.send(Kick{Reason: ReasonShutdown, ReconnectAfter: after(i, len(all)), Message: "control plane is shutting down: reconnect after the hint"})
 	}
 	done := make(chan struct{})
 	go func() { r.live.Wait(); close(done) }()

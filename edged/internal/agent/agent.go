@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/aegis-edge/aegis/api/backoff"
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/api/nodetoken"
@@ -52,8 +53,16 @@ type Config struct {
 	MaxBackoff time.Duration
 	// EnrollPoll is how often the state dir is checked while not enrolled.
 	EnrollPoll time.Duration
-	// RPCTimeout bounds unary calls (Challenge, Attest) and the wait for Welcome.
+	// RPCTimeout bounds unary calls (Challenge, Attest).
 	RPCTimeout time.Duration
+	// WelcomeTimeout bounds the wait for Welcome after Hello (default 2m): long,
+	// because a server admitting a storm of streams may take a while to get to this
+	// one, and cancelling it would only put it at the back of the queue. A dead
+	// connection is found sooner by HTTP/2 pings.
+	WelcomeTimeout time.Duration
+	// MaxServerDelay caps a delay the control plane asks for (Disconnect's
+	// reconnect_after, a refusal's retry_after); default 10m.
+	MaxServerDelay time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Jitter returns a uniform float in [0,1); default math/rand/v2.
@@ -110,6 +119,12 @@ func (c *Config) defaults() {
 	}
 	if c.RPCTimeout == 0 {
 		c.RPCTimeout = 15 * time.Second
+	}
+	if c.WelcomeTimeout == 0 {
+		c.WelcomeTimeout = 2 * time.Minute
+	}
+	if c.MaxServerDelay == 0 {
+		c.MaxServerDelay = 10 * time.Minute
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -421,19 +436,18 @@ func (a *Agent) readEnrolled(node keystore.Node, loggedRevoked *bool, loggedMism
 	return nil, false, nil
 }
 
-// backoff is the full-jitter delay before reconnect attempt n (0-based):
-// uniform in [0, min(max, min*2^n)).
-func backoff(n int, lo, hi time.Duration, jitter func() float64) time.Duration {
-	ceil := lo
-	for i := 0; i < n && ceil < hi; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, hi)
-	return time.Duration(jitter() * float64(ceil))
+// retry is the one retry schedule of this daemon (reconnects, refreshes, routine
+// rotations): api/backoff with the configured bounds and jitter source.
+func (a *Agent) retry() backoff.Policy {
+	return backoff.Policy{Min: a.cfg.MinBackoff, Max: a.cfg.MaxBackoff, Rand: a.cfg.Jitter}
 }
 
-func (a *Agent) backoff(n int) time.Duration {
-	return backoff(n, a.cfg.MinBackoff, a.cfg.MaxBackoff, a.cfg.Jitter)
+func (a *Agent) backoff(n int) time.Duration { return a.retry().Delay(n) }
+
+// serverDelay is how long to wait when the control plane said "come back in d": d,
+// capped at MaxServerDelay, plus a little jitter on top (never less than asked).
+func (a *Agent) serverDelay(d time.Duration) time.Duration {
+	return backoff.Policy{Min: a.cfg.MinBackoff, Max: a.cfg.MaxServerDelay, Rand: a.cfg.Jitter}.After(d)
 }
 
 // tokenExpiry is the token's exp and iat as the token itself says (unverified: the

@@ -139,6 +139,12 @@ func (c *cadence) run(ctx context.Context) {
 			continue
 		case <-wait:
 		}
+		if !c.since().Equal(p.Since) {
+			// The key changed while we waited (a reconnect finished a pending
+			// rotation, or `keys rotate` ran): plan for the new key instead of
+			// rotating it at once.
+			continue
+		}
 		c.log.Info("routine key rotation: the key is due", "key_age", keyage.Human(c.now().Sub(p.Since)), "max_key_age", keyage.Format(p.Max), "due", p.Due.UTC())
 		err := c.rotate(ctx)
 		if ctx.Err() != nil {

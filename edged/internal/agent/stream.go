@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/aegis-edge/aegis/api/fingerprint"
@@ -97,6 +98,9 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 
 	needAttest := !exp.IsZero() && !a.serverNow().Before(exp)
 	attempt := 0
+	// toldLater: the last attempt ended with the server asking us to come back later
+	// (logged once at info, then quietly until a stream is welcomed again).
+	toldLater := false
 	for {
 		var err error
 		welcomed := false
@@ -123,6 +127,8 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		}
 		var reason string
 		delay := time.Duration(-1)
+		// later is why the server asked us to come back later ("" if it did not).
+		later := ""
 		var disc *disconnectError
 		var sig *revokedSignal
 		switch {
@@ -134,7 +140,8 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 				needAttest = true
 			}
 			if disc.after > 0 {
-				delay = disc.after
+				delay = a.serverDelay(disc.after)
+				later = "disconnect: " + strings.ToLower(strings.TrimPrefix(disc.reason.String(), "DISCONNECT_REASON_"))
 			}
 		case errors.As(err, &sig):
 			reason = sig.reason
@@ -147,6 +154,12 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 				case reject.NeedsAttest(r.GetReason()):
 					needAttest = true
 				}
+				if ra := reject.RetryAfter(err); ra > 0 {
+					// busy (stream admission) or rate_limited (an attestation):
+					// the server named our slot; the backoff does not grow.
+					delay = a.serverDelay(ra)
+					later = reject.Short(r.GetReason())
+				}
 			}
 		}
 		if errors.Is(err, errLoggedOut) {
@@ -157,6 +170,7 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		}
 		if welcomed {
 			attempt = 0
+			toldLater = false
 		}
 		if delay < 0 {
 			delay = a.backoff(attempt)
@@ -169,7 +183,19 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 			s.ConnectedSince = time.Time{}
 			s.LastError = msg
 		})
-		log.Warn("stream to the control plane ended; reconnecting", "error", msg, "retry_in", delay.Round(time.Millisecond), "reattest", needAttest)
+		retryAt := a.cfg.Now().Add(delay).UTC().Truncate(time.Millisecond)
+		switch {
+		case later != "" && !toldLater:
+			// What the server leads (a restart, a storm being admitted) is not an
+			// error: one line saying when we come back.
+			log.Info("the control plane asked this daemon to come back later", "why", later, "retry_in", delay.Round(time.Millisecond), "retry_at", retryAt)
+			toldLater = true
+		case later != "":
+			log.Debug("the control plane asked this daemon to come back later", "why", later, "retry_in", delay.Round(time.Millisecond), "retry_at", retryAt)
+		default:
+			toldLater = false
+			log.Warn("stream to the control plane ended; reconnecting", "error", msg, "retry_in", delay.Round(time.Millisecond), "reattest", needAttest)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -377,9 +403,9 @@ func (a *Agent) session(ctx, callsCtx context.Context, log *slog.Logger) (welcom
 	case <-a.loggedOut:
 		closeStream()
 		return false, errLoggedOut
-	case <-time.After(a.cfg.RPCTimeout):
+	case <-time.After(a.cfg.WelcomeTimeout):
 		cancel()
-		return false, errors.New("the control plane did not answer Hello in time")
+		return false, fmt.Errorf("the control plane did not answer Hello within %s", a.cfg.WelcomeTimeout)
 	case r := <-recv:
 		if r.err != nil {
 			return false, eofMeaning(r.err)
@@ -558,6 +584,8 @@ func (a *Agent) refreshAt(token string) (time.Time, bool) {
 // refresher re-attests before the token expires; the live stream keeps going.
 func (a *Agent) refresher(ctx context.Context, log *slog.Logger) {
 	failures := 0
+	// retryAfter is the wait the server asked for after the last refusal, if any.
+	var retryAfter time.Duration
 	for {
 		a.tokMu.Lock()
 		tok := a.token
@@ -566,7 +594,9 @@ func (a *Agent) refresher(ctx context.Context, log *slog.Logger) {
 		var wait <-chan time.Time
 		if ok {
 			d := at.Sub(a.cfg.Now())
-			if failures > 0 {
+			if retryAfter > 0 {
+				d = max(d, a.serverDelay(retryAfter))
+			} else if failures > 0 {
 				d = max(d, a.backoff(failures))
 			}
 			wait = time.After(max(d, 0))
@@ -575,7 +605,7 @@ func (a *Agent) refresher(ctx context.Context, log *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case <-a.tokenChanged:
-			failures = 0
+			failures, retryAfter = 0, 0
 			continue
 		case <-wait:
 		}
@@ -584,7 +614,12 @@ func (a *Agent) refresher(ctx context.Context, log *slog.Logger) {
 			return
 		}
 		if err == nil {
-			failures = 0
+			failures, retryAfter = 0, 0
+			continue
+		}
+		if retryAfter = reject.RetryAfter(err); retryAfter > 0 {
+			failures++
+			log.Info("scheduled token refresh refused for now; retrying when the control plane said", "error", errMessage(err), "retry_in", retryAfter.Round(time.Millisecond))
 			continue
 		}
 		if r, ok := reject.From(err); ok && reject.IsTerminal(r.GetReason()) {

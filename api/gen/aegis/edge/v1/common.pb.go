@@ -9,6 +9,7 @@ package edgev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -106,6 +107,10 @@ const (
 	RejectReason_REJECT_REASON_KEY_IN_USE               RejectReason = 18
 	RejectReason_REJECT_REASON_KEY_INVALID              RejectReason = 19
 	RejectReason_REJECT_REASON_ROTATION_CONFLICT        RejectReason = 20
+	// The control plane is admitting new streams at a bounded rate (after a restart,
+	// say) and this one is over it: come back after retry_after. Nothing is wrong with
+	// the daemon's identity; it must not re-attest or give up.
+	RejectReason_REJECT_REASON_BUSY RejectReason = 21
 )
 
 // Enum value maps for RejectReason.
@@ -132,6 +137,7 @@ var (
 		18: "REJECT_REASON_KEY_IN_USE",
 		19: "REJECT_REASON_KEY_INVALID",
 		20: "REJECT_REASON_ROTATION_CONFLICT",
+		21: "REJECT_REASON_BUSY",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":              0,
@@ -155,6 +161,7 @@ var (
 		"REJECT_REASON_KEY_IN_USE":               18,
 		"REJECT_REASON_KEY_INVALID":              19,
 		"REJECT_REASON_ROTATION_CONFLICT":        20,
+		"REJECT_REASON_BUSY":                     21,
 	}
 )
 
@@ -302,7 +309,11 @@ type Rejection struct {
 	Reason  RejectReason           `protobuf:"varint,1,opt,name=reason,proto3,enum=aegis.edge.v1.RejectReason" json:"reason,omitempty"`
 	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The server's clock, so a skewed host can tell CLOCK_SKEW from TOKEN_EXPIRED.
-	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	ServerTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	// When set (RATE_LIMITED, BUSY): retry no sooner than this long from now. The
+	// server spreads these over its admission schedule, so a client that waits this
+	// long (plus a little jitter, never less) is admitted on its next attempt.
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,4,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,11 +369,18 @@ func (x *Rejection) GetServerTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Rejection) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
+}
+
 var File_aegis_edge_v1_common_proto protoreflect.FileDescriptor
 
 const file_aegis_edge_v1_common_proto_rawDesc = "" +
 	"\n" +
-	"\x1aaegis/edge/v1/common.proto\x12\raegis.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
+	"\x1aaegis/edge/v1/common.proto\x12\raegis.edge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
 	"\x10SealNodeEnvelope\x12.\n" +
 	"\x13node_security_token\x18\x01 \x01(\tR\x11nodeSecurityToken\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12/\n" +
@@ -371,17 +389,19 @@ const file_aegis_edge_v1_common_proto_rawDesc = "" +
 	"\anode_id\x18\x05 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tstream_id\x18\x06 \x01(\tR\bstreamId\x12\x1a\n" +
 	"\bsequence\x18\a \x01(\x04R\bsequence\x12\x18\n" +
-	"\apayload\x18\b \x01(\fR\apayload\"\x97\x01\n" +
+	"\apayload\x18\b \x01(\fR\apayload\"\xd3\x01\n" +
 	"\tRejection\x123\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1b.aegis.edge.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12;\n" +
 	"\vserver_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime*\x83\x01\n" +
+	"serverTime\x12:\n" +
+	"\vretry_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter*\x83\x01\n" +
 	"\fEnvelopeKind\x12\x1d\n" +
 	"\x19ENVELOPE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ENVELOPE_KIND_EDGE_EVENT\x10\x01\x12\x1c\n" +
 	"\x18ENVELOPE_KIND_ROTATE_KEY\x10\x02\x12\x18\n" +
-	"\x14ENVELOPE_KIND_LOGOUT\x10\x03*\xe2\x05\n" +
+	"\x14ENVELOPE_KIND_LOGOUT\x10\x03*\xfa\x05\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REJECT_REASON_MALFORMED\x10\x01\x12\x1f\n" +
@@ -404,7 +424,8 @@ const file_aegis_edge_v1_common_proto_rawDesc = "" +
 	"&REJECT_REASON_ENROLLMENT_TOKEN_REVOKED\x10\x11\x12\x1c\n" +
 	"\x18REJECT_REASON_KEY_IN_USE\x10\x12\x12\x1d\n" +
 	"\x19REJECT_REASON_KEY_INVALID\x10\x13\x12#\n" +
-	"\x1fREJECT_REASON_ROTATION_CONFLICT\x10\x14B\xb0\x01\n" +
+	"\x1fREJECT_REASON_ROTATION_CONFLICT\x10\x14\x12\x16\n" +
+	"\x12REJECT_REASON_BUSY\x10\x15B\xb0\x01\n" +
 	"\x11com.aegis.edge.v1B\vCommonProtoP\x01Z8github.com/aegis-edge/aegis/api/gen/aegis/edge/v1;edgev1\xa2\x02\x03AEX\xaa\x02\rAegis.Edge.V1\xca\x02\rAegis\\Edge\\V1\xe2\x02\x19Aegis\\Edge\\V1\\GPBMetadata\xea\x02\x0fAegis::Edge::V1b\x06proto3"
 
 var (
@@ -427,16 +448,18 @@ var file_aegis_edge_v1_common_proto_goTypes = []any{
 	(*SealNodeEnvelope)(nil),      // 2: aegis.edge.v1.SealNodeEnvelope
 	(*Rejection)(nil),             // 3: aegis.edge.v1.Rejection
 	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
 }
 var file_aegis_edge_v1_common_proto_depIdxs = []int32{
 	0, // 0: aegis.edge.v1.SealNodeEnvelope.kind:type_name -> aegis.edge.v1.EnvelopeKind
 	1, // 1: aegis.edge.v1.Rejection.reason:type_name -> aegis.edge.v1.RejectReason
 	4, // 2: aegis.edge.v1.Rejection.server_time:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 3: aegis.edge.v1.Rejection.retry_after:type_name -> google.protobuf.Duration
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_aegis_edge_v1_common_proto_init() }
