@@ -302,7 +302,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ReplicaID:      s.replica,
 		MaxConcurrency: cfg.FleetMaxConcurrency,
 		LeaseDuration:  opts.FleetLeaseDuration,
-		ResumeGrace:    opts.FleetResumeGrace,
+		ResumeGrace:    resumeGrace(opts.FleetResumeGrace, cfg.ShutdownReconnectWindow),
 	})
 	enrollSvc := enroll.New(enroll.Config{
 		Store:        s.store,
@@ -688,4 +688,16 @@ func tlsHosts(cfg config.Config) []string {
 		}
 	}
 	return out
+}
+
+// resumeGrace is how long a fleet run resumed after a restart waits for a host's
+// stream: set, or long enough to outwait the reconnect hints a shutting-down server
+// spreads over the shutdown window (a host told to come back at 30s must not be
+// skipped as disconnected at 15s), plus fleet.DefaultResumeGrace for the reconnect
+// itself.
+func resumeGrace(set, shutdownWindow time.Duration) time.Duration {
+	if set > 0 {
+		return set
+	}
+	return shutdownWindow + fleet.DefaultResumeGrace
 }
