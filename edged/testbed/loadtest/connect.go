@@ -272,14 +272,15 @@ func stormScenario(ctx context.Context, s settings, cp *controlPlane, hosts []*h
 	sum.ReconnectSeconds = ptr(reconnect)
 	per := func(proc string) *float64 { return ptr(float64(after[proc]-before[proc]) / float64(n)) }
 	sum.AttemptsPerDaemon = per("ConnectEdge")
+	sum.UnreachablePerDaemon = per("ConnectEdge unreachable")
 	sum.AttestsPerDaemon = per("Attest")
 	sum.ChallengesPerDaemon = per("Challenge")
 	sum.StreamsPerDaemon = ptr(float64(streams) / float64(n))
 	sum.PeakRSSMiB = ptr(peak / (1 << 20))
 	sum.PeakRSSRatio = ptr(ratio(peak, steadyRSS))
 	sum.RSSMiB = ptr(steadyRSS / (1 << 20))
-	p.say("storm: all %d back %.1fs after the control plane was (restart took %.1fs); per daemon %.2f stream attempts, %.2f welcomed streams, %.2f attestations, %.2f challenges; peak RSS %.1f MiB = %.2fx the steady %.1f MiB; server CPU %.1fs",
-		n, reconnect, *sum.RestartSeconds, *sum.AttemptsPerDaemon, *sum.StreamsPerDaemon, *sum.AttestsPerDaemon, *sum.ChallengesPerDaemon, peak/(1<<20), *sum.PeakRSSRatio, steadyRSS/(1<<20), sum.ServerCPUSeconds)
+	p.say("storm: all %d back %.1fs after the control plane was (restart took %.1fs); per daemon %.2f stream attempts (%.2f while nothing listened), %.2f welcomed streams, %.2f attestations, %.2f challenges; peak RSS %.1f MiB = %.2fx the steady %.1f MiB; server CPU %.1fs",
+		n, reconnect, *sum.RestartSeconds, *sum.AttemptsPerDaemon, *sum.UnreachablePerDaemon, *sum.StreamsPerDaemon, *sum.AttestsPerDaemon, *sum.ChallengesPerDaemon, peak/(1<<20), *sum.PeakRSSRatio, steadyRSS/(1<<20), sum.ServerCPUSeconds)
 	return nil
 }
 

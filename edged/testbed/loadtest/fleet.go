@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"path"
 	"sync"
@@ -86,7 +87,8 @@ func startDaemons(hosts []*host, o daemonOptions) (*daemons, error) {
 }
 
 // callCounter counts the daemons' requests by procedure (the last path element:
-// ConnectEdge, Challenge, Attest, ...), including those that failed to connect.
+// ConnectEdge, Challenge, Attest, ...), including those that failed to connect, and
+// apart those whose dial failed ("ConnectEdge unreachable").
 type callCounter struct {
 	mu sync.Mutex
 	n  map[string]int64
@@ -101,10 +103,17 @@ func (c *callCounter) wrap(hc *http.Client) *http.Client {
 	}
 	out := *hc
 	out.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		proc := path.Base(r.URL.Path)
+		resp, err := next.RoundTrip(r)
 		c.mu.Lock()
-		c.n[path.Base(r.URL.Path)]++
+		c.n[proc]++
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			// Nothing listened: the control plane was down, and never saw it.
+			c.n[proc+" unreachable"]++
+		}
 		c.mu.Unlock()
-		return next.RoundTrip(r)
+		return resp, err
 	})
 	return &out
 }

@@ -93,14 +93,17 @@ type Summary struct {
 	// again on a new stream; what each daemon sent meanwhile (stream attempts,
 	// including refused and failed ones; attestations; challenges) and how many
 	// streams it was welcomed on; the peak RSS against the steady state before.
-	RestartSeconds      *float64 `json:"restart_seconds,omitempty"`
-	ReconnectSeconds    *float64 `json:"reconnect_seconds,omitempty"`
-	AttemptsPerDaemon   *float64 `json:"attempts_per_daemon,omitempty"`
-	StreamsPerDaemon    *float64 `json:"streams_per_daemon,omitempty"`
-	AttestsPerDaemon    *float64 `json:"attests_per_daemon,omitempty"`
-	ChallengesPerDaemon *float64 `json:"challenges_per_daemon,omitempty"`
-	PeakRSSMiB          *float64 `json:"peak_rss_mib,omitempty"`
-	PeakRSSRatio        *float64 `json:"peak_rss_ratio,omitempty"`
+	RestartSeconds    *float64 `json:"restart_seconds,omitempty"`
+	ReconnectSeconds  *float64 `json:"reconnect_seconds,omitempty"`
+	AttemptsPerDaemon *float64 `json:"attempts_per_daemon,omitempty"`
+	// UnreachablePerDaemon: of those attempts, the ones whose dial failed (the
+	// control plane was not listening yet), which it never saw.
+	UnreachablePerDaemon *float64 `json:"unreachable_attempts_per_daemon,omitempty"`
+	StreamsPerDaemon     *float64 `json:"streams_per_daemon,omitempty"`
+	AttestsPerDaemon     *float64 `json:"attests_per_daemon,omitempty"`
+	ChallengesPerDaemon  *float64 `json:"challenges_per_daemon,omitempty"`
+	PeakRSSMiB           *float64 `json:"peak_rss_mib,omitempty"`
+	PeakRSSRatio         *float64 `json:"peak_rss_ratio,omitempty"`
 	// enroll: hosts enrolled per second from one source (the tokens are made first,
 	// and timed apart in token_seconds), and refusals by a rate limit.
 	EnrollmentsPerSecond *float64 `json:"enrollments_per_second,omitempty"`

@@ -636,8 +636,8 @@ func printSummary(w io.Writer, s settings, sum Summary) {
 		}
 	case "storm":
 		fmt.Fprintf(w, "storm on %s: %d daemons back %.1fs after the control plane was (its restart: %.1fs)\n", sum.Database, sum.Hosts, *sum.ReconnectSeconds, *sum.RestartSeconds)
-		fmt.Fprintf(w, "per daemon: %.2f stream attempts, %.2f streams welcomed, %.2f attestations, %.2f challenges\n",
-			*sum.AttemptsPerDaemon, *sum.StreamsPerDaemon, *sum.AttestsPerDaemon, *sum.ChallengesPerDaemon)
+		fmt.Fprintf(w, "per daemon: %.2f stream attempts (%.2f while nothing listened), %.2f streams welcomed, %.2f attestations, %.2f challenges\n",
+			*sum.AttemptsPerDaemon, *sum.UnreachablePerDaemon, *sum.StreamsPerDaemon, *sum.AttestsPerDaemon, *sum.ChallengesPerDaemon)
 		fmt.Fprintf(w, "memory: peak RSS %.1f MiB = %.2fx the steady %.1f MiB before the restart\n", *sum.PeakRSSMiB, *sum.PeakRSSRatio, *sum.RSSMiB)
 		fmt.Fprintf(w, "reference: %s %.0f/s; %.0f daemons back per second; ratio %.4f\n", sum.Reference, sum.ReferencePerSecond, sum.PerSecond, sum.ReferenceRatio)
 	case "enroll":
