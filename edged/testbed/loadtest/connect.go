@@ -212,7 +212,7 @@ func stormScenario(ctx context.Context, s settings, cp *controlPlane, hosts []*h
 		if err := waitFor(ctx, s.stormTimeout, func() bool { return up.ds.connected() < n/2+1 }); err != nil {
 			return fmt.Errorf("the streams did not drop: %w", err)
 		}
-		if err := waitFor(ctx, s.stormTimeout, func() bool { return ready(ctx, cp) }); err != nil {
+		if err := waitFor(ctx, s.stormTimeout, func() bool { return cp.ready(ctx) }); err != nil {
 			return fmt.Errorf("the control plane did not come back: %w", err)
 		}
 		tUp = time.Now()
@@ -298,7 +298,8 @@ func enrollScenario(sum *Summary, st enrollStats, verify float64, cpuSeconds flo
 	sum.ServerCPUSeconds = cpuSeconds
 }
 
-func ready(ctx context.Context, cp *controlPlane) bool {
+// ready says whether the control plane answers /readyz with 200.
+func (cp *controlPlane) ready(ctx context.Context) bool {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, cp.URL+"/readyz", nil)
@@ -310,10 +311,13 @@ func ready(ctx context.Context, cp *controlPlane) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// waitFor polls cond every 20ms until it holds, ctx ends or d passes.
+// waitFor polls cond every 20ms until it holds, ctx ends or d (when positive) passes.
 func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
+	if d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	for !cond() {
 		select {
 		case <-ctx.Done():

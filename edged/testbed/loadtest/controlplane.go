@@ -245,12 +245,7 @@ func (cp *controlPlane) waitReady(ctx context.Context) error {
 			cp.AdminToken, cp.CA = strings.TrimSpace(string(tok)), ca
 			cp.HTTP = cpclient.NewHTTPClient(ca)
 		}
-		resp, err := cp.HTTP.Get(cp.URL + "/readyz")
-		if err != nil {
-			continue
-		}
-		_ = resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
+		if cp.ready(ctx) {
 			return nil
 		}
 	}

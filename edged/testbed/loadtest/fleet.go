@@ -150,16 +150,10 @@ func (ds *daemons) waitConnected(ctx context.Context, p *progress) error {
 		return fmt.Sprintf("connecting: %d of %d daemons Connected", ds.connected(), len(ds.agents))
 	})
 	defer stop()
-	for {
-		if ds.connected() == len(ds.agents) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("only %d of %d daemons Connected: %w", ds.connected(), len(ds.agents), ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := waitFor(ctx, 0, func() bool { return ds.connected() == len(ds.agents) }); err != nil {
+		return fmt.Errorf("only %d of %d daemons Connected: %w", ds.connected(), len(ds.agents), err)
 	}
+	return nil
 }
 
 // fleetOutcome is what the fleet scenario learned from the run's events.
