@@ -42,25 +42,7 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	hc := a.cfg.HTTPClient(id)
 	defer hc.CloseIdleConnections()
 	a.client = cpclient.NewClusterClient(hc, id.Node.ServerURL, a.cfg.ClientOptions...)
-	a.tokMu.Lock()
-	a.nodeID, a.key, a.token = id.Node.NodeID, id.Key, id.Token
-	a.tokMu.Unlock()
-	a.tokenChanged = make(chan struct{}, 1)
-	a.revoked = make(chan string, 1)
-	_, exp, _ := tokenTimes(id.Token)
-	a.update(func(s *Snapshot) {
-		*s = Snapshot{
-			Enrolled:        true,
-			NodeID:          id.Node.NodeID,
-			Tenant:          id.Node.Tenant,
-			Status:          StatusConnecting,
-			KeyFingerprint:  fingerprint.Of(id.Key.Public().(ed25519.PublicKey)),
-			TokenExpires:    exp,
-			ServerURL:       id.Node.ServerURL,
-			Streams:         s.Streams,
-			SecurityContext: tokenSecurityContext(id.Token),
-		}
-	})
+	exp := a.load(id)
 	log := a.log.With("node_id", id.Node.NodeID)
 	log.Info("identity loaded", "server", id.Node.ServerURL, "key_fingerprint", fingerprint.Of(id.Key.Public().(ed25519.PublicKey)), "token_expires", exp)
 	host := a.newHost(log)
@@ -89,106 +71,45 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		a.refresher(rctx, log)
 	}()
 
-	needAttest := !exp.IsZero() && !a.serverNow().Before(exp)
+	return a.reconnect(ctx, callsCtx, log, host, !exp.IsZero() && !a.serverNow().Before(exp))
+}
+
+// reconnect keeps one stream up for the identity: an attempt, then the wait the
+// server asked for or the backoff, until serving ends, the identity is revoked or
+// logged out of.
+func (a *Agent) reconnect(ctx, callsCtx context.Context, log *slog.Logger, host *rotation.Host, needAttest bool) error {
 	attempt := 0
 	// toldLater: the last attempt ended with the server asking us to come back later
 	// (logged once at info, then quietly until a stream is welcomed again).
 	toldLater := false
 	for {
-		var err error
-		welcomed := false
 		// A rotation an earlier run (or a failed step) left behind is settled first,
 		// so the stream opens with the key the server holds.
 		if rerr := a.reconcile(ctx, log, host); rerr != nil {
 			return a.markRevoked(ctx, log, "revoked")
 		}
-		a.tokMu.Lock()
-		needAttest = needAttest || (!a.tokenExpiry().IsZero() && !a.serverNow().Before(a.tokenExpiry()))
-		a.tokMu.Unlock()
-		if needAttest {
-			_, err = a.attest(ctx, log, "token expired or refused")
-			if err == nil {
-				needAttest = false
-			}
-		}
-		if err == nil {
-			a.update(func(s *Snapshot) { s.Status = StatusConnecting })
-			welcomed, err = a.session(ctx, callsCtx, log)
-		}
+		welcomed, err := a.attempt(ctx, callsCtx, log, &needAttest)
 		if ctx.Err() != nil {
 			return nil
 		}
-		var reason string
-		delay := time.Duration(-1)
-		// later is why the server asked us to come back later ("" if it did not).
-		later := ""
-		var disc *disconnectError
-		var sig *revokedSignal
-		switch {
-		case errors.As(err, &disc):
-			switch disc.reason {
-			case edgev1.DisconnectReason_DISCONNECT_REASON_REVOKED:
-				reason = "revoked"
-			case edgev1.DisconnectReason_DISCONNECT_REASON_REATTEST:
-				needAttest = true
-			}
-			if disc.after > 0 {
-				delay = a.serverDelay(disc.after)
-				later = "disconnect: " + strings.ToLower(strings.TrimPrefix(disc.reason.String(), "DISCONNECT_REASON_"))
-			}
-		case errors.As(err, &sig):
-			reason = sig.reason
-		default:
-			if r, ok := reject.From(err); ok {
-				a.learnServerTime(r.GetServerTime().AsTime())
-				switch {
-				case reject.IsTerminal(r.GetReason()):
-					reason = reject.Short(r.GetReason())
-				case reject.NeedsAttest(r.GetReason()):
-					needAttest = true
-				}
-				if ra := reject.RetryAfter(err); ra > 0 {
-					// busy (stream admission) or rate_limited (an attestation):
-					// the server named our slot; the backoff does not grow.
-					delay = a.serverDelay(ra)
-					later = reject.Short(r.GetReason())
-				}
-			}
-		}
+		e := a.endingOf(err)
+		needAttest = needAttest || e.reattest
 		if errors.Is(err, errLoggedOut) {
 			return err
 		}
-		if reason != "" {
-			return a.markRevoked(ctx, log, reason)
+		if e.revoked != "" {
+			return a.markRevoked(ctx, log, e.revoked)
 		}
 		if welcomed {
 			attempt = 0
 			toldLater = false
 		}
+		delay := e.delay
 		if delay < 0 {
 			delay = a.backoff(attempt)
 			attempt++
 		}
-		msg := errMessage(err)
-		a.update(func(s *Snapshot) {
-			s.Status = StatusDisconnected
-			s.SessionID = ""
-			s.ConnectedSince = time.Time{}
-			s.LastError = msg
-		})
-		retryAt := a.cfg.Now().Add(delay).UTC().Truncate(time.Millisecond)
-		switch {
-		case later != "" && !toldLater:
-			// What the server leads (a restart, a storm being admitted) is not an
-			// error: one line saying when we come back.
-			log.Info("the control plane asked this daemon to come back later", "why", later, "retry_in", delay.Round(time.Millisecond), "retry_at", retryAt)
-			toldLater = true
-		case later != "":
-			log.Debug("the control plane asked this daemon to come back later", "why", later, "retry_in", delay.Round(time.Millisecond), "retry_at", retryAt)
-		default:
-			toldLater = false
-			log.Warn("stream to the control plane ended; reconnecting", "error", msg, "retry_in", delay.Round(time.Millisecond), "reattest", needAttest)
-		}
+		toldLater = a.streamEnded(log, err, e.later, delay, toldLater, needAttest)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -199,6 +120,124 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// attempt is one try at a stream: an attestation first when the token has expired
+// or the server asked for one, then a session (session.go).
+func (a *Agent) attempt(ctx, callsCtx context.Context, log *slog.Logger, needAttest *bool) (welcomed bool, err error) {
+	a.tokMu.Lock()
+	*needAttest = *needAttest || (!a.tokenExpiry().IsZero() && !a.serverNow().Before(a.tokenExpiry()))
+	a.tokMu.Unlock()
+	if *needAttest {
+		if _, err := a.attest(ctx, log, "token expired or refused"); err != nil {
+			return false, err
+		}
+		*needAttest = false
+	}
+	a.update(func(s *Snapshot) { s.Status = StatusConnecting })
+	return a.session(ctx, callsCtx, log)
+}
+
+// ending is how one attempt ended, as reconnect acts on it.
+type ending struct {
+	revoked  string        // the identity is gone, for this reason ("" if not)
+	reattest bool          // attest before the next stream
+	delay    time.Duration // the wait the server asked for, or -1: the backoff decides
+	later    string        // why the server asked us to come back later ("" if it did not)
+}
+
+// endingOf reads an attempt's error: a Disconnect and its reconnect_after, the
+// refresher's revocation, or a typed refusal and its retry_after.
+func (a *Agent) endingOf(err error) ending {
+	e := ending{delay: -1}
+	var disc *disconnectError
+	var sig *revokedSignal
+	switch {
+	case errors.As(err, &disc):
+		switch disc.reason {
+		case edgev1.DisconnectReason_DISCONNECT_REASON_REVOKED:
+			e.revoked = "revoked"
+		case edgev1.DisconnectReason_DISCONNECT_REASON_REATTEST:
+			e.reattest = true
+		}
+		if disc.after > 0 {
+			e.delay = a.serverDelay(disc.after)
+			e.later = "disconnect: " + strings.ToLower(strings.TrimPrefix(disc.reason.String(), "DISCONNECT_REASON_"))
+		}
+	case errors.As(err, &sig):
+		e.revoked = sig.reason
+	default:
+		r, ok := reject.From(err)
+		if !ok {
+			return e
+		}
+		a.learnServerTime(r.GetServerTime().AsTime())
+		switch {
+		case reject.IsTerminal(r.GetReason()):
+			e.revoked = reject.Short(r.GetReason())
+		case reject.NeedsAttest(r.GetReason()):
+			e.reattest = true
+		}
+		if ra := reject.RetryAfter(err); ra > 0 {
+			// busy (stream admission) or rate_limited (an attestation): the
+			// server named our slot; the backoff does not grow.
+			e.delay = a.serverDelay(ra)
+			e.later = reject.Short(r.GetReason())
+		}
+	}
+	return e
+}
+
+// streamEnded shows the stream as down and says when it comes back: a server-led
+// delay once at info (then at debug), anything else as a warning. It returns
+// toldLater for the next attempt.
+func (a *Agent) streamEnded(log *slog.Logger, err error, later string, delay time.Duration, toldLater, needAttest bool) bool {
+	msg := errMessage(err)
+	a.update(func(s *Snapshot) {
+		s.Status = StatusDisconnected
+		s.SessionID = ""
+		s.ConnectedSince = time.Time{}
+		s.LastError = msg
+	})
+	retryAt := a.cfg.Now().Add(delay).UTC().Truncate(time.Millisecond)
+	switch {
+	case later != "" && !toldLater:
+		// What the server leads (a restart, a storm being admitted) is not an
+		// error: one line saying when we come back.
+		log.Info("the control plane asked this daemon to come back later", "why", later, "retry_in", delay.Round(time.Millisecond), "retry_at", retryAt)
+		return true
+	case later != "":
+		log.Debug("the control plane asked this daemon to come back later", "why", later, "retry_in", delay.Round(time.Millisecond), "retry_at", retryAt)
+		return true
+	default:
+		log.Warn("stream to the control plane ended; reconnecting", "error", msg, "retry_in", delay.Round(time.Millisecond), "reattest", needAttest)
+		return false
+	}
+}
+
+// load makes id the identity being served: the signer and token every envelope
+// is authenticated with, fresh refresher channels, and a snapshot that shows it.
+func (a *Agent) load(id *keystore.Identity) (tokenExpires time.Time) {
+	a.tokMu.Lock()
+	a.nodeID, a.key, a.token = id.Node.NodeID, id.Key, id.Token
+	a.tokMu.Unlock()
+	a.tokenChanged = make(chan struct{}, 1)
+	a.revoked = make(chan string, 1)
+	_, exp, _ := tokenTimes(id.Token)
+	a.update(func(s *Snapshot) {
+		*s = Snapshot{
+			Enrolled:        true,
+			NodeID:          id.Node.NodeID,
+			Tenant:          id.Node.Tenant,
+			Status:          StatusConnecting,
+			KeyFingerprint:  fingerprint.Of(id.Key.Public().(ed25519.PublicKey)),
+			TokenExpires:    exp,
+			ServerURL:       id.Node.ServerURL,
+			Streams:         s.Streams,
+			SecurityContext: tokenSecurityContext(id.Token),
+		}
+	})
+	return exp
 }
 
 // errMessage is an error as an operator reads it: the Connect message without the
