@@ -200,18 +200,20 @@ type Agent struct {
 	// server_time we see; envelope timestamps are on the server's clock.
 	offset atomic.Int64
 
-	// tokMu guards the identity's mutable part (the token). An attestation holds it
-	// from the RPC to the swap, so no envelope leaves with a token the server has just
-	// blacklisted.
-	tokMu  sync.Mutex
-	nodeID string
-	key    ed25519.PrivateKey
-	token  string
+	// tokMu guards the identity's mutable part (the key and token), and is only
+	// ever held to read or swap them: never across a network call. attesting is
+	// set while an attestation is in flight; the stream's sender waits for it to
+	// close, so no envelope leaves with a token the server has just blacklisted.
+	tokMu     sync.Mutex
+	nodeID    string
+	key       ed25519.PrivateKey
+	token     string
+	attesting chan struct{}
 
 	// attestMu serializes every change of key or token (attest, rotation, logout).
-	// Lock order: attestMu, then tokMu or the state dir lock (rotation callbacks take
-	// tokMu with the dir lock held; attest takes the dir lock with tokMu held; both
-	// only ever happen under attestMu).
+	// Lock order: attestMu, then the state dir lock, then tokMu (rotation callbacks
+	// take tokMu with the dir lock held; attest takes tokMu alone, and the dir lock
+	// without it).
 	attestMu     sync.Mutex
 	client       edgev1connect.NodeClusterServiceClient
 	tokenChanged chan struct{}

@@ -116,17 +116,34 @@ type identity struct {
 }
 
 // credentials reads the key and token under tokMu (a rotation swaps both at once)
-// and lets go: the copy is used after the lock is released.
-func (s *edgeSession) credentials() identity {
+// and lets go: the copy is used after the lock is released. While an attestation
+// is replacing the token it waits for the new one, holding no lock; false: the
+// stream ended meanwhile.
+func (s *edgeSession) credentials() (identity, bool) {
 	a := s.a
-	a.tokMu.Lock()
-	defer a.tokMu.Unlock()
-	return identity{nodeID: a.nodeID, key: a.key, token: a.token, now: a.serverNow()}
+	for {
+		a.tokMu.Lock()
+		gate := a.attesting
+		if gate == nil {
+			id := identity{nodeID: a.nodeID, key: a.key, token: a.token, now: a.serverNow()}
+			a.tokMu.Unlock()
+			return id, true
+		}
+		a.tokMu.Unlock()
+		select {
+		case <-gate:
+		case <-s.sctx.Done():
+			return identity{}, false
+		}
+	}
 }
 
 // authenticate seals ev as envelope seq of this stream under the current identity.
 func (s *edgeSession) authenticate(ev *edgev1.EdgeEvent, seq uint64) (*edgev1.SealNodeEnvelope, error) {
-	id := s.credentials()
+	id, ok := s.credentials()
+	if !ok {
+		return nil, io.EOF
+	}
 	return seal.Seal(id.key, seal.Header{
 		Kind:     edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT,
 		Token:    id.token,

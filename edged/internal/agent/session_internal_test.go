@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http/httptest"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/gen/aegis/edge/v1/edgev1connect"
 	"github.com/aegis-edge/aegis/api/seal"
+	"github.com/aegis-edge/aegis/edged/keystore"
 	"github.com/aegis-edge/aegis/edged/rotation"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -25,6 +27,34 @@ import (
 type fakeCluster struct {
 	edgev1connect.UnimplementedNodeClusterServiceHandler
 	got chan *edgev1.SealNodeEnvelope
+	// challenged, when set, runs inside Challenge: there the test holds an
+	// attestation on "the network".
+	mu         sync.Mutex
+	challenged func()
+	// token is what Attest hands out.
+	token string
+}
+
+func (f *fakeCluster) Challenge(ctx context.Context, _ *connect.Request[edgev1.ChallengeRequest]) (*connect.Response[edgev1.ChallengeResponse], error) {
+	f.mu.Lock()
+	hook := f.challenged
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return connect.NewResponse(&edgev1.ChallengeResponse{Nonce: "nonce-1", ServerTime: timestamppb.Now()}), nil
+}
+
+func (f *fakeCluster) onChallenge(hook func()) {
+	f.mu.Lock()
+	f.challenged = hook
+	f.mu.Unlock()
+}
+
+func (f *fakeCluster) Attest(ctx context.Context, _ *connect.Request[edgev1.AttestRequest]) (*connect.Response[edgev1.AttestResponse], error) {
+	return connect.NewResponse(&edgev1.AttestResponse{
+		NodeSecurityToken: f.token, TokenExpiresAt: timestamppb.New(time.Now().Add(time.Hour)), ServerTime: timestamppb.Now(),
+	}), nil
 }
 
 func (f *fakeCluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]) error {
@@ -169,13 +199,34 @@ func sessionAgent(t *testing.T, fc *fakeCluster, hook *sendHook) *Agent {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	a := New(Config{Logger: slog.New(slog.DiscardHandler), HeartbeatInterval: time.Hour})
+	dir := keystore.Open(filepath.Join(t.TempDir(), "edge"))
+	if err := dir.Create(); err != nil {
+		t.Fatal(err)
+	}
+	a := New(Config{Dir: dir, Logger: slog.New(slog.DiscardHandler), HeartbeatInterval: time.Hour})
 	a.client = edgev1connect.NewNodeClusterServiceClient(srv.Client(), srv.URL, connect.WithInterceptors(hook))
 	a.nodeID, a.key, a.token = "node-1", newKey(t), "token-1"
 	a.tokenChanged = make(chan struct{}, 1)
 	a.revoked = make(chan string, 1)
 	a.calls = newCalls(a.cfg, a.log, func(int, int) {})
 	return a
+}
+
+// runSession runs one session of a until the test ends.
+func runSession(t *testing.T, a *Agent) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.session(ctx, ctx, a.log)
+		done <- err
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := wait(t, done, "the session ending"); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("session: %v", err)
+		}
+	})
 }
 
 // A Send stuck on the network (a server that stopped reading, a full HTTP/2
@@ -189,18 +240,7 @@ func TestNoLockHeldWhileASessionSendIsStuck(t *testing.T) {
 	oldKey := a.key
 
 	hello := a.stickNextSend(hook)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := a.session(ctx, ctx, a.log)
-		done <- err
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := wait(t, done, "the session ending"); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("session: %v", err)
-		}
-	})
+	runSession(t, a)
 
 	// 1. Hello is stuck: a rotation swaps the key meanwhile.
 	if !wait(t, hello.free, "the Hello send") {
@@ -233,5 +273,55 @@ func TestNoLockHeldWhileASessionSendIsStuck(t *testing.T) {
 	nextEvent(t, fc.got, rotated.Public().(ed25519.PublicKey), "the stuck heartbeat reaching the server")
 	if nextEvent(t, fc.got, again.Public().(ed25519.PublicKey), "the heartbeat after the second swap").GetHeartbeat() == nil {
 		t.Fatal("the envelope after the second swap is not a heartbeat")
+	}
+}
+
+// An attestation stuck on the network holds no lock either: from inside its
+// Challenge tokMu is free and a tool call's token read finishes. The stream still
+// sends nothing under the token the attestation is replacing (the server
+// blacklists it the moment it answers): the heartbeat asked for meanwhile goes
+// out after it, under the new token.
+func TestNoLockHeldWhileAnAttestationIsStuck(t *testing.T) {
+	fc := &fakeCluster{got: make(chan *edgev1.SealNodeEnvelope, 16), token: "token-2"}
+	a := sessionAgent(t, fc, &sendHook{})
+	pub := a.key.Public().(ed25519.PublicKey)
+	runSession(t, a)
+	if nextEvent(t, fc.got, pub, "Hello").GetHello() == nil {
+		t.Fatal("the first envelope is not a Hello")
+	}
+
+	free, release := make(chan bool, 1), make(chan struct{})
+	fc.onChallenge(func() {
+		ok := a.tokMu.TryLock()
+		if ok {
+			a.tokMu.Unlock()
+		}
+		free <- ok
+		if ok {
+			<-release
+		}
+	})
+	attested := make(chan error, 1)
+	go func() {
+		_, err := a.attest(context.Background(), a.log, "test")
+		attested <- err
+	}()
+	if !wait(t, free, "the attestation's Challenge") {
+		t.Fatal("tokMu is held across the attestation's RPCs")
+	}
+	if got := a.tokenContext(); got != "" {
+		t.Fatalf("token context %q, want none", got)
+	}
+	a.heartbeatNow()
+	close(release)
+	if err := wait(t, attested, "the attestation"); err != nil {
+		t.Fatal(err)
+	}
+	env := wait(t, fc.got, "the heartbeat asked for during the attestation")
+	if env.GetNodeSecurityToken() != "token-2" {
+		t.Fatalf("the heartbeat after the attestation carries %q, want the new token", env.GetNodeSecurityToken())
+	}
+	if tok, err := a.cfg.Dir.ReadToken(); err != nil || tok != "token-2" {
+		t.Fatalf("node.token = %q, %v; want the new token", tok, err)
 	}
 }

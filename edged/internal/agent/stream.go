@@ -292,15 +292,17 @@ func (a *Agent) markRevoked(ctx context.Context, log *slog.Logger, reason string
 func (a *Agent) attest(ctx context.Context, log *slog.Logger, why string) (time.Time, error) {
 	a.attestMu.Lock()
 	defer a.attestMu.Unlock()
-	a.tokMu.Lock()
-	defer a.tokMu.Unlock()
-	res, err := rotation.Attest(ctx, a.client, a.nodeID, a.key, a.cfg.RPCTimeout, a.learnServerTime)
+	nodeID, key := a.holdEnvelopes()
+	defer a.releaseEnvelopes()
+	res, err := rotation.Attest(ctx, a.client, nodeID, key, a.cfg.RPCTimeout, a.learnServerTime)
 	if err != nil {
 		return time.Time{}, err
 	}
 	// The server has already blacklisted the old token, so the new one is used in
 	// memory even if writing it fails; a restart would then re-attest.
+	a.tokMu.Lock()
 	a.token = res.Token
+	a.tokMu.Unlock()
 	unlock, lerr := a.cfg.Dir.Lock(ctx)
 	if lerr == nil {
 		lerr = a.cfg.Dir.WriteToken(res.Token)
@@ -317,6 +319,26 @@ func (a *Agent) attest(ctx context.Context, log *slog.Logger, why string) (time.
 	}
 	log.Info("node token refreshed", "why", why, "token_expires", res.Expires)
 	return res.Expires, nil
+}
+
+// holdEnvelopes starts an attestation: until releaseEnvelopes, the stream's sender
+// waits (on a channel, holding no lock) rather than authenticate an envelope with
+// the token being replaced, which the server blacklists the moment it answers. It
+// returns what the attestation signs with. Callers hold attestMu.
+func (a *Agent) holdEnvelopes() (nodeID string, key ed25519.PrivateKey) {
+	a.tokMu.Lock()
+	defer a.tokMu.Unlock()
+	a.attesting = make(chan struct{})
+	return a.nodeID, a.key
+}
+
+// releaseEnvelopes ends what holdEnvelopes started, the new token (if any) in place.
+func (a *Agent) releaseEnvelopes() {
+	a.tokMu.Lock()
+	gate := a.attesting
+	a.attesting = nil
+	a.tokMu.Unlock()
+	close(gate)
 }
 
 // tokenExpiry of the in-memory token. Callers hold tokMu.
