@@ -35,7 +35,8 @@ import (
 // Every envelope goes through one sender goroutine, which authenticates it (the key
 // and token read under tokMu and copied, the lock let go) before stream.Send: no
 // lock is held across a network send, so a stalled stream never holds up a token
-// refresh or a rotation.
+// refresh or a rotation. While an attestation replaces the token, the sender waits
+// for the new one on a channel, not on the lock (holdEnvelopes, stream.go).
 type edgeSession struct {
 	a   *Agent
 	log *slog.Logger
@@ -230,7 +231,7 @@ func (s *edgeSession) sendFailed(err error) error {
 }
 
 // admit sends Hello and waits for the server's answer: Welcome, or the refusal or
-// Disconnect that ends the stream (their retry hints are read by serve's caller).
+// Disconnect that ends the stream (reconnect reads their retry hints: endingOf).
 func (s *edgeSession) admit() (*edgev1.Welcome, error) {
 	a := s.a
 	hostname, _ := os.Hostname()
