@@ -134,14 +134,18 @@ func (c *hookedConn) Send(m any) error {
 }
 
 // stuckSend is one Send held on the network: free says whether tokMu could be
-// taken from inside it; release lets the Send go on.
+// taken from inside it; release lets the Send go on (also when the test fails
+// first, so that nothing stays stuck).
 type stuckSend struct {
 	free    chan bool
-	release chan struct{}
+	gate    chan struct{}
+	release func()
 }
 
-func (a *Agent) stickNextSend(h *sendHook) *stuckSend {
-	s := &stuckSend{free: make(chan bool, 1), release: make(chan struct{})}
+func (a *Agent) stickNextSend(t *testing.T, h *sendHook) *stuckSend {
+	gate := make(chan struct{})
+	s := &stuckSend{free: make(chan bool, 1), gate: gate, release: sync.OnceFunc(func() { close(gate) })}
+	t.Cleanup(s.release)
 	h.arm(func() {
 		// Nothing else in this test takes tokMu, so a failed TryLock means the
 		// sending goroutine holds it across this Send.
@@ -151,7 +155,7 @@ func (a *Agent) stickNextSend(h *sendHook) *stuckSend {
 		}
 		s.free <- free
 		if free {
-			<-s.release
+			<-s.gate
 		}
 	})
 	return s
@@ -239,7 +243,7 @@ func TestNoLockHeldWhileASessionSendIsStuck(t *testing.T) {
 	a := sessionAgent(t, fc, hook)
 	oldKey := a.key
 
-	hello := a.stickNextSend(hook)
+	hello := a.stickNextSend(t, hook)
 	runSession(t, a)
 
 	// 1. Hello is stuck: a rotation swaps the key meanwhile.
@@ -251,7 +255,7 @@ func TestNoLockHeldWhileASessionSendIsStuck(t *testing.T) {
 	if got := a.tokenContext(); got != "" {
 		t.Fatalf("token context %q, want none", got)
 	}
-	close(hello.release)
+	hello.release()
 	if nextEvent(t, fc.got, oldKey.Public().(ed25519.PublicKey), "Hello reaching the server").GetHello() == nil {
 		t.Fatal("the first envelope is not a Hello")
 	}
@@ -262,14 +266,14 @@ func TestNoLockHeldWhileASessionSendIsStuck(t *testing.T) {
 	}
 
 	// 2. A heartbeat is stuck on the live stream: the next swap still finishes.
-	hb := a.stickNextSend(hook)
+	hb := a.stickNextSend(t, hook)
 	a.heartbeatNow()
 	if !wait(t, hb.free, "the heartbeat send") {
 		t.Fatal("tokMu is held across stream.Send (heartbeat)")
 	}
 	again := newKey(t)
 	a.swap(rotation.Identity{Key: again, Token: "token-3"})
-	close(hb.release)
+	hb.release()
 	nextEvent(t, fc.got, rotated.Public().(ed25519.PublicKey), "the stuck heartbeat reaching the server")
 	if nextEvent(t, fc.got, again.Public().(ed25519.PublicKey), "the heartbeat after the second swap").GetHeartbeat() == nil {
 		t.Fatal("the envelope after the second swap is not a heartbeat")
@@ -290,7 +294,9 @@ func TestNoLockHeldWhileAnAttestationIsStuck(t *testing.T) {
 		t.Fatal("the first envelope is not a Hello")
 	}
 
-	free, release := make(chan bool, 1), make(chan struct{})
+	free, gate := make(chan bool, 1), make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release)
 	fc.onChallenge(func() {
 		ok := a.tokMu.TryLock()
 		if ok {
@@ -298,7 +304,7 @@ func TestNoLockHeldWhileAnAttestationIsStuck(t *testing.T) {
 		}
 		free <- ok
 		if ok {
-			<-release
+			<-gate
 		}
 	})
 	attested := make(chan error, 1)
@@ -313,7 +319,7 @@ func TestNoLockHeldWhileAnAttestationIsStuck(t *testing.T) {
 		t.Fatalf("token context %q, want none", got)
 	}
 	a.heartbeatNow()
-	close(release)
+	release()
 	if err := wait(t, attested, "the attestation"); err != nil {
 		t.Fatal(err)
 	}
