@@ -1,5 +1,6 @@
 // Package deploy holds no code of its own: its tests check what deploy/ ships (the Helm
-// chart, the alert rules, the dashboard) against the real tools and the real binaries.
+// chart, the alert rules, the dashboard) against the real tools and the real binaries,
+// and that the vulnerability check of scripts/test.sh fails when it should.
 package deploy
 
 import (

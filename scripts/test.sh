@@ -44,6 +44,9 @@ for m in "${modules[@]}"; do (cd "$m" && go vet ./...); done
 step "staticcheck"
 go tool staticcheck ./api/... ./controlplane/... ./edged/... ./edged/testbed/... ./aegisctl/...
 
+step "govulncheck (pinned database from the module proxy; excepted IDs in scripts/vulncheck.sh)"
+bash scripts/vulncheck.sh "${modules[@]}"
+
 step "go test"
 if [ -n "${AEGIS_TEST_POSTGRES_URL:-}" ]; then
   echo "PostgreSQL tests: on ($AEGIS_TEST_POSTGRES_URL)"
