@@ -150,9 +150,23 @@ func (ks *KeySet) lookup(t *jwt.Token) (any, error) {
 	return pub, nil
 }
 
+// Has reports whether the set holds kid.
+func (ks *KeySet) Has(kid string) bool {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	_, ok := ks.keys[kid]
+	return ok
+}
+
 // Verify checks signature, algorithm, issuer, audience and expiry at now, and returns
 // the claims. Errors wrap ErrInvalid or ErrExpired (only for a correctly signed token).
 func (ks *KeySet) Verify(token string, now time.Time) (Claims, error) {
+	c, _, err := ks.VerifyKID(token, now)
+	return c, err
+}
+
+// VerifyKID is Verify that also says which key signed the token (its kid).
+func (ks *KeySet) VerifyKID(token string, now time.Time) (Claims, string, error) {
 	var c Claims
 	p := jwt.NewParser(
 		jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}),
@@ -161,22 +175,26 @@ func (ks *KeySet) Verify(token string, now time.Time) (Claims, error) {
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(func() time.Time { return now }),
 	)
-	_, err := p.ParseWithClaims(token, &c, ks.lookup)
+	t, err := p.ParseWithClaims(token, &c, ks.lookup)
+	var kid string
+	if t != nil {
+		kid, _ = t.Header["kid"].(string)
+	}
 	if err != nil {
 		// jwt checks the signature before the time claims, so ErrTokenExpired here
 		// means the token is genuine but old.
 		if errors.Is(err, jwt.ErrTokenExpired) && !errors.Is(err, jwt.ErrTokenSignatureInvalid) {
-			return c, fmt.Errorf("%w: %v", ErrExpired, err)
+			return c, kid, fmt.Errorf("%w: %v", ErrExpired, err)
 		}
 		if errors.Is(err, ErrUnknownKey) {
-			return Claims{}, fmt.Errorf("%w: %w", ErrInvalid, ErrUnknownKey)
+			return Claims{}, "", fmt.Errorf("%w: %w", ErrInvalid, ErrUnknownKey)
 		}
-		return Claims{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Claims{}, "", fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if c.Subject == "" || c.TenantID == "" || c.ID == "" || c.Cnf.KeyFingerprint == "" {
-		return Claims{}, fmt.Errorf("%w: missing sub, tid, jti or cnf", ErrInvalid)
+		return Claims{}, "", fmt.Errorf("%w: missing sub, tid, jti or cnf", ErrInvalid)
 	}
-	return c, nil
+	return c, kid, nil
 }
 
 // Peek decodes a token WITHOUT verifying it, for a daemon to display its own token's

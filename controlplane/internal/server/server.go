@@ -636,6 +636,7 @@ func (s *Server) housekeeping(ctx context.Context) {
 		}
 		s.black.Purge(now)
 		s.auth.Purge(now)
+		s.issuer.PurgeVerified(now)
 	}
 }
 

@@ -36,6 +36,11 @@ type Issuer struct {
 
 	missMu     sync.Mutex
 	lastMissAt time.Time // wall clock: this only bounds database reads
+
+	// verified holds the tokens whose signature is established, so that a token is
+	// parsed and its signature verified once per process rather than once per
+	// request (a rotation presents the token the previous one issued here).
+	verified *verifiedCache
 }
 
 // missReloadEvery bounds the reloads a stream of tokens with unknown kids can cause.
@@ -44,7 +49,7 @@ const missReloadEvery = time.Second
 // LoadIssuer loads every signing key from the store into a KeySet and signs with the
 // newest unretired one.
 func LoadIssuer(ctx context.Context, st store.Tx, ttl time.Duration) (*Issuer, error) {
-	is := &Issuer{st: st, keys: nodetoken.NewKeySet(), ttl: ttl}
+	is := &Issuer{st: st, keys: nodetoken.NewKeySet(), ttl: ttl, verified: newVerifiedCache()}
 	if _, err := is.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -101,8 +106,32 @@ func (is *Issuer) ActiveKID() string {
 // loaded makes it reload the keys from the store (at most once per second across all
 // callers) and try once more. A token signed by a key the store does not hold stays
 // invalid.
+//
+// A token verified before (or issued here) is answered from memory by its exact
+// text, with its expiry and its signing key's presence checked again at now; the
+// answer is the same as parsing it again would give.
 func (is *Issuer) Verify(ctx context.Context, token string, now time.Time) (nodetoken.Claims, error) {
-	c, err := is.keys.Verify(token, now)
+	key := tokenKey(token)
+	if v, ok := is.verified.get(key); ok {
+		switch {
+		case !is.keys.Has(v.kid):
+			// Its signing key was removed since: parse it, for the same answer.
+			is.verified.drop(key)
+		case !now.Before(v.claims.Expires()):
+			return v.claims, fmt.Errorf("%w: expired at %s", nodetoken.ErrExpired, v.claims.Expires().UTC().Format(time.RFC3339))
+		default:
+			return v.claims, nil
+		}
+	}
+	return is.verify(ctx, token, now)
+}
+
+// verify parses and verifies token, and caches it when it is good.
+func (is *Issuer) verify(ctx context.Context, token string, now time.Time) (nodetoken.Claims, error) {
+	c, kid, err := is.keys.VerifyKID(token, now)
+	if err == nil {
+		is.remember(token, kid, c)
+	}
 	if !errors.Is(err, nodetoken.ErrUnknownKey) {
 		return c, err
 	}
@@ -119,8 +148,24 @@ func (is *Issuer) Verify(ctx context.Context, token string, now time.Time) (node
 	if !reload {
 		return c, err
 	}
-	return is.keys.Verify(token, now)
+	c, kid, err = is.keys.VerifyKID(token, now)
+	if err == nil {
+		is.remember(token, kid, c)
+	}
+	return c, err
 }
+
+// remember caches a verified token. One with a not-before time is not cached: the
+// hit path checks expiry only.
+func (is *Issuer) remember(token, kid string, c nodetoken.Claims) {
+	if kid == "" || c.NotBefore != nil {
+		return
+	}
+	is.verified.put(tokenKey(token), verifiedToken{kid: kid, claims: c})
+}
+
+// PurgeVerified forgets the cached tokens that have expired.
+func (is *Issuer) PurgeVerified(now time.Time) { is.verified.purge(now) }
 
 // KeySet is what envelopes' tokens are verified against.
 func (is *Issuer) KeySet() *nodetoken.KeySet { return is.keys }
@@ -152,6 +197,8 @@ func (is *Issuer) Issue(d store.Daemon, pub []byte, now time.Time) (Issued, erro
 	if err != nil {
 		return Issued{}, err
 	}
+	// Signed here with a loaded key: as verified as a token can be.
+	is.remember(text, signer.KID, claims)
 	return Issued{Token: text, Claims: claims, Record: store.NodeToken{
 		JTI:            claims.JTI(),
 		NodeID:         d.NodeID,
