@@ -352,7 +352,7 @@ func (s *edgeStream) drain() {
 			return // draining stays set: nothing more goes out on this stream
 		case cmd := <-s.h.Commands():
 			s.log.Info("command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
-			if err := s.send(command(cmd)); err != nil {
+			if err := s.send(command(*cmd)); err != nil {
 				s.end()
 				s.closeBody()
 				return

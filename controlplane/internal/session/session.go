@@ -126,9 +126,11 @@ type Handle struct {
 	NodeID    string
 	SessionID string
 	// Since is when the stream was opened, as recorded in its session row.
-	Since    time.Time
-	kick     chan Kick
-	cmds     chan Command
+	Since time.Time
+	kick  chan Kick
+	// cmds holds pointers: eight queued Commands by value would cost every stream
+	// 640 bytes for a queue that is almost always empty.
+	cmds     chan *Command
 	once     sync.Once
 	released sync.Once
 	// onWork is called after each kick or command is queued (OnWork).
@@ -156,7 +158,7 @@ func (h *Handle) wake() {
 func (h *Handle) Kicked() <-chan Kick { return h.kick }
 
 // Commands delivers the commands to send down the stream, in order.
-func (h *Handle) Commands() <-chan Command { return h.cmds }
+func (h *Handle) Commands() <-chan *Command { return h.cmds }
 
 func (h *Handle) send(k Kick) {
 	h.once.Do(func() { h.kick <- k })
@@ -187,7 +189,7 @@ func (r *Registry) Attach(nodeID, sessionID string) (*Handle, error) {
 
 // AttachSince is Attach for a stream whose session row says it opened at since.
 func (r *Registry) AttachSince(nodeID, sessionID string, since time.Time) (*Handle, error) {
-	h := &Handle{NodeID: nodeID, SessionID: sessionID, Since: since, kick: make(chan Kick, 1), cmds: make(chan Command, commandQueue)}
+	h := &Handle{NodeID: nodeID, SessionID: sessionID, Since: since, kick: make(chan Kick, 1), cmds: make(chan *Command, commandQueue)}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -244,7 +246,7 @@ func (r *Registry) Send(nodeID string, c Command) error {
 		return ErrNoStream
 	}
 	select {
-	case h.cmds <- c:
+	case h.cmds <- &c:
 		h.wake()
 		return nil
 	default:
