@@ -261,10 +261,13 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 
 	welcome := &edgev1.Welcome{
 		SessionId:         sessionID,
-		ServerTime:        timestamppb.New(now),
 		HeartbeatInterval: durationpb.New(c.cfg.HeartbeatInterval),
 	}
 	c.withPolicyMax(ctx, nodeID, welcome) // keypolicy_hook.go
+	// The time as it is sent, not the arrival's: in a storm a stream may wait on the
+	// session write longer than the allowed clock skew, and a daemon that learned a
+	// clock behind by that wait would have its next envelopes refused clock_skew.
+	welcome.ServerTime = timestamppb.New(c.cfg.Now())
 	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: welcome}}); err != nil {
 		return nil
 	}
