@@ -34,28 +34,44 @@ make --no-print-directory build
 export PATH="$PWD/bin:$PATH"
 export AEGIS_CONFIG="$demo/aegis.yaml"
 
-if $once; then
-  listen="127.0.0.1:$((20000 + RANDOM % 20000))"
-else
-  listen="${AEGIS_DEMO_LISTEN:-127.0.0.1:7443}"
-fi
+# --once (the test suite) takes a random port below Linux's ephemeral range
+# (32768-60999), where outgoing connections take theirs, and tries another if it is
+# taken anyway; an operator's demo uses 7443 or AEGIS_DEMO_LISTEN and says so.
+tries=1
+if $once; then tries=5; fi
+for attempt in $(seq 1 "$tries"); do
+  if $once; then
+    listen="127.0.0.1:$((20000 + RANDOM % 12000))"
+  else
+    listen="${AEGIS_DEMO_LISTEN:-127.0.0.1:7443}"
+  fi
+  port=${listen##*:}
+  if (exec 3<>"/dev/tcp/${listen%:*}/$port") 2>/dev/null; then
+    $once && continue
+    echo "demo: $listen is already in use (another demo still running?): stop it, or pick another address with AEGIS_DEMO_LISTEN=127.0.0.1:7444 make demo" >&2
+    exit 1
+  fi
 
-port=${listen##*:}
-if (exec 3<>"/dev/tcp/${listen%:*}/$port") 2>/dev/null; then
-  echo "demo: $listen is already in use (another demo still running?): stop it, or pick another address with AEGIS_DEMO_LISTEN=127.0.0.1:7444 make demo" >&2
-  exit 1
-fi
-
-say "starting the control plane on https://$listen (data in $demo/cp)"
-controlplane serve --listen "$listen" --data-dir "$demo/cp" >"$demo/controlplane.log" 2>&1 &
-pids+=($!)
-
-for _ in $(seq 1 100); do
-  [ -s "$demo/cp/admin.token" ] && aegis login --server "https://$listen" \
-    --token-file "$demo/cp/admin.token" --ca-file "$demo/cp/ca.crt" >"$demo/login.out" 2>&1 && break
-  kill -0 "${pids[0]}" 2>/dev/null || fail "the control plane exited (if $listen is busy, set AEGIS_DEMO_LISTEN=127.0.0.1:PORT)"
-  sleep 0.2
+  say "starting the control plane on https://$listen (data in $demo/cp)"
+  controlplane serve --listen "$listen" --data-dir "$demo/cp" >"$demo/controlplane.log" 2>&1 &
+  cp_pid=$!
+  for _ in $(seq 1 100); do
+    [ -s "$demo/cp/admin.token" ] && aegis login --server "https://$listen" \
+      --token-file "$demo/cp/admin.token" --ca-file "$demo/cp/ca.crt" >"$demo/login.out" 2>&1 && break
+    kill -0 "$cp_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$cp_pid" 2>/dev/null; then
+    pids+=("$cp_pid")
+    break
+  fi
+  if $once && [ "$attempt" -lt "$tries" ] && grep -q "address already in use" "$demo/controlplane.log"; then
+    say "$listen was taken after all; trying another port"
+    continue
+  fi
+  fail "the control plane exited (if $listen is busy, set AEGIS_DEMO_LISTEN=127.0.0.1:PORT)"
 done
+[ ${#pids[@]} -gt 0 ] || fail "no free port for the control plane after $tries tries"
 grep -q "logged in" "$demo/login.out" || fail "could not log in: $(cat "$demo/login.out")"
 cat "$demo/login.out"
 
