@@ -142,13 +142,18 @@ type Server struct {
 	certs *certReloader
 	// cluster is the NodeClusterService handler (its shutdown hints).
 	cluster *rpc.Cluster
+	// began is when New was called (the wall clock's monotonic reading); startTook
+	// is how long from then until Run served, in nanoseconds: the shutdown's hints
+	// expect the next start to take as long.
+	began     time.Time
+	startTook atomic.Int64
 }
 
 // New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
 // services and listener. Nothing is served until Run.
 func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	cfg := opts.Config
-	s := &Server{opts: opts, cfg: cfg, log: opts.Logger, now: opts.Now}
+	s := &Server{opts: opts, cfg: cfg, log: opts.Logger, now: opts.Now, began: time.Now()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -357,6 +362,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Admission:         ratelimit.NewAdmission(cfg.StreamAdmission.Rate, cfg.StreamAdmission.Burst),
 		AdmissionRate:     cfg.StreamAdmission.Rate,
 		ShutdownWindow:    cfg.ShutdownReconnectWindow,
+		RestartEstimate:   s.restartEstimate,
 	})
 	s.cluster = cluster
 	admin := rpc.NewAdmin(rpc.AdminConfig{
@@ -513,7 +519,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.ready.Store(true)
-	s.log.Info("control plane serving", "url", s.URL(), "advertise_url", s.cfg.AdvertiseURL, "data_dir", s.cfg.DataDir, "database", s.cfg.DatabaseKind, "replica", s.replica)
+	took := time.Since(s.began)
+	s.startTook.Store(int64(took))
+	s.log.Info("control plane serving", "url", s.URL(), "advertise_url", s.cfg.AdvertiseURL, "data_dir", s.cfg.DataDir, "database", s.cfg.DatabaseKind, "replica", s.replica, "start_took", took.Round(time.Millisecond))
 
 	var runErr error
 	select {
@@ -544,8 +552,11 @@ func (s *Server) shutdown() error {
 	// replica is closing its stream. Their runs stay running for the next replica
 	// (or this one, restarted) to resume.
 	s.fleet.Stop()
+	began := time.Now()
 	if err := s.sessions.Shutdown(ctx, s.cluster.ShutdownHints()); err != nil {
 		s.log.Warn("streams did not all close in time", "err", err)
+	} else {
+		s.log.Info("streams closed", "streams", n, "took", time.Since(began).Round(time.Millisecond), "first_reconnect_after", s.cluster.ShutdownHints()(0, n).Round(time.Millisecond))
 	}
 	// With the streams gone no result can arrive here; release the waiting Execs.
 	s.tools.Shutdown()
@@ -560,6 +571,14 @@ func (s *Server) shutdown() error {
 		}
 	}
 	return nil
+}
+
+// restartEstimate is how long a restart of this control plane is expected to take
+// before the next process serves: as long as this one's own start took. (The drain
+// before it is covered by the hints' minimum of a second: a stream kicked at
+// shutdown leaves its session row to finish's one CloseReplicaSessions.)
+func (s *Server) restartEstimate() time.Duration {
+	return time.Duration(s.startTook.Load())
 }
 
 // finish writes what is still in memory and closes the store.
