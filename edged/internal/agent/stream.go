@@ -101,6 +101,9 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 	// toldLater: the last attempt ended with the server asking us to come back later
 	// (logged once at info, then quietly until a stream is welcomed again).
 	toldLater := false
+	// hinted is the last "come back in" the server gave (0 once a stream is welcomed):
+	// if, back then, nothing listens, the retries spread from it (afterUnansweredHint).
+	hinted := time.Duration(0)
 	for {
 		var err error
 		welcomed := false
@@ -129,6 +132,8 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		delay := time.Duration(-1)
 		// later is why the server asked us to come back later ("" if it did not).
 		later := ""
+		// asked is the delay the server asked for, before the jitter on top.
+		asked := time.Duration(0)
 		var disc *disconnectError
 		var sig *revokedSignal
 		switch {
@@ -140,6 +145,7 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 				needAttest = true
 			}
 			if disc.after > 0 {
+				asked = disc.after
 				delay = a.serverDelay(disc.after)
 				later = "disconnect: " + strings.ToLower(strings.TrimPrefix(disc.reason.String(), "DISCONNECT_REASON_"))
 			}
@@ -157,6 +163,7 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 				if ra := reject.RetryAfter(err); ra > 0 {
 					// busy (stream admission) or rate_limited (an attestation):
 					// the server named our slot; the backoff does not grow.
+					asked = ra
 					delay = a.serverDelay(ra)
 					later = reject.Short(r.GetReason())
 				}
@@ -171,9 +178,17 @@ func (a *Agent) serve(ctx context.Context, id *keystore.Identity) error {
 		if welcomed {
 			attempt = 0
 			toldLater = false
+			hinted = 0
+		}
+		if asked > 0 {
+			hinted = asked
 		}
 		if delay < 0 {
-			delay = a.backoff(attempt)
+			if hinted > 0 && nothingListened(err) {
+				delay = a.afterUnansweredHint(hinted, attempt)
+			} else {
+				delay = a.backoff(attempt)
+			}
 			attempt++
 		}
 		msg := errMessage(err)
