@@ -234,10 +234,13 @@ func stormScenario(ctx context.Context, s settings, cp *controlPlane, hosts []*h
 		}
 		tUp = time.Now()
 	} else {
-		if err := cp.Restart(ctx); err != nil {
+		stopped, started, err := cp.Restart(ctx)
+		if err != nil {
 			return err
 		}
 		tUp = time.Now()
+		sum.StopSeconds, sum.StartSeconds = ptr(stopped.Seconds()), ptr(started.Seconds())
+		p.say("the old control plane exited %.1fs after SIGTERM; the new one was ready %.1fs after it started", stopped.Seconds(), started.Seconds())
 	}
 	p.say("the control plane is back after %.1fs; waiting for every daemon to reconnect", tUp.Sub(t0).Seconds())
 	cpu0, _ := cp.ProcessCPU()

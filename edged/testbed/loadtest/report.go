@@ -103,7 +103,11 @@ type Summary struct {
 	// again on a new stream; what each daemon sent meanwhile (stream attempts,
 	// including refused and failed ones; attestations; challenges) and how many
 	// streams it was welcomed on; the peak RSS against the steady state before.
-	RestartSeconds    *float64 `json:"restart_seconds,omitempty"`
+	RestartSeconds *float64 `json:"restart_seconds,omitempty"`
+	// StopSeconds and StartSeconds split a restart the tool made: SIGTERM to the
+	// old process's exit (its drain), then the new process's start to ready.
+	StopSeconds       *float64 `json:"stop_seconds,omitempty"`
+	StartSeconds      *float64 `json:"start_seconds,omitempty"`
 	ReconnectSeconds  *float64 `json:"reconnect_seconds,omitempty"`
 	AttemptsPerDaemon *float64 `json:"attempts_per_daemon,omitempty"`
 	// UnreachablePerDaemon: of those attempts, the ones whose dial failed (the
