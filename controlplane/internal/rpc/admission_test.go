@@ -138,7 +138,7 @@ func TestShutdownHintsLeaveHeadroomAtTenThousand(t *testing.T) {
 // daemon is told to come back while nothing listens.
 func TestShutdownHintsWaitOutTheRestart(t *testing.T) {
 	c := rpc.NewCluster(rpc.ClusterConfig{AdmissionRate: 300, ShutdownWindow: 30 * time.Second,
-		RestartEstimate: func() time.Duration { return 5 * time.Second }})
+		RestartEstimate: func(int) time.Duration { return 5 * time.Second }})
 	hint := c.ShutdownHints()
 	if got := hint(0, 2400); got != 6*time.Second {
 		t.Errorf("first hint %s, want 1s + the 5s restart", got)

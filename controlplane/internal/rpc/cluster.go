@@ -71,10 +71,11 @@ type ClusterConfig struct {
 	// ShutdownWindow caps the spread of reconnect hints on shutdown
 	// (--shutdown-reconnect-window); 0 means DefaultShutdownWindow.
 	ShutdownWindow time.Duration
-	// RestartEstimate is how long, from the start of a shutdown, the next process
-	// is expected to take to serve (the server's own start took about that long);
-	// the shutdown's hints begin after it. nil: no wait beyond minReconnectAfter.
-	RestartEstimate func() time.Duration
+	// RestartEstimate is how long, from the start of a shutdown closing streams
+	// streams, the next process is expected to take to serve (the drain, then a
+	// start as long as the server's own); the shutdown's hints begin after it.
+	// nil: no wait beyond minReconnectAfter.
+	RestartEstimate func(streams int) time.Duration
 }
 
 // DefaultShutdownWindow is --shutdown-reconnect-window's default: long enough for
@@ -508,8 +509,8 @@ func (c *Cluster) presented(v *nodeauth.Stream) {
 // daemons arrive below the pace they are admitted, each on its first attempt.
 func (c *Cluster) ShutdownHints() func(i, n int) time.Duration {
 	window := c.shutdownWindow()
-	floor := c.hintFloor()
 	return func(i, n int) time.Duration {
+		floor := c.hintFloor(n)
 		if n <= 0 {
 			return floor
 		}
@@ -526,7 +527,7 @@ func (c *Cluster) ShutdownHints() func(i, n int) time.Duration {
 // lateShutdownHint is the hint for a stream that arrives while the server is already
 // shutting down: after the floor, somewhere in the whole window, at random.
 func (c *Cluster) lateShutdownHint() time.Duration {
-	return c.hintFloor() + mrand.N(c.shutdownWindow())
+	return c.hintFloor(c.cfg.Sessions.Len()) + mrand.N(c.shutdownWindow())
 }
 
 func (c *Cluster) shutdownWindow() time.Duration {
@@ -536,11 +537,12 @@ func (c *Cluster) shutdownWindow() time.Duration {
 	return DefaultShutdownWindow
 }
 
-// hintFloor is the earliest hint: minReconnectAfter past the expected restart.
-func (c *Cluster) hintFloor() time.Duration {
+// hintFloor is the earliest hint of a shutdown closing n streams: minReconnectAfter
+// past the expected restart.
+func (c *Cluster) hintFloor(n int) time.Duration {
 	floor := minReconnectAfter
 	if c.cfg.RestartEstimate != nil {
-		floor += max(c.cfg.RestartEstimate(), 0)
+		floor += max(c.cfg.RestartEstimate(n), 0)
 	}
 	return floor
 }

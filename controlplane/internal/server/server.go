@@ -147,6 +147,11 @@ type Server struct {
 	// expect the next start to take as long.
 	began     time.Time
 	startTook atomic.Int64
+	// lastDrain is the drain the previous graceful shutdown measured (drain.go);
+	// shutdownBegan and shutdownStreams are this process's own, for the next.
+	lastDrain       drainRecord
+	shutdownBegan   time.Time
+	shutdownStreams int
 }
 
 // New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
@@ -168,6 +173,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := ensureDataDir(cfg.DataDir, s.log, os.Chmod); err != nil {
 		return nil, err
 	}
+	s.lastDrain = readDrainRecord(cfg.DataDir)
 	// With SQLite the data dir is the database: one process owns it. PostgreSQL
 	// replicas may share one (the same CA and admin token), so it is not locked.
 	if cfg.DatabaseKind == config.DatabaseSQLite {
@@ -547,7 +553,8 @@ func (s *Server) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	n := s.sessions.Len()
-	s.log.Info("shutting down", "open_streams", n)
+	s.shutdownBegan, s.shutdownStreams = time.Now(), n
+	s.log.Info("shutting down", "open_streams", n, "expected_restart", s.restartEstimate(n).Round(time.Millisecond))
 	// Fleet drivers stop first: a host must not be judged disconnected because this
 	// replica is closing its stream. Their runs stay running for the next replica
 	// (or this one, restarted) to resume.
@@ -573,12 +580,10 @@ func (s *Server) shutdown() error {
 	return nil
 }
 
-// restartEstimate is how long a restart of this control plane is expected to take
-// before the next process serves: as long as this one's own start took. (The drain
-// before it is covered by the hints' minimum of a second: a stream kicked at
-// shutdown leaves its session row to finish's one CloseReplicaSessions.)
-func (s *Server) restartEstimate() time.Duration {
-	return time.Duration(s.startTook.Load())
+// restartEstimate is how long a restart of this control plane closing streams
+// streams is expected to take before the next process serves (drain.go).
+func (s *Server) restartEstimate(streams int) time.Duration {
+	return expectedRestart(time.Duration(s.startTook.Load()), s.lastDrain, streams)
 }
 
 // finish writes what is still in memory and closes the store.
@@ -595,6 +600,15 @@ func (s *Server) finish() error {
 	s.bus.Close()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	if s.shutdownStreams > 0 {
+		// The next start expects a drain as long per stream as this one.
+		d := drainRecord{Streams: s.shutdownStreams, Seconds: time.Since(s.shutdownBegan).Seconds()}
+		if err := writeDrainRecord(s.cfg.DataDir, d); err != nil {
+			s.log.Warn("could not record the drain for the next start's reconnect hints", "err", err)
+		} else {
+			s.log.Info("drained", "streams", d.Streams, "seconds", d.Seconds)
+		}
 	}
 	if err := s.dirLock.release(); err != nil {
 		errs = append(errs, fmt.Errorf("release data dir lock: %w", err))
