@@ -88,7 +88,7 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.StreamAdmissionRate = v }),
 		str("stream-admission-burst", "AEGIS_STREAM_ADMISSION_BURST", d.StreamAdmissionBurst, "new streams admitted at once before --stream-admission-rate applies (`N`)",
 			func(f *config.File, v string) { f.StreamAdmissionBurst = v }),
-		str("shutdown-reconnect-window", "AEGIS_SHUTDOWN_RECONNECT_WINDOW", d.ShutdownReconnectWindow, "on shutdown every stream is told Disconnect with its own reconnect_after: from 1s after the restart this server expects (as long as its own start took), spread evenly at 80% of --stream-admission-rate over at most this (`DURATION`), so the fleet comes back below the pace the next start admits (the default holds 10,000 daemons at the default rate: 42s)",
+		str("shutdown-reconnect-window", "AEGIS_SHUTDOWN_RECONNECT_WINDOW", d.ShutdownReconnectWindow, "on shutdown every stream is told Disconnect with its own reconnect_after: from 1s after the restart this server expects (its drain as the last shutdown measured it, then a start as long as its own), spread evenly at 80% of --stream-admission-rate over at most this (`DURATION`), so the fleet comes back below the pace the next start admits (the default holds 10,000 daemons at the default rate: 42s)",
 			func(f *config.File, v string) { f.ShutdownReconnectWindow = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
