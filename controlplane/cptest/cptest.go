@@ -76,7 +76,7 @@ type Options struct {
 	StreamAdmissionRate  float64
 	StreamAdmissionBurst int
 	// ShutdownReconnectWindow caps the spread of shutdown reconnect hints (default
-	// 30s, as --shutdown-reconnect-window).
+	// 45s, as --shutdown-reconnect-window).
 	ShutdownReconnectWindow time.Duration
 	// ChallengeRatePerSource and ChallengeBurstPerSource limit challenges per
 	// address (default 50/s, burst 200); BulkEnrollSources (comma-separated

@@ -84,11 +84,11 @@ func serveFlags() []flagLayer {
 			func(f *config.File, v string) { f.BulkEnrollRate = v }),
 		str("bulk-enroll-burst", "AEGIS_BULK_ENROLL_BURST", d.BulkEnrollBurst, "challenges a bulk source may ask for at once (`N`)",
 			func(f *config.File, v string) { f.BulkEnrollBurst = v }),
-		str("stream-admission-rate", "AEGIS_STREAM_ADMISSION_RATE", d.StreamAdmissionRate, "new daemon streams admitted a second (`RATE`), always and above all after a restart; a stream over it is refused busy with a slot to come back at, so a reconnect storm becomes a queue (the default brings 10,000 daemons back in about 35s)",
+		str("stream-admission-rate", "AEGIS_STREAM_ADMISSION_RATE", d.StreamAdmissionRate, "new daemon streams admitted a second (`RATE`), always and above all after a restart; a stream over it is refused busy with a slot to come back at, so a reconnect storm becomes a queue (the default admits 10,000 daemons in about 35s; after a graceful restart they come back over about 42s, at 80% of it)",
 			func(f *config.File, v string) { f.StreamAdmissionRate = v }),
 		str("stream-admission-burst", "AEGIS_STREAM_ADMISSION_BURST", d.StreamAdmissionBurst, "new streams admitted at once before --stream-admission-rate applies (`N`)",
 			func(f *config.File, v string) { f.StreamAdmissionBurst = v }),
-		str("shutdown-reconnect-window", "AEGIS_SHUTDOWN_RECONNECT_WINDOW", d.ShutdownReconnectWindow, "on shutdown every stream is told Disconnect with its own reconnect_after, spread evenly from 1s to this (`DURATION`), so the fleet comes back at a pace the next start admits",
+		str("shutdown-reconnect-window", "AEGIS_SHUTDOWN_RECONNECT_WINDOW", d.ShutdownReconnectWindow, "on shutdown every stream is told Disconnect with its own reconnect_after: from 1s after the restart this server expects (its drain as the last shutdown measured it, then a start as long as its own), spread evenly at 80% of --stream-admission-rate over at most this (`DURATION`), so the fleet comes back below the pace the next start admits (the default holds 10,000 daemons at the default rate: 42s)",
 			func(f *config.File, v string) { f.ShutdownReconnectWindow = v }),
 		str("log-level", "AEGIS_LOG_LEVEL", d.LogLevel, "`LEVEL`: debug, info, warn or error",
 			func(f *config.File, v string) { f.LogLevel = v }),
@@ -139,7 +139,8 @@ given) and admin.token (mode 0600): a bootstrap admin API token for the first op
 
 Every flag can also be set through its AEGIS_* environment variable (flags win) or
 the --config file. SIGINT/SIGTERM shut down gracefully: connected daemons are told to
-reconnect after a delay of their own, spread over --shutdown-reconnect-window.
+reconnect after a delay of their own, from about when the next start is expected to
+serve, spread at 80% of --stream-admission-rate over at most --shutdown-reconnect-window.
 
 Rate limits (see docs/deployment.md, "Rate limits and bulk enrollment"): every refusal
 is typed (rate_limited, busy) and says when to retry; daemons and enrollments honour it.

@@ -17,7 +17,7 @@ func TestLimitDefaultsAreDocumented(t *testing.T) {
 	want := Config{
 		ChallengePerSource: Limit{50, 200}, AttestPerNode: Limit{1, 10},
 		BulkEnroll: Limit{300, 300}, StreamAdmission: Limit{300, 300},
-		ShutdownReconnectWindow: 30 * time.Second,
+		ShutdownReconnectWindow: 45 * time.Second,
 	}
 	if c.ChallengePerSource != want.ChallengePerSource || c.AttestPerNode != want.AttestPerNode ||
 		c.BulkEnroll != want.BulkEnroll || c.StreamAdmission != want.StreamAdmission ||
@@ -34,7 +34,7 @@ challenge_burst_per_source: "40"
 bulk_enroll_sources: "10.0.4.7, 10.8.0.0/16, ::ffff:192.0.2.1"
 bulk_enroll_rate: "500.5"
 stream_admission_rate: "1000"
-shutdown_reconnect_window: 45s
+shutdown_reconnect_window: 50s
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ shutdown_reconnect_window: 45s
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ChallengePerSource != (Limit{20, 40}) || c.BulkEnroll != (Limit{500.5, 300}) || c.StreamAdmission != (Limit{1000, 300}) || c.ShutdownReconnectWindow != 45*time.Second {
+	if c.ChallengePerSource != (Limit{20, 40}) || c.BulkEnroll != (Limit{500.5, 300}) || c.StreamAdmission != (Limit{1000, 300}) || c.ShutdownReconnectWindow != 50*time.Second {
 		t.Fatalf("limits %+v %+v %+v %s", c.ChallengePerSource, c.BulkEnroll, c.StreamAdmission, c.ShutdownReconnectWindow)
 	}
 	want := []netip.Prefix{netip.MustParsePrefix("10.0.4.7/32"), netip.MustParsePrefix("10.8.0.0/16"), netip.MustParsePrefix("192.0.2.1/32")}

@@ -80,7 +80,8 @@ func TestStreamAdmissionBusyIsUnavailableAndHarmless(t *testing.T) {
 }
 
 // On shutdown every stream gets its own reconnect_after: from 1s, evenly over just
-// the time the next start needs to admit them all, never past the window.
+// the time the next start needs to admit them all at 80% of its rate, never past the
+// window.
 func TestShutdownHintsSpreadOverWhatTheNextStartAdmits(t *testing.T) {
 	c := rpc.NewCluster(rpc.ClusterConfig{AdmissionRate: 300, ShutdownWindow: 30 * time.Second})
 	hint := c.ShutdownHints()
@@ -101,9 +102,53 @@ func TestShutdownHintsSpreadOverWhatTheNextStartAdmits(t *testing.T) {
 			t.Errorf("n=%d: last hint %s, want about %s", n, prev, wantLast)
 		}
 	}
-	check(30, time.Second+100*time.Millisecond) // 30 streams: 0.1s at 300/s
-	check(3000, time.Second+10*time.Second)     // 3,000: 10s
-	check(10000, time.Second+30*time.Second)    // 10,000 would need 33s: the window caps it
+	check(24, time.Second+100*time.Millisecond) // 24 streams: 0.1s at 240/s
+	check(2400, time.Second+10*time.Second)     // 2,400: 10s
+	check(10000, time.Second+30*time.Second)    // 10,000 would need 42s: the window caps it
+}
+
+// With the default window, 10,000 streams at the default admission rate are told to
+// come back at no more than 80% of that rate in any second, so the next start admits
+// each on its first attempt with room for the daemons that are late or early; and
+// the last of them is back within a minute.
+func TestShutdownHintsLeaveHeadroomAtTenThousand(t *testing.T) {
+	c := rpc.NewCluster(rpc.ClusterConfig{AdmissionRate: ratelimit.DefaultAdmissionRate})
+	hint := c.ShutdownHints()
+	const n = 10000
+	perSecond := map[time.Duration]int{}
+	last := time.Duration(0)
+	for i := range n {
+		h := hint(i, n)
+		perSecond[(h-time.Second)/time.Second]++
+		last = max(last, h)
+	}
+	limit := int(0.8 * ratelimit.DefaultAdmissionRate)
+	for sec, k := range perSecond {
+		if k > limit {
+			t.Errorf("second %d after the first hint: %d streams told to come back, want at most %d (80%% of %d/s)", sec, k, limit, ratelimit.DefaultAdmissionRate)
+		}
+	}
+	if last > 60*time.Second {
+		t.Errorf("last hint %s: the fleet would not be back within a minute", last)
+	}
+}
+
+// The hints begin once the next start is expected to serve: the restart the control
+// plane estimates (its own start, its drain) comes before the first hint, so no
+// daemon is told to come back while nothing listens.
+func TestShutdownHintsWaitOutTheRestart(t *testing.T) {
+	c := rpc.NewCluster(rpc.ClusterConfig{AdmissionRate: 300, ShutdownWindow: 30 * time.Second,
+		RestartEstimate: func(int) time.Duration { return 5 * time.Second }})
+	hint := c.ShutdownHints()
+	if got := hint(0, 2400); got != 6*time.Second {
+		t.Errorf("first hint %s, want 1s + the 5s restart", got)
+	}
+	if got := hint(2399, 2400); got < 15*time.Second || got > 16*time.Second {
+		t.Errorf("last hint %s, want about 6s + 10s", got)
+	}
+	if got := hint(0, 1); got != 6*time.Second {
+		t.Errorf("one stream: %s, want 6s", got)
+	}
 }
 
 // A real shutdown tells each open stream Disconnect{SHUTDOWN} with a hint of its own.
@@ -129,14 +174,38 @@ func TestShutdownSendsEachStreamItsOwnHint(t *testing.T) {
 			t.Fatalf("got %v, want Disconnect{SHUTDOWN}", cmd)
 		}
 		h := d.GetReconnectAfter().AsDuration()
-		// 4 streams at 2/s: spread over 2s from 1s.
-		if h < time.Second || h >= 3*time.Second {
-			t.Errorf("hint %s outside [1s, 3s)", h)
+		// 4 streams at 80% of 2/s: spread over 2.5s from 1s and the time this
+		// server's own start took (well under 5s, even on a loaded box).
+		if h < time.Second || h >= 1*time.Second+5*time.Second+2500*time.Millisecond {
+			t.Errorf("hint %s outside [1s, 8.5s)", h)
 		}
 		seen[h] = true
 	}
 	if len(seen) != n {
 		t.Errorf("hints %v: want %d distinct", seen, n)
+	}
+}
+
+// A stream kicked by the shutdown leaves its session row to the server, which
+// clears all of its rows at once when the streams are gone: after a restart no
+// host is shown on a session of the process that stopped.
+func TestShutdownClearsTheSessionRows(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{})
+	var ids []string
+	for range 3 {
+		nd := enroll(t, srv, srv.EnrollmentToken(t))
+		nd.open(t, time.Now).hello()
+		ids = append(ids, nd.id)
+	}
+	srv.Restart(t)
+	for _, id := range ids {
+		d, err := srv.Store.GetDaemon(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.SessionID != "" || d.SessionReplica != "" {
+			t.Errorf("%s after the restart: session (%q, %q), want none", id, d.SessionID, d.SessionReplica)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -70,10 +71,23 @@ type ClusterConfig struct {
 	// ShutdownWindow caps the spread of reconnect hints on shutdown
 	// (--shutdown-reconnect-window); 0 means DefaultShutdownWindow.
 	ShutdownWindow time.Duration
+	// RestartEstimate is how long, from the start of a shutdown closing streams
+	// streams, the next process is expected to take to serve (the drain, then a
+	// start as long as the server's own); the shutdown's hints begin after it.
+	// nil: no wait beyond minReconnectAfter.
+	RestartEstimate func(streams int) time.Duration
 }
 
-// DefaultShutdownWindow is --shutdown-reconnect-window's default.
-const DefaultShutdownWindow = 30 * time.Second
+// DefaultShutdownWindow is --shutdown-reconnect-window's default: long enough for
+// 10,000 daemons at hintShare of the default admission rate (10,000 / 240 = 42s),
+// so that a default control plane has them all back within a minute of a restart.
+const DefaultShutdownWindow = 45 * time.Second
+
+// hintShare is the share of the admission rate the shutdown's hints aim at: the
+// rest is headroom for the daemons that come back late or early (jitter, a slow
+// handshake, a restart longer than expected), so the next start's schedule does not
+// fall behind and refuse them busy.
+const hintShare = 0.8
 
 // minReconnectAfter is the earliest a daemon told to reconnect comes back: a restart
 // takes at least that long, and a replica's peers need a moment to see it go.
@@ -248,7 +262,14 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return c.fail(ctx, "ConnectEdge", err)
 	}
 	c.cfg.LastSeen.Touch(nodeID, now)
+	var st *edgeStream
 	defer func() {
+		if k := st.kickedBy(); k != nil && k.Reason == session.ReasonShutdown {
+			// The server clears all its rows in one statement once its streams
+			// are gone (CloseReplicaSessions): 10,000 writes here, one a stream,
+			// would make the drain, and so the restart, seconds longer.
+			return
+		}
 		// The request context is gone by now; the row must still be cleared.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -272,7 +293,7 @@ func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1
 		return nil
 	}
 
-	st := &edgeStream{c: c, bs: bs, h: h, log: log, nodeID: nodeID, closeBody: bodyCloser(ctx)}
+	st = &edgeStream{c: c, bs: bs, h: h, log: log, nodeID: nodeID, closeBody: bodyCloser(ctx)}
 	return st.serve(ctx, verifier)
 }
 
@@ -301,6 +322,15 @@ type edgeStream struct {
 }
 
 var errStreamEnded = errors.New("stream ended")
+
+// kickedBy is the Kick that ended the stream, or nil (also for a nil stream: one
+// that ended before it was welcomed).
+func (s *edgeStream) kickedBy() *session.Kick {
+	if s == nil {
+		return nil
+	}
+	return s.kicked.Load()
+}
 
 // send sends cmd unless the stream has ended.
 func (s *edgeStream) send(cmd *edgev1.EdgeCommand) error {
@@ -474,35 +504,50 @@ func (c *Cluster) presented(v *nodeauth.Stream) {
 }
 
 // ShutdownHints are the reconnect_after hints a shutdown sends: the i-th of n
-// streams is told minReconnectAfter + span*i/n, evenly spaced over a span just long
-// enough for the next start to admit them all at its admission rate (n/rate), but no
-// longer than the shutdown window. A small fleet is back in about a second; 10,000
-// daemons arrive at the pace they are admitted, each on its first attempt.
+// streams is told floor + span*i/n. The floor is minReconnectAfter plus the restart
+// the server expects (RestartEstimate), so no daemon comes back while nothing
+// listens; the span is just long enough for the next start to admit them all at
+// hintShare of its admission rate (n / (0.8 * rate)), but no longer than the
+// shutdown window. A small fleet is back about a second after the restart; 10,000
+// daemons arrive below the pace they are admitted, each on its first attempt.
 func (c *Cluster) ShutdownHints() func(i, n int) time.Duration {
-	window := c.cfg.ShutdownWindow
-	if window <= 0 {
-		window = DefaultShutdownWindow
-	}
+	window := c.shutdownWindow()
 	return func(i, n int) time.Duration {
+		floor := c.hintFloor(n)
+		if n <= 0 {
+			return floor
+		}
 		span := window
 		if c.cfg.AdmissionRate > 0 {
-			span = min(window, time.Duration(float64(n)/c.cfg.AdmissionRate*float64(time.Second)))
+			// Rounded up, so that no second holds more than its share.
+			need := time.Duration(math.Ceil(float64(n) / (hintShare * c.cfg.AdmissionRate) * float64(time.Second)))
+			span = min(window, need)
 		}
-		if n <= 0 {
-			return minReconnectAfter
-		}
-		return minReconnectAfter + time.Duration(int64(span)*int64(i)/int64(n))
+		return floor + time.Duration(int64(span)*int64(i)/int64(n))
 	}
 }
 
 // lateShutdownHint is the hint for a stream that arrives while the server is already
-// shutting down: somewhere in the whole window, at random.
+// shutting down: after the floor, somewhere in the whole window, at random.
 func (c *Cluster) lateShutdownHint() time.Duration {
-	window := c.cfg.ShutdownWindow
-	if window <= 0 {
-		window = DefaultShutdownWindow
+	return c.hintFloor(c.cfg.Sessions.Len()) + mrand.N(c.shutdownWindow())
+}
+
+func (c *Cluster) shutdownWindow() time.Duration {
+	if c.cfg.ShutdownWindow > 0 {
+		return c.cfg.ShutdownWindow
 	}
-	return minReconnectAfter + mrand.N(window)
+	return DefaultShutdownWindow
+}
+
+// hintFloor is the earliest hint of a shutdown closing n streams: minReconnectAfter
+// past the expected restart.
+func (c *Cluster) hintFloor(n int) time.Duration {
+	floor := minReconnectAfter
+	if c.cfg.RestartEstimate != nil {
+		floor += max(c.cfg.RestartEstimate(n), 0)
+	}
+	return floor
 }
 
 func disconnect(k session.Kick) *edgev1.EdgeCommand {

@@ -142,13 +142,23 @@ type Server struct {
 	certs *certReloader
 	// cluster is the NodeClusterService handler (its shutdown hints).
 	cluster *rpc.Cluster
+	// began is when New was called (the wall clock's monotonic reading); startTook
+	// is how long from then until Run served, in nanoseconds: the shutdown's hints
+	// expect the next start to take as long.
+	began     time.Time
+	startTook atomic.Int64
+	// lastDrain is the drain the previous graceful shutdown measured (drain.go);
+	// shutdownBegan and shutdownStreams are this process's own, for the next.
+	lastDrain       drainRecord
+	shutdownBegan   time.Time
+	shutdownStreams int
 }
 
 // New prepares a control plane: data directory, store (migrated), bootstrap, TLS,
 // services and listener. Nothing is served until Run.
 func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	cfg := opts.Config
-	s := &Server{opts: opts, cfg: cfg, log: opts.Logger, now: opts.Now}
+	s := &Server{opts: opts, cfg: cfg, log: opts.Logger, now: opts.Now, began: time.Now()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -163,6 +173,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := ensureDataDir(cfg.DataDir, s.log, os.Chmod); err != nil {
 		return nil, err
 	}
+	s.lastDrain = readDrainRecord(cfg.DataDir)
 	// With SQLite the data dir is the database: one process owns it. PostgreSQL
 	// replicas may share one (the same CA and admin token), so it is not locked.
 	if cfg.DatabaseKind == config.DatabaseSQLite {
@@ -357,6 +368,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Admission:         ratelimit.NewAdmission(cfg.StreamAdmission.Rate, cfg.StreamAdmission.Burst),
 		AdmissionRate:     cfg.StreamAdmission.Rate,
 		ShutdownWindow:    cfg.ShutdownReconnectWindow,
+		RestartEstimate:   s.restartEstimate,
 	})
 	s.cluster = cluster
 	admin := rpc.NewAdmin(rpc.AdminConfig{
@@ -513,7 +525,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.ready.Store(true)
-	s.log.Info("control plane serving", "url", s.URL(), "advertise_url", s.cfg.AdvertiseURL, "data_dir", s.cfg.DataDir, "database", s.cfg.DatabaseKind, "replica", s.replica)
+	took := time.Since(s.began)
+	s.startTook.Store(int64(took))
+	s.log.Info("control plane serving", "url", s.URL(), "advertise_url", s.cfg.AdvertiseURL, "data_dir", s.cfg.DataDir, "database", s.cfg.DatabaseKind, "replica", s.replica, "start_took", took.Round(time.Millisecond))
 
 	var runErr error
 	select {
@@ -539,13 +553,17 @@ func (s *Server) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	n := s.sessions.Len()
-	s.log.Info("shutting down", "open_streams", n)
+	s.shutdownBegan, s.shutdownStreams = time.Now(), n
+	s.log.Info("shutting down", "open_streams", n, "expected_restart", s.restartEstimate(n).Round(time.Millisecond))
 	// Fleet drivers stop first: a host must not be judged disconnected because this
 	// replica is closing its stream. Their runs stay running for the next replica
 	// (or this one, restarted) to resume.
 	s.fleet.Stop()
+	began := time.Now()
 	if err := s.sessions.Shutdown(ctx, s.cluster.ShutdownHints()); err != nil {
 		s.log.Warn("streams did not all close in time", "err", err)
+	} else {
+		s.log.Info("streams closed", "streams", n, "took", time.Since(began).Round(time.Millisecond), "first_reconnect_after", s.cluster.ShutdownHints()(0, n).Round(time.Millisecond))
 	}
 	// With the streams gone no result can arrive here; release the waiting Execs.
 	s.tools.Shutdown()
@@ -562,6 +580,12 @@ func (s *Server) shutdown() error {
 	return nil
 }
 
+// restartEstimate is how long a restart of this control plane closing streams
+// streams is expected to take before the next process serves (drain.go).
+func (s *Server) restartEstimate(streams int) time.Duration {
+	return expectedRestart(time.Duration(s.startTook.Load()), s.lastDrain, streams)
+}
+
 // finish writes what is still in memory and closes the store.
 func (s *Server) finish() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -576,6 +600,15 @@ func (s *Server) finish() error {
 	s.bus.Close()
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	if s.shutdownStreams > 0 {
+		// The next start expects a drain as long per stream as this one.
+		d := drainRecord{Streams: s.shutdownStreams, Seconds: time.Since(s.shutdownBegan).Seconds()}
+		if err := writeDrainRecord(s.cfg.DataDir, d); err != nil {
+			s.log.Warn("could not record the drain for the next start's reconnect hints", "err", err)
+		} else {
+			s.log.Info("drained", "streams", d.Streams, "seconds", d.Seconds)
+		}
 	}
 	if err := s.dirLock.release(); err != nil {
 		errs = append(errs, fmt.Errorf("release data dir lock: %w", err))

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -445,6 +446,25 @@ func (a *Agent) retry() backoff.Policy {
 }
 
 func (a *Agent) backoff(n int) time.Duration { return a.retry().Delay(n) }
+
+// afterUnansweredHint is the wait before retry n when the control plane asked this
+// daemon to come back in hint (a restart's Disconnect, a busy slot) and, back then,
+// nothing listened: the restart is taking longer than the server expected. The
+// schedule is the daemon's own backoff, but starting from the hint instead of from
+// MinBackoff (full jitter, doubling, capped at MaxBackoff before the jitter), so a
+// fleet the server spread over a span stays spread while it waits, instead of
+// retrying every few hundred milliseconds and arriving together the moment the new
+// process listens.
+func (a *Agent) afterUnansweredHint(hint time.Duration, n int) time.Duration {
+	return backoff.Policy{Min: max(min(hint, a.cfg.MaxBackoff), a.cfg.MinBackoff), Max: a.cfg.MaxBackoff, Rand: a.cfg.Jitter}.Delay(n)
+}
+
+// nothingListened says whether err is a dial that failed (connection refused,
+// nothing on the port): the control plane never saw the attempt.
+func nothingListened(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
 
 // serverDelay is how long to wait when the control plane said "come back in d": d,
 // capped at MaxServerDelay, plus a little jitter on top (never less than asked).

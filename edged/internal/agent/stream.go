@@ -82,6 +82,9 @@ func (a *Agent) reconnect(ctx, callsCtx context.Context, log *slog.Logger, host 
 	// toldLater: the last attempt ended with the server asking us to come back later
 	// (logged once at info, then quietly until a stream is welcomed again).
 	toldLater := false
+	// hinted is the last "come back in" the server gave (0 once a stream is welcomed):
+	// if, back then, nothing listens, the retries spread from it (afterUnansweredHint).
+	hinted := time.Duration(0)
 	for {
 		// A rotation an earlier run (or a failed step) left behind is settled first,
 		// so the stream opens with the key the server holds.
@@ -103,10 +106,18 @@ func (a *Agent) reconnect(ctx, callsCtx context.Context, log *slog.Logger, host 
 		if welcomed {
 			attempt = 0
 			toldLater = false
+			hinted = 0
+		}
+		if e.asked > 0 {
+			hinted = e.asked
 		}
 		delay := e.delay
 		if delay < 0 {
-			delay = a.backoff(attempt)
+			if hinted > 0 && nothingListened(err) {
+				delay = a.afterUnansweredHint(hinted, attempt)
+			} else {
+				delay = a.backoff(attempt)
+			}
 			attempt++
 		}
 		toldLater = a.streamEnded(log, err, e.later, delay, toldLater, needAttest)
@@ -143,6 +154,7 @@ type ending struct {
 	revoked  string        // the identity is gone, for this reason ("" if not)
 	reattest bool          // attest before the next stream
 	delay    time.Duration // the wait the server asked for, or -1: the backoff decides
+	asked    time.Duration // what the server asked for, before the jitter on top (0: nothing)
 	later    string        // why the server asked us to come back later ("" if it did not)
 }
 
@@ -161,6 +173,7 @@ func (a *Agent) endingOf(err error) ending {
 			e.reattest = true
 		}
 		if disc.after > 0 {
+			e.asked = disc.after
 			e.delay = a.serverDelay(disc.after)
 			e.later = "disconnect: " + strings.ToLower(strings.TrimPrefix(disc.reason.String(), "DISCONNECT_REASON_"))
 		}
@@ -181,6 +194,7 @@ func (a *Agent) endingOf(err error) ending {
 		if ra := reject.RetryAfter(err); ra > 0 {
 			// busy (stream admission) or rate_limited (an attestation): the
 			// server named our slot; the backoff does not grow.
+			e.asked = ra
 			e.delay = a.serverDelay(ra)
 			e.later = reject.Short(r.GetReason())
 		}

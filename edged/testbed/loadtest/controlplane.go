@@ -316,20 +316,23 @@ func connectExternal(ctx context.Context, serverURL, caFile, tokenFile, metricsU
 }
 
 // Restart stops the control plane gracefully and starts it again on the same
-// address, data and flags; it returns once the new process is ready.
-func (cp *controlPlane) Restart(ctx context.Context) error {
+// address, data and flags; it returns once the new process is ready, with how long
+// the old one took to exit (its drain) and the new one to be ready.
+func (cp *controlPlane) Restart(ctx context.Context) (stopped, started time.Duration, err error) {
 	if cp.External {
-		return errors.New("the tool does not restart a control plane it did not start")
+		return 0, 0, errors.New("the tool does not restart a control plane it did not start")
 	}
+	t0 := time.Now()
 	cp.Stop()
+	stopped = time.Since(t0)
 	o := cp.opts
 	o.Addr = cp.addr
 	next, err := startControlPlane(ctx, o)
 	if err != nil {
-		return err
+		return stopped, 0, err
 	}
 	cp.cmd, cp.done, cp.logs = next.cmd, next.done, next.logs
-	return nil
+	return stopped, time.Since(t0) - stopped, nil
 }
 
 // Stop stops the control plane gracefully (SIGTERM), then hard after 20s.

@@ -83,17 +83,31 @@ type Summary struct {
 	GoroutinesPerDaemon   *float64 `json:"goroutines_per_daemon,omitempty"`
 	HeartbeatsPerSecond   *float64 `json:"heartbeats_per_second,omitempty"`
 	CPUMicrosPerHeartbeat *float64 `json:"cpu_us_per_heartbeat,omitempty"`
-	VerifiesPerHeartbeat  *float64 `json:"cpu_per_heartbeat_in_verifies,omitempty"`
-	RSSBaseMiB            *float64 `json:"rss_base_mib,omitempty"`
-	RSSMiB                *float64 `json:"rss_mib,omitempty"`
-	Revoked               int      `json:"revoked,omitempty"`
-	RevocationP50Ms       *float64 `json:"revocation_p50_ms,omitempty"`
-	RevocationP99Ms       *float64 `json:"revocation_p99_ms,omitempty"`
+	// VerifiesPerHeartbeat is cpu_us_per_heartbeat in Ed25519 verifies of
+	// verify_cpu_us: the reference measured in the same window and unit (thread CPU
+	// time, the median of short slices spread over the steady window).
+	VerifiesPerHeartbeat *float64 `json:"cpu_per_heartbeat_in_verifies,omitempty"`
+	VerifyCPUMicros      *float64 `json:"verify_cpu_us,omitempty"`
+	VerifyCPUSlices      int      `json:"verify_cpu_slices,omitempty"`
+	// VerifyWallPerSecond is the older reference, kept beside it: verifies a second
+	// by the wall clock, for 1s on one core before the daemons start (an idle box);
+	// WallVerifiesPerHeartbeat is cpu_us_per_heartbeat in those verifies.
+	VerifyWallPerSecond      *float64 `json:"verify_wall_per_second,omitempty"`
+	WallVerifiesPerHeartbeat *float64 `json:"cpu_per_heartbeat_in_wall_verifies,omitempty"`
+	RSSBaseMiB               *float64 `json:"rss_base_mib,omitempty"`
+	RSSMiB                   *float64 `json:"rss_mib,omitempty"`
+	Revoked                  int      `json:"revoked,omitempty"`
+	RevocationP50Ms          *float64 `json:"revocation_p50_ms,omitempty"`
+	RevocationP99Ms          *float64 `json:"revocation_p99_ms,omitempty"`
 	// storm: from the restarted control plane being ready to every daemon Connected
 	// again on a new stream; what each daemon sent meanwhile (stream attempts,
 	// including refused and failed ones; attestations; challenges) and how many
 	// streams it was welcomed on; the peak RSS against the steady state before.
-	RestartSeconds    *float64 `json:"restart_seconds,omitempty"`
+	RestartSeconds *float64 `json:"restart_seconds,omitempty"`
+	// StopSeconds and StartSeconds split a restart the tool made: SIGTERM to the
+	// old process's exit (its drain), then the new process's start to ready.
+	StopSeconds       *float64 `json:"stop_seconds,omitempty"`
+	StartSeconds      *float64 `json:"start_seconds,omitempty"`
 	ReconnectSeconds  *float64 `json:"reconnect_seconds,omitempty"`
 	AttemptsPerDaemon *float64 `json:"attempts_per_daemon,omitempty"`
 	// UnreachablePerDaemon: of those attempts, the ones whose dial failed (the
