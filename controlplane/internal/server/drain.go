@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/aegis-edge/aegis/api/atomicfile"
 )
 
 // A restart's hints (rpc.Cluster.ShutdownHints) begin when the next process is
@@ -60,17 +62,5 @@ func writeDrainRecord(dir string, r drainRecord) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, drainRecordFile+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, drainRecordFile))
+	return atomicfile.Write(filepath.Join(dir, drainRecordFile), b, 0o600)
 }
