@@ -416,12 +416,14 @@ func (s *Stream) flush() bool {
 	return ok
 }
 
-// end refuses every later item and waits for a Send in progress.
+// end refuses every later item, sends what is queued (a kick's Disconnect queued
+// just before the handler found the stream closed must still go out), and waits for
+// a Send in progress.
 func (s *Stream) end() {
 	s.mu.Lock()
 	s.closed = true
-	s.outbox = nil
 	s.mu.Unlock()
+	s.flush()
 	for s.sending.Load() {
 		<-s.senderDone
 	}
