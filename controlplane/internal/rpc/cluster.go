@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -94,7 +92,12 @@ const hintShare = 0.8
 const minReconnectAfter = time.Second
 
 // Cluster implements edgev1connect.NodeClusterServiceHandler.
-type Cluster struct{ cfg ClusterConfig }
+type Cluster struct {
+	cfg ClusterConfig
+
+	streamOnce sync.Once
+	stream     *session.StreamConfig
+}
 
 // NewCluster returns the handler.
 func NewCluster(cfg ClusterConfig) *Cluster { return &Cluster{cfg: cfg} }
@@ -210,272 +213,58 @@ func bodyCloser(ctx context.Context) func() {
 	return func() {}
 }
 
-// ConnectEdge implements NodeClusterService.ConnectEdge: Hello -> Welcome, then each
-// Heartbeat -> HeartbeatAck, until the daemon hangs up, an envelope is refused (the
-// stream ends with that refusal), or the server kicks the stream (Disconnect).
+// ConnectEdge implements NodeClusterService.ConnectEdge: the stream is a
+// session.Stream (admit, authenticate, open, welcome, serve, close); this maps the
+// error it ends with, once.
 func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]) error {
 	verifier := c.cfg.Auth.NewStream(edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT)
-
-	first, err := bs.Receive()
-	if err != nil {
-		// The daemon left before saying anything, or said something unreadable.
-		return c.receiveFailed(ctx, err)
-	}
-	// Admission comes before any verification, so a stream over the rate costs the
-	// server no signature check: it is told its slot and comes back then.
-	if ok, wait := c.cfg.Admission.Admit(first.GetNodeId(), c.cfg.Now()); !ok {
-		c.cfg.Metrics.StreamAdmission("busy")
-		return c.fail(ctx, "ConnectEdge", rejection.Retry(edgev1.RejectReason_REJECT_REASON_BUSY, wait,
-			"the control plane is admitting streams at a bounded rate: come back in %s", wait.Round(time.Millisecond)))
-	}
-	c.cfg.Metrics.StreamAdmission("admitted")
-	if err := verifier.Check(ctx, first); err != nil {
+	if err := session.NewStream(c.streamConfig(), bs, verifier, bodyCloser(ctx)).Run(ctx); err != nil {
 		return c.fail(ctx, "ConnectEdge", err)
-	}
-	var ev edgev1.EdgeEvent
-	if err := proto.Unmarshal(first.GetPayload(), &ev); err != nil || ev.GetHello() == nil {
-		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "the first envelope of a stream must carry a Hello"))
-	}
-	nodeID := verifier.NodeID()
-	c.presented(verifier)
-	sessionID, err := newSessionID(c.cfg.Rand)
-	if err != nil {
-		return c.fail(ctx, "ConnectEdge", err)
-	}
-
-	now := c.cfg.Now()
-	h, err := c.cfg.Sessions.AttachSince(nodeID, sessionID, now)
-	if errors.Is(err, session.ErrClosed) {
-		return bs.Send(disconnect(session.Kick{Reason: session.ReasonShutdown, ReconnectAfter: c.lateShutdownHint(), Message: err.Error()}))
-	}
-	defer c.cfg.Sessions.Release(h)
-
-	if err := c.cfg.Store.InTx(ctx, func(tx store.Tx) error {
-		if err := tx.OpenSession(ctx, nodeID, sessionID, c.cfg.ReplicaID, now); err != nil {
-			return err
-		}
-		if err := tx.SetDaemonLocalMaxKeyAge(ctx, nodeID, localMaxKeyAge(ev.GetHello())); err != nil { // keypolicy_hook.go
-			return err
-		}
-		return tx.TouchLastSeen(ctx, map[string]time.Time{nodeID: now})
-	}); err != nil {
-		return c.fail(ctx, "ConnectEdge", err)
-	}
-	c.cfg.LastSeen.Touch(nodeID, now)
-	var st *edgeStream
-	defer func() {
-		if k := st.kickedBy(); k != nil && k.Reason == session.ReasonShutdown {
-			// The server clears all its rows in one statement once its streams
-			// are gone (CloseReplicaSessions): 10,000 writes here, one a stream,
-			// would make the drain, and so the restart, seconds longer.
-			return
-		}
-		// The request context is gone by now; the row must still be cleared.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := c.cfg.Store.CloseSession(cctx, nodeID, sessionID); err != nil {
-			c.cfg.Logger.Warn("close session", "node", nodeID, "err", err)
-		}
-	}()
-	log := c.cfg.Logger.With("node", nodeID, "session", sessionID)
-	log.InfoContext(ctx, "stream open", "agent_version", ev.GetHello().GetAgentVersion(), "hostname", ev.GetHello().GetHostname())
-
-	welcome := &edgev1.Welcome{
-		SessionId:         sessionID,
-		HeartbeatInterval: durationpb.New(c.cfg.HeartbeatInterval),
-	}
-	c.withPolicyMax(ctx, nodeID, welcome) // keypolicy_hook.go
-	// The time as it is sent, not the arrival's: in a storm a stream may wait on the
-	// session write longer than the allowed clock skew, and a daemon that learned a
-	// clock behind by that wait would have its next envelopes refused clock_skew.
-	welcome.ServerTime = timestamppb.New(c.cfg.Now())
-	if err := bs.Send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: welcome}}); err != nil {
-		return nil
-	}
-
-	st = &edgeStream{c: c, bs: bs, h: h, log: log, nodeID: nodeID, closeBody: bodyCloser(ctx)}
-	return st.serve(ctx, verifier)
-}
-
-// edgeStream is one admitted, welcomed ConnectEdge stream. Its handler goroutine
-// only receives (and answers what it receives); kicks and commands queued by the
-// rest of the control plane are sent by a goroutine started when one arrives, so an
-// idle stream costs no goroutine of its own beyond the handler. Sends are serialized
-// by out; once a Disconnect is sent nothing more is, and the request body is closed
-// so the handler's Receive returns and the stream ends.
-type edgeStream struct {
-	c         *Cluster
-	bs        *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]
-	h         *session.Handle
-	log       *slog.Logger
-	nodeID    string
-	closeBody func()
-
-	// mu serializes Sends; ended is set (under mu) once the stream's last message
-	// went out or the handler is returning.
-	mu    sync.Mutex
-	ended bool
-	// kicked is the Kick that ended the stream, if one did.
-	kicked atomic.Pointer[session.Kick]
-	// draining: a drain goroutine is running (at most one at a time).
-	draining atomic.Bool
-}
-
-var errStreamEnded = errors.New("stream ended")
-
-// kickedBy is the Kick that ended the stream, or nil (also for a nil stream: one
-// that ended before it was welcomed).
-func (s *edgeStream) kickedBy() *session.Kick {
-	if s == nil {
-		return nil
-	}
-	return s.kicked.Load()
-}
-
-// send sends cmd unless the stream has ended.
-func (s *edgeStream) send(cmd *edgev1.EdgeCommand) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ended {
-		return errStreamEnded
-	}
-	return s.bs.Send(cmd)
-}
-
-// last sends cmd as the stream's final message.
-func (s *edgeStream) last(cmd *edgev1.EdgeCommand) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ended {
-		return errStreamEnded
-	}
-	s.ended = true
-	return s.bs.Send(cmd)
-}
-
-// end stops every later send; it waits for a send in progress.
-func (s *edgeStream) end() {
-	s.mu.Lock()
-	s.ended = true
-	s.mu.Unlock()
-}
-
-// wake is called (by the registry, on the queuing goroutine) after a kick or command
-// was queued for this stream.
-func (s *edgeStream) wake() {
-	if s.draining.CompareAndSwap(false, true) {
-		go s.drain()
-	}
-}
-
-// drain sends what is queued: commands in order, or a kick's Disconnect as the last
-// message, after which the body is closed to end the handler's Receive.
-func (s *edgeStream) drain() {
-	for {
-		select {
-		case k := <-s.h.Kicked():
-			s.kicked.Store(&k)
-			err := s.last(disconnect(k))
-			if err == nil && k.Reason == session.ReasonRevoked && !k.RevokedAt.IsZero() {
-				// The Disconnect is on the wire and the stream ends now: the
-				// revocation has reached the host.
-				s.c.cfg.Metrics.RevocationPropagated(s.c.cfg.Now().Sub(k.RevokedAt))
-			}
-			s.closeBody()
-			return // draining stays set: nothing more goes out on this stream
-		case cmd := <-s.h.Commands():
-			s.log.Info("command sent", "kind", cmd.Kind, "command_id", cmd.CommandID)
-			if err := s.send(command(*cmd)); err != nil {
-				s.end()
-				s.closeBody()
-				return
-			}
-		default:
-			s.draining.Store(false)
-			// Something queued after the select looked and before the flag fell
-			// would have found the flag set and started nobody: look again.
-			if len(s.h.Kicked()) == 0 && len(s.h.Commands()) == 0 {
-				return
-			}
-			if !s.draining.CompareAndSwap(false, true) {
-				return
-			}
-		}
-	}
-}
-
-// sendFailed ends the handler after a reply could not be sent: the daemon is gone,
-// or a kick's Disconnect already ended the stream.
-func (s *edgeStream) sendFailed(ctx context.Context) error {
-	if k := s.kicked.Load(); k != nil {
-		s.log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
 	}
 	return nil
 }
 
-func (s *edgeStream) serve(ctx context.Context, verifier *nodeauth.Stream) error {
-	c, log := s.c, s.log
-	defer s.end()
-	s.h.OnWork(s.wake)
-	for {
-		env, err := s.bs.Receive()
-		if err != nil {
-			if k := s.kicked.Load(); k != nil {
-				log.InfoContext(ctx, "stream closed", "why", "disconnect", "reason", k.Reason)
-				return nil
-			}
-			if rerr := c.receiveFailed(ctx, err); rerr != nil {
-				return rerr
-			}
-			log.InfoContext(ctx, "stream closed", "why", "daemon hung up")
-			return nil
+// streamConfig is what every stream's session is wired with, built once.
+func (c *Cluster) streamConfig() *session.StreamConfig {
+	c.streamOnce.Do(func() {
+		c.stream = &session.StreamConfig{
+			Registry:          c.cfg.Sessions,
+			Presence:          c.cfg.Presence,
+			LastSeen:          c.cfg.LastSeen,
+			Store:             c.cfg.Store,
+			Metrics:           c.cfg.Metrics,
+			Admission:         c.cfg.Admission,
+			Tools:             toolSink{c.cfg.ToolCalls},
+			Now:               c.cfg.Now,
+			Logger:            c.cfg.Logger,
+			HeartbeatInterval: c.cfg.HeartbeatInterval,
+			ReplicaID:         c.cfg.ReplicaID,
+			Rand:              c.cfg.Rand,
+			PolicyMax:         c.policyMax,    // keypolicy_hook.go
+			LocalMaxKeyAge:    localMaxKeyAge, // keypolicy_hook.go
+			LateShutdownHint:  c.lateShutdownHint,
+			ReceiveError:      c.receiveFailed,
+			Encode:            command,
 		}
-		if err := verifier.Check(ctx, env); err != nil {
-			s.end()
-			return c.fail(ctx, "ConnectEdge", err)
-		}
-		c.presented(verifier)
-		var ev edgev1.EdgeEvent
-		if err := proto.Unmarshal(env.GetPayload(), &ev); err != nil {
-			s.end()
-			return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED, "payload is not an EdgeEvent"))
-		}
-		now := c.cfg.Now()
-		c.cfg.LastSeen.Touch(s.nodeID, now)
-		switch e := ev.GetEvent().(type) {
-		case *edgev1.EdgeEvent_CommandProgress:
-			p := e.CommandProgress
-			c.cfg.ToolCalls.Progress(s.nodeID, p.GetCommandId(), progressFromPB(p))
-		case *edgev1.EdgeEvent_CommandResult:
-			res := e.CommandResult
-			if !c.cfg.ToolCalls.Result(s.nodeID, res.GetCommandId(), resultFromPB(res)) {
-				log.InfoContext(ctx, "tool result for no call followed here: acked, and kept a while for an attach", "command_id", res.GetCommandId())
-			}
-			// Acked as the answer to what was just received: a duplicate is acked
-			// too, so the daemon's buffer drains either way.
-			if err := s.send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_CommandResultAck{CommandResultAck: &edgev1.CommandResultAck{
-				CommandId: res.GetCommandId(),
-			}}}); err != nil {
-				return s.sendFailed(ctx)
-			}
-		case *edgev1.EdgeEvent_Heartbeat:
-			c.cfg.Metrics.Heartbeat()
-			if err := s.send(&edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
-				Sequence:   env.GetSequence(),
-				ServerTime: timestamppb.New(now),
-			}}}); err != nil {
-				return s.sendFailed(ctx)
-			}
-		default:
-			// A second Hello or an event this server does not know yet: the
-			// envelope was genuine, so it only refreshes last-seen.
-		}
-	}
+	})
+	return c.stream
+}
+
+// toolSink hands a stream's tool-call reports to the tool-call service.
+type toolSink struct{ s *toolcall.Service }
+
+func (t toolSink) Progress(nodeID string, p *edgev1.CommandProgress) {
+	t.s.Progress(nodeID, p.GetCommandId(), progressFromPB(p))
+}
+
+func (t toolSink) Result(nodeID string, r *edgev1.CommandResult) bool {
+	return t.s.Result(nodeID, r.GetCommandId(), resultFromPB(r))
 }
 
 // receiveFailed turns a failed Receive into how the stream ends: nil when the daemon
-// hung up or went away (nobody is left to tell), a typed refusal when what it sent
-// could not be read, so a client always learns why it was cut off.
+// hung up or went away (nobody is left to tell), a typed refusal (mapped by
+// ConnectEdge) when what it sent could not be read, so a client always learns why it
+// was cut off.
 func (c *Cluster) receiveFailed(ctx context.Context, err error) error {
 	if errors.Is(err, io.EOF) || ctx.Err() != nil {
 		return nil
@@ -486,21 +275,15 @@ func (c *Cluster) receiveFailed(ctx context.Context, err error) error {
 		if c.cfg.MaxMessageBytes > 0 {
 			limit = fmt.Sprintf(" (%d bytes)", c.cfg.MaxMessageBytes)
 		}
-		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED,
-			"a stream message was larger than the control plane reads%s; send smaller envelopes", limit))
+		return rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED,
+			"a stream message was larger than the control plane reads%s; send smaller envelopes", limit)
 	case connect.CodeInvalidArgument, connect.CodeInternal, connect.CodeUnknown:
 		// connect-go reports a body it cannot decode as InvalidArgument (bad
 		// protobuf) or Internal/Unknown (bad framing or compression).
-		return c.fail(ctx, "ConnectEdge", rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED,
-			"a stream message is not a SealNodeEnvelope; check the client speaks aegis.edge.v1"))
+		return rejection.New(edgev1.RejectReason_REJECT_REASON_MALFORMED,
+			"a stream message is not a SealNodeEnvelope; check the client speaks aegis.edge.v1")
 	}
 	return nil
-}
-
-// presented tells Presence what the envelope the verifier just accepted proved.
-func (c *Cluster) presented(v *nodeauth.Stream) {
-	kfp, jti := v.Presented()
-	c.cfg.Presence.Presented(v.NodeID(), session.Credentials{KeyFingerprint: kfp, TokenJTI: jti})
 }
 
 // ShutdownHints are the reconnect_after hints a shutdown sends: the i-th of n
@@ -550,25 +333,6 @@ func (c *Cluster) hintFloor(n int) time.Duration {
 	return floor
 }
 
-func disconnect(k session.Kick) *edgev1.EdgeCommand {
-	reason := edgev1.DisconnectReason_DISCONNECT_REASON_UNSPECIFIED
-	switch k.Reason {
-	case session.ReasonShutdown:
-		reason = edgev1.DisconnectReason_DISCONNECT_REASON_SHUTDOWN
-	case session.ReasonReplaced:
-		reason = edgev1.DisconnectReason_DISCONNECT_REASON_REPLACED
-	case session.ReasonRevoked:
-		reason = edgev1.DisconnectReason_DISCONNECT_REASON_REVOKED
-	case session.ReasonReattest:
-		reason = edgev1.DisconnectReason_DISCONNECT_REASON_REATTEST
-	}
-	d := &edgev1.Disconnect{Reason: reason, Message: k.Message}
-	if k.ReconnectAfter > 0 {
-		d.ReconnectAfter = durationpb.New(k.ReconnectAfter)
-	}
-	return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Disconnect{Disconnect: d}}
-}
-
 func command(c session.Command) *edgev1.EdgeCommand {
 	switch c.Kind {
 	case session.CommandInvokeTool:
@@ -588,14 +352,6 @@ func command(c session.Command) *edgev1.EdgeCommand {
 	default:
 		return &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_RefreshToken{RefreshToken: &edgev1.RefreshTokenCommand{Reason: c.Reason}}}
 	}
-}
-
-func newSessionID(rnd io.Reader) (string, error) {
-	var b [16]byte
-	if _, err := io.ReadFull(rnd, b[:]); err != nil {
-		return "", err
-	}
-	return "s-" + hex.EncodeToString(b[:]), nil
 }
 
 func tenantPB(t store.Tenant) *edgev1.Tenant {

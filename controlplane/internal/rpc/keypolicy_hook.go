@@ -25,21 +25,19 @@ func localMaxKeyAge(h *edgev1.Hello) time.Duration {
 	return d.AsDuration()
 }
 
-// withPolicyMax sets w.MaxKeyAge. A store failure leaves it unset (the daemon keeps
-// its local setting and learns the policy on a later stream): the stream is not
-// refused for it.
-func (c *Cluster) withPolicyMax(ctx context.Context, nodeID string, w *edgev1.Welcome) {
+// policyMax is the host's policy max key age for its Welcome, 0 for none. A store
+// failure leaves it unset (the daemon keeps its local setting and learns the policy
+// on a later stream): the stream is not refused for it.
+func (c *Cluster) policyMax(ctx context.Context, nodeID string) time.Duration {
 	if c.cfg.KeyPolicy == nil {
-		return
+		return 0
 	}
 	m, err := c.cfg.KeyPolicy.NodeMax(ctx, nodeID)
 	if err != nil {
 		c.cfg.Logger.WarnContext(ctx, "rotation policy for welcome", "node", nodeID, "err", err)
-		return
+		return 0
 	}
-	if m > 0 {
-		w.MaxKeyAge = durationpb.New(m)
-	}
+	return m
 }
 
 func rotationPolicyPB(c session.Command) *edgev1.EdgeCommand {
