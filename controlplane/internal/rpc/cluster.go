@@ -10,7 +10,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -95,12 +94,16 @@ const minReconnectAfter = time.Second
 type Cluster struct {
 	cfg ClusterConfig
 
-	streamOnce sync.Once
-	stream     *session.StreamConfig
+	// stream is what every ConnectEdge stream's session is wired with.
+	stream *session.StreamConfig
 }
 
 // NewCluster returns the handler.
-func NewCluster(cfg ClusterConfig) *Cluster { return &Cluster{cfg: cfg} }
+func NewCluster(cfg ClusterConfig) *Cluster {
+	c := &Cluster{cfg: cfg}
+	c.stream = c.streamConfig()
+	return c
+}
 
 func (c *Cluster) fail(ctx context.Context, op string, err error) error {
 	return toConnect(ctx, c.cfg.Logger, c.cfg.Now(), op, err)
@@ -218,36 +221,33 @@ func bodyCloser(ctx context.Context) func() {
 // error it ends with, once.
 func (c *Cluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]) error {
 	verifier := c.cfg.Auth.NewStream(edgev1.EnvelopeKind_ENVELOPE_KIND_EDGE_EVENT)
-	if err := session.NewStream(c.streamConfig(), bs, verifier, bodyCloser(ctx)).Run(ctx); err != nil {
+	if err := session.NewStream(c.stream, bs, verifier, bodyCloser(ctx)).Run(ctx); err != nil {
 		return c.fail(ctx, "ConnectEdge", err)
 	}
 	return nil
 }
 
-// streamConfig is what every stream's session is wired with, built once.
+// streamConfig wires a stream's session to this cluster's services.
 func (c *Cluster) streamConfig() *session.StreamConfig {
-	c.streamOnce.Do(func() {
-		c.stream = &session.StreamConfig{
-			Registry:          c.cfg.Sessions,
-			Presence:          c.cfg.Presence,
-			LastSeen:          c.cfg.LastSeen,
-			Store:             c.cfg.Store,
-			Metrics:           c.cfg.Metrics,
-			Admission:         c.cfg.Admission,
-			Tools:             toolSink{c.cfg.ToolCalls},
-			Now:               c.cfg.Now,
-			Logger:            c.cfg.Logger,
-			HeartbeatInterval: c.cfg.HeartbeatInterval,
-			ReplicaID:         c.cfg.ReplicaID,
-			Rand:              c.cfg.Rand,
-			PolicyMax:         c.policyMax,    // keypolicy_hook.go
-			LocalMaxKeyAge:    localMaxKeyAge, // keypolicy_hook.go
-			LateShutdownHint:  c.lateShutdownHint,
-			ReceiveError:      c.receiveFailed,
-			Encode:            command,
-		}
-	})
-	return c.stream
+	return &session.StreamConfig{
+		Registry:          c.cfg.Sessions,
+		Presence:          c.cfg.Presence,
+		LastSeen:          c.cfg.LastSeen,
+		Store:             c.cfg.Store,
+		Metrics:           c.cfg.Metrics,
+		Admission:         c.cfg.Admission,
+		Tools:             toolSink{c.cfg.ToolCalls},
+		Now:               c.cfg.Now,
+		Logger:            c.cfg.Logger,
+		HeartbeatInterval: c.cfg.HeartbeatInterval,
+		ReplicaID:         c.cfg.ReplicaID,
+		Rand:              c.cfg.Rand,
+		PolicyMax:         c.policyMax,    // keypolicy_hook.go
+		LocalMaxKeyAge:    localMaxKeyAge, // keypolicy_hook.go
+		LateShutdownHint:  c.lateShutdownHint,
+		ReceiveError:      c.receiveFailed,
+		Encode:            command,
+	}
 }
 
 // toolSink hands a stream's tool-call reports to the tool-call service.

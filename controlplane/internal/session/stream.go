@@ -90,7 +90,6 @@ type Stream struct {
 	sessionID string
 	h         *Handle
 	log       *slog.Logger
-	opened    time.Time
 
 	// mu guards outbox and closed only, never a Send.
 	mu     sync.Mutex
@@ -205,7 +204,6 @@ func (s *Stream) open(ctx context.Context) error {
 		s.cfg.Registry.Release(h)
 		return err
 	}
-	s.opened = now
 	s.cfg.LastSeen.Touch(s.nodeID, now)
 	s.log = s.cfg.Logger.With("node", s.nodeID, "session", sessionID)
 	s.log.InfoContext(ctx, "stream open", "agent_version", s.hello.GetAgentVersion(), "hostname", s.hello.GetHostname())
