@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/aegis-edge/aegis/api/backoff"
@@ -30,13 +31,28 @@ type Postgres struct {
 
 	// listen is the open LISTEN connection, handed from OpenPostgres to Run.
 	listen *pgx.Conn
+
+	// queue feeds the publisher; stop ends it and stopped reports it has.
+	queue   chan *publication
+	stop    chan struct{}
+	stopped chan struct{}
+	closing sync.Once
+}
+
+// publication is one Publish call waiting for the transaction that carries it.
+type publication struct {
+	payloads []string
+	done     chan error
 }
 
 var _ Bus = (*Postgres)(nil)
 
 const (
-	// publishConns bounds the connections publishing takes from the database.
-	publishConns = 4
+	// publishConns bounds the connections publishing takes from the database: one
+	// for the publisher, one spare for the pool's health checks.
+	publishConns = 2
+	// maxBatch bounds the notifications one publishing transaction carries.
+	maxBatch = 256
 	// backoff bounds the wait between attempts to re-open the LISTEN connection.
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = 5 * time.Second
@@ -67,11 +83,13 @@ func OpenPostgres(ctx context.Context, url, replica string, log *slog.Logger) (*
 	}
 	ccfg := pcfg.ConnConfig.Copy()
 	ccfg.RuntimeParams["application_name"] = ListenerApplicationName
-	p := &Postgres{replica: replica, channel: Channel(schema), connCfg: ccfg, pool: pool, log: log}
+	p := &Postgres{replica: replica, channel: Channel(schema), connCfg: ccfg, pool: pool, log: log,
+		queue: make(chan *publication, maxBatch), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if p.listen, err = p.connect(ctx); err != nil {
 		pool.Close()
 		return nil, err
 	}
+	go p.publisher()
 	return p, nil
 }
 
@@ -99,21 +117,118 @@ func (p *Postgres) connect(ctx context.Context) (*pgx.Conn, error) {
 // Shared is true: other replicas may hold the stream.
 func (p *Postgres) Shared() bool { return true }
 
-// Publish sends e (split to fit the payload limit) with pg_notify.
+// Publish sends e (split to fit the payload limit) and returns once the transaction
+// that notifies it has committed, or with why it did not.
+//
+// Concurrent calls share one transaction: PostgreSQL holds its database-wide
+// notification lock from a notifying transaction's commit until the commit is
+// done, so notifying transactions commit one at a time, and one per event would
+// bound every replica's events (and the rotations announcing theirs) by that
+// rate. A single publisher takes whatever is queued, up to maxBatch, into each
+// transaction, in the order the calls arrived; the transaction commits with
+// synchronous_commit off, since it writes nothing that must survive a crash (a
+// notification is never durable: a listener that was away resyncs).
 func (p *Postgres) Publish(ctx context.Context, e Event) error {
 	e.Origin = p.replica
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	defer cancel()
+	pub := &publication{done: make(chan error, 1)}
 	for _, part := range Split(e) {
 		payload, err := Encode(part)
 		if err != nil {
 			return err
 		}
-		if _, err := p.pool.Exec(ctx, "SELECT pg_notify($1, $2)", p.channel, payload); err != nil {
+		pub.payloads = append(pub.payloads, payload)
+	}
+	timeout := time.NewTimer(publishTimeout)
+	defer timeout.Stop()
+	select {
+	case p.queue <- pub:
+	case <-p.stop:
+		return fmt.Errorf("broadcast: notify %s: the bus is closed", e.Kind)
+	case <-timeout.C:
+		return fmt.Errorf("broadcast: notify %s: the publisher is %s behind", e.Kind, publishTimeout)
+	}
+	select {
+	case err := <-pub.done:
+		if err != nil {
 			return fmt.Errorf("broadcast: notify %s: %w", e.Kind, err)
 		}
+		return nil
+	case <-p.stopped:
+		select {
+		case err := <-pub.done: // its batch was the publisher's last
+			if err != nil {
+				return fmt.Errorf("broadcast: notify %s: %w", e.Kind, err)
+			}
+			return nil
+		default:
+			return fmt.Errorf("broadcast: notify %s: the bus is closed", e.Kind)
+		}
+	case <-timeout.C:
+		// The transaction may still commit; the others then hear it late.
+		return fmt.Errorf("broadcast: notify %s: not committed within %s", e.Kind, publishTimeout)
 	}
-	return nil
+}
+
+// publisher commits the queued publications, as many per transaction as are waiting,
+// until the bus is closed.
+func (p *Postgres) publisher() {
+	defer close(p.stopped)
+	for {
+		var batch []*publication
+		select {
+		case pub := <-p.queue:
+			batch = append(batch, pub)
+		case <-p.stop:
+			return
+		}
+		n := len(batch[0].payloads)
+	fill:
+		for n < maxBatch {
+			select {
+			case pub := <-p.queue:
+				batch = append(batch, pub)
+				n += len(pub.payloads)
+			default:
+				break fill
+			}
+		}
+		err := p.notify(batch)
+		for _, pub := range batch {
+			pub.done <- err
+		}
+	}
+}
+
+// notify sends the batch's payloads, in order, in one transaction and one round trip.
+// PostgreSQL folds identical notifications of one transaction into one; two events
+// are identical only if they say the same thing at the same nanosecond.
+func (p *Postgres) notify(batch []*publication) error {
+	var payloads []string
+	for _, pub := range batch {
+		payloads = append(payloads, pub.payloads...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit = off")
+	// The rows, and so the notifications, keep the array's order.
+	b.Queue("SELECT pg_notify($1, payload) FROM unnest($2::text[]) WITH ORDINALITY AS u(payload, n) ORDER BY n",
+		p.channel, payloads)
+	b.Queue("COMMIT")
+	br := p.pool.SendBatch(ctx, b)
+	var err error
+	for range b.Len() {
+		if _, err = br.Exec(); err != nil {
+			break
+		}
+	}
+	// A failed statement leaves the transaction open; the pool then discards the
+	// connection rather than reuse it.
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Run delivers other replicas' events to h until ctx ends, re-opening the LISTEN
@@ -176,13 +291,19 @@ func (p *Postgres) receive(ctx context.Context, conn *pgx.Conn, h Handler) error
 	}
 }
 
-// Close releases the publishing pool (and a LISTEN connection Run never took).
+// Close stops the publisher (a Publish waiting then fails) and releases the
+// publishing pool (and a LISTEN connection Run never took).
 func (p *Postgres) Close() {
-	if p.listen != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = p.listen.Close(ctx)
-		cancel()
-		p.listen = nil
-	}
-	p.pool.Close()
+	p.closing.Do(func() {
+		// A Publish still queued sees the publisher stopped and fails.
+		close(p.stop)
+		<-p.stopped
+		if p.listen != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = p.listen.Close(ctx)
+			cancel()
+			p.listen = nil
+		}
+		p.pool.Close()
+	})
 }

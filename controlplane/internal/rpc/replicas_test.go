@@ -95,6 +95,47 @@ func TestReplicasBlacklistReachesOtherReplica(t *testing.T) {
 	n.open(t, time.Now).hello()
 }
 
+// A rotation on A withdraws the old token on B as well: A announces the "rotated"
+// entry right after its commit (the transaction itself notifies only revocations).
+func TestReplicasRotatedTokenRefusedOnOtherReplica(t *testing.T) {
+	a, b, _ := replicas(t)
+	n := enroll(t, a, a.EnrollmentToken(t))
+	n.client = b.ClusterClient()
+	n.open(t, time.Now).hello()
+
+	n.client = a.ClusterClient()
+	r := n.newRotation(t, time.Now())
+	resp, err := n.rotate(t, r, time.Now())
+	if err != nil {
+		t.Fatalf("rotate on A: %v", err)
+	}
+	rotated := time.Now()
+
+	n.client = b.ClusterClient()
+	for {
+		st := n.open(t, time.Now)
+		st.send(st.envelope(hello(), nil))
+		cmd, err := st.recv()
+		if err != nil {
+			if r, _ := reject.From(err); r.GetReason() != edgev1.RejectReason_REJECT_REASON_TOKEN_BLACKLISTED {
+				t.Fatalf("new stream on B with the rotated-out token: %v, want TOKEN_BLACKLISTED", err)
+			}
+			t.Logf("refused on B %s after the rotation on A returned", time.Since(rotated))
+			break
+		}
+		if cmd.GetWelcome() == nil {
+			t.Fatalf("expected Welcome or a refusal, got %v", cmd)
+		}
+		st.cancel()
+		if time.Since(rotated) > time.Second {
+			t.Fatal("B still accepts the rotated-out token 1s after the rotation on A")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	n.adopt(r, resp)
+	n.open(t, time.Now).hello()
+}
+
 func TestReplicasCommandsReachOtherReplica(t *testing.T) {
 	a, b, _ := replicas(t)
 	n, st := onReplica(t, a, b)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/aegis-edge/aegis/controlplane/internal/broadcast"
 	"github.com/aegis-edge/aegis/controlplane/internal/config"
+	"github.com/aegis-edge/aegis/controlplane/internal/nodeauth"
 	"github.com/aegis-edge/aegis/controlplane/internal/revocation"
 	"github.com/aegis-edge/aegis/controlplane/internal/session"
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
@@ -112,6 +113,31 @@ func (r replicaEvents) Handle(ctx context.Context, e broadcast.Event) {
 func (r replicaEvents) Resync(ctx context.Context) error {
 	r.s.reloadSigningKeys(ctx)
 	return r.s.rewarm(ctx)
+}
+
+// announceBlacklisted tells the other replicas of the routine entries this replica
+// has just committed: a token superseded by an attestation or a rotation. It returns
+// once the announcement is committed, so a rotation or attestation answers its
+// daemon only after the other replicas can know. Revocations and logouts are not
+// announced here: their own transaction notifies them (migration 0009), so they
+// reach every replica even if this one dies right after the commit. A routine
+// announcement lost that way heals at the others' next blacklist re-read.
+func (s *Server) announceBlacklisted(es []store.BlacklistEntry) {
+	var toks []broadcast.Token
+	for _, e := range es {
+		if e.Reason == nodeauth.BlacklistReasonRevoked || e.Reason == nodeauth.BlacklistReasonLogout {
+			continue
+		}
+		toks = append(toks, broadcast.Token{JTI: e.JTI, NodeID: e.NodeID, Reason: e.Reason, ExpiresAt: e.ExpiresAt.Unix(), AddedAt: e.AddedAt.Unix()})
+	}
+	if len(toks) == 0 {
+		return
+	}
+	err := s.bus.Publish(context.Background(), broadcast.Event{Kind: broadcast.KindBlacklisted, At: s.now().UTC(), Tokens: toks})
+	if err != nil {
+		s.log.Warn("superseded tokens not announced to the other replicas; they learn them at their next re-read",
+			"tokens", len(toks), "err", err)
+	}
 }
 
 // publishPresented tells the other replicas what a stream here has just proved (the

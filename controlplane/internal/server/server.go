@@ -265,6 +265,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		if err := s.black.Warm(ctx, s.store, s.now()); err != nil {
 			return nil, err
 		}
+		s.black.OnAdd(s.announceBlacklisted)
 	}
 	s.lastSeen = session.NewLastSeen(s.store, s.log)
 	s.auth = nodeauth.New(nodeauth.Config{
