@@ -150,8 +150,9 @@ hosts at once, without turning the limits off for anyone else.
 
 Memory: the Go garbage collector runs with GOGC=25 unless the environment sets GOGC
 (Go's default is 100): most of the memory is long-lived state per connected daemon,
-and 25 keeps about 30 KiB less per daemon for a few percent of CPU. GOGC and
-GOMEMLIMIT work as for any Go program.
+and 25 keeps about 30 KiB less per daemon for a few percent of CPU. While little is
+live (a few hundred daemons), GOGC is raised so that at least 64 MiB may be allocated
+between collections. GOGC and GOMEMLIMIT work as for any Go program.
 
 Examples:
    controlplane serve
@@ -182,7 +183,7 @@ func serve(c *cli.Context, layers []flagLayer, stderr io.Writer) error {
 		return nil
 	}
 	logger := newLogger(stderr, cfg)
-	tuneGC(logger)
+	tuneGC(c.Context, logger)
 	srv, err := server.New(c.Context, server.Options{Config: cfg, Logger: logger})
 	if err != nil {
 		return err
