@@ -110,12 +110,14 @@ type Options struct {
 
 // Server is a running control plane.
 type Server struct {
-	opts  Options
-	cfg   config.Config
-	log   *slog.Logger
-	now   func() time.Time
-	ln    net.Listener
-	http  *http.Server
+	opts Options
+	cfg  config.Config
+	log  *slog.Logger
+	now  func() time.Time
+	ln   net.Listener
+	http *http.Server
+	// conns accepts ln's connections and serves them (h2 itself, the rest via http).
+	conns *connServer
 	store store.Store
 	// toolParts reassembles tool output forwarded by other replicas.
 	toolParts toolParts
@@ -446,6 +448,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	s.http.RegisterOnShutdown(ui.Close)
+	if s.conns, err = newConnServer(s.ln, tlsConf, s.http, context.WithoutCancel(ctx), s.log); err != nil {
+		return nil, fmt.Errorf("configure HTTP/2: %w", err)
+	}
 	return s, nil
 }
 
@@ -517,7 +522,7 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); s.fleet.Run(bg) }()
 
 	serveErr := make(chan error, 2)
-	go func() { serveErr <- s.http.ServeTLS(s.ln, "", "") }()
+	go func() { serveErr <- s.conns.Serve() }()
 	if s.metricsHTTP != nil {
 		go func() {
 			if err := s.metricsHTTP.Serve(s.metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -568,8 +573,7 @@ func (s *Server) shutdown() error {
 	}
 	// With the streams gone no result can arrive here; release the waiting Execs.
 	s.tools.Shutdown()
-	if err := s.http.Shutdown(ctx); err != nil {
-		_ = s.http.Close()
+	if err := s.conns.Shutdown(ctx); err != nil {
 		return fmt.Errorf("http shutdown: %w", err)
 	}
 	// Metrics last: a scrape during shutdown still sees the streams closing.
