@@ -1,3 +1,7 @@
+//go:build unix
+
+// The doc tests run the docs' shell blocks with bash in a process group of their own.
+
 package aegisctl_test
 
 import (
