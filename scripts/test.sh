@@ -41,7 +41,10 @@ done
 step "go vet"
 for m in "${modules[@]}"; do (cd "$m" && go vet ./...); done
 # aegisctl's tests too, as an operator on a Mac or Windows laptop would build them.
-for goos in darwin windows; do (cd aegisctl && GOOS=$goos go vet ./...) && echo "ok   aegisctl vet $goos"; done
+for goos in darwin windows; do
+  (cd aegisctl && GOOS=$goos go vet ./...) || { echo "aegisctl does not vet for $goos"; exit 1; }
+  echo "ok   aegisctl vet $goos"
+done
 
 step "staticcheck"
 go tool staticcheck ./api/... ./controlplane/... ./edged/... ./edged/testbed/... ./aegisctl/...
