@@ -71,32 +71,14 @@ func TestReplicasBlacklistReachesOtherReplica(t *testing.T) {
 	// notification has arrived (B checks its in-memory blacklist only).
 	n.client = b.ClusterClient()
 	n.token = old
-	for {
-		st := n.open(t, time.Now)
-		st.send(st.envelope(hello(), nil))
-		cmd, err := st.recv()
-		if err != nil {
-			if r, _ := reject.From(err); r.GetReason() != edgev1.RejectReason_REJECT_REASON_TOKEN_BLACKLISTED {
-				t.Fatalf("new stream on B with the superseded token: %v, want TOKEN_BLACKLISTED", err)
-			}
-			t.Logf("refused on B %s after the attestation on A returned", time.Since(attested))
-			break
-		}
-		if cmd.GetWelcome() == nil {
-			t.Fatalf("expected Welcome or a refusal, got %v", cmd)
-		}
-		st.cancel()
-		if time.Since(attested) > time.Second {
-			t.Fatal("B still accepts the superseded token 1s after the attestation on A")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	expectBlacklisted(t, n, attested, "the superseded token", "the attestation on A")
 	n.token = fresh
 	n.open(t, time.Now).hello()
 }
 
-// A rotation on A withdraws the old token on B as well: A announces the "rotated"
-// entry right after its commit (the transaction itself notifies only revocations).
+// A rotation on A withdraws the old token on B as well: B reads the node's current key
+// for a new stream, and A announces the "rotated" entry right after its commit (the
+// transaction itself notifies only revocations).
 func TestReplicasRotatedTokenRefusedOnOtherReplica(t *testing.T) {
 	a, b, _ := replicas(t)
 	n := enroll(t, a, a.EnrollmentToken(t))
@@ -112,28 +94,36 @@ func TestReplicasRotatedTokenRefusedOnOtherReplica(t *testing.T) {
 	rotated := time.Now()
 
 	n.client = b.ClusterClient()
+	expectBlacklisted(t, n, rotated, "the rotated-out token", "the rotation on A")
+	n.adopt(r, resp)
+	n.open(t, time.Now).hello()
+}
+
+// expectBlacklisted opens new streams with n's token and key until one is refused
+// TOKEN_BLACKLISTED, failing if any other refusal comes, or if streams are still
+// welcomed a second after since (when what was withdrawn by event returned).
+func expectBlacklisted(t *testing.T, n *node, since time.Time, what, event string) {
+	t.Helper()
 	for {
 		st := n.open(t, time.Now)
 		st.send(st.envelope(hello(), nil))
 		cmd, err := st.recv()
 		if err != nil {
 			if r, _ := reject.From(err); r.GetReason() != edgev1.RejectReason_REJECT_REASON_TOKEN_BLACKLISTED {
-				t.Fatalf("new stream on B with the rotated-out token: %v, want TOKEN_BLACKLISTED", err)
+				t.Fatalf("new stream on B with %s: %v, want TOKEN_BLACKLISTED", what, err)
 			}
-			t.Logf("refused on B %s after the rotation on A returned", time.Since(rotated))
-			break
+			t.Logf("refused on B %s after %s returned", time.Since(since), event)
+			return
 		}
 		if cmd.GetWelcome() == nil {
 			t.Fatalf("expected Welcome or a refusal, got %v", cmd)
 		}
 		st.cancel()
-		if time.Since(rotated) > time.Second {
-			t.Fatal("B still accepts the rotated-out token 1s after the rotation on A")
+		if time.Since(since) > time.Second {
+			t.Fatalf("B still accepts %s 1s after %s", what, event)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	n.adopt(r, resp)
-	n.open(t, time.Now).hello()
 }
 
 func TestReplicasCommandsReachOtherReplica(t *testing.T) {
