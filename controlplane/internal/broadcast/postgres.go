@@ -48,9 +48,9 @@ type publication struct {
 var _ Bus = (*Postgres)(nil)
 
 const (
-	// publishConns bounds the connections publishing takes from the database: one
-	// for the publisher, one spare for the pool's health checks.
-	publishConns = 2
+	// publishConns bounds the connections publishing takes from the database: the
+	// publisher is their only user, one transaction at a time.
+	publishConns = 1
 	// maxBatch bounds the notifications one publishing transaction carries.
 	maxBatch = 256
 	// backoff bounds the wait between attempts to re-open the LISTEN connection.

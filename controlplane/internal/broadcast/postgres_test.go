@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/aegis-edge/aegis/controlplane/internal/broadcast"
 	"github.com/aegis-edge/aegis/controlplane/internal/store/postgres/pgtest"
@@ -124,4 +127,51 @@ func TestPublishAfterCloseFails(t *testing.T) {
 		t.Fatal("Publish after Close succeeded")
 	}
 	t.Log(err)
+}
+
+// The publisher's connection dies (a failover, an idle-connection reaper): the
+// Publish that finds it dead fails and says so, and the next one goes out on a new
+// connection.
+func TestPublisherSurvivesItsConnectionDying(t *testing.T) {
+	// A name of this test's own for the publishing pool's connections (the LISTEN
+	// connection sets its own), so that the cut reaches no other test's.
+	name := fmt.Sprintf("publisher-cut-%d", time.Now().UnixNano())
+	url := pgtest.Fresh(t, pgtest.URL(t)) + "&application_name=" + name
+	ctx := t.Context()
+	a, err := broadcast.OpenPostgres(ctx, url, "a", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ev := broadcast.Event{Kind: broadcast.KindRevoked, NodeID: "n-1", At: time.Now()}
+	if err := a.Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, strings.Replace(url, name, "publisher-cut-admin", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	var killed int
+	if err := admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = $1 AND pid <> pg_backend_pid()`, name).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatal("found no publishing connection to cut")
+	}
+	var failed int
+	for range 3 {
+		ev.At = time.Now()
+		if err := a.Publish(ctx, ev); err != nil {
+			failed++
+			t.Logf("after the cut: %v", err)
+			continue
+		}
+		if failed > 1 {
+			t.Fatalf("%d publishes failed after the cut before one went out", failed)
+		}
+		return
+	}
+	t.Fatal("no publish went out after the publisher's connection was cut")
 }
