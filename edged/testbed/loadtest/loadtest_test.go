@@ -72,6 +72,8 @@ func TestBadInputIsRefusedBeforeAnythingChanges(t *testing.T) {
 		{[]string{"rotate", "--hosts", "0"}, "--hosts 0"},
 		{[]string{"rotate", "--hosts", "4", "--concurrency", "1,8"}, "--concurrency 8 is more than --hosts 4"},
 		{[]string{"rotate", "--concurrency", "1,x"}, "--concurrency"},
+		{[]string{"rotate", "--rounds", "0"}, "--rounds 0"},
+		{[]string{"rotate", "--duration", "200ms", "--rounds", "5"}, "--rounds 5"},
 		{[]string{"fleet", "--batch", "0"}, "--batch 0"},
 		{[]string{"connect", "--hosts", "5", "--revoke", "6"}, "--revoke 6"},
 		{[]string{"connect", "--duration", "10ms"}, "--duration"},
@@ -112,6 +114,13 @@ func TestSmallRunsOnSQLite(t *testing.T) {
 	m := lastJSON(t, stdout)
 	if m["scenario"] != "rotate" || m["hosts"] != 8.0 || m["database"] != "sqlite" || m["per_second"].(float64) <= 0 || m["reference_ratio"].(float64) <= 0 || len(m["levels"].([]any)) != 2 || m["errors"] != 0.0 {
 		t.Fatalf("rotate summary: %v", m)
+	}
+	// Each level alternated rotations and the reference (--rounds, default 5).
+	for _, l := range m["levels"].([]any) {
+		lv := l.(map[string]any)
+		if lv["rounds"] != 5.0 || !(lv["reference_ratio_min"].(float64) > 0) || lv["reference_ratio_min"].(float64) > lv["reference_ratio_max"].(float64) {
+			t.Errorf("rotate level: want 5 rounds and a positive ratio spread: %v", lv)
+		}
 	}
 	if !strings.Contains(stderr, "enrolled 8 hosts") || !strings.Contains(stderr, "concurrency 4:") {
 		t.Errorf("rotate printed no progress on stderr:\n%s", stderr)

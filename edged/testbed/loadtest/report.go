@@ -140,7 +140,12 @@ type RotateLevel struct {
 	P99Ms              float64 `json:"p99_ms"`
 	ReferencePerSecond float64 `json:"reference_per_second"`
 	ReferenceRatio     float64 `json:"reference_ratio"`
-	ServerCPUSeconds   float64 `json:"server_cpu_seconds"`
+	// Rounds is how many times rotations and the reference alternated; RatioMin
+	// and RatioMax are the lowest and highest of the rounds' own ratios.
+	Rounds           int     `json:"rounds"`
+	RatioMin         float64 `json:"reference_ratio_min"`
+	RatioMax         float64 `json:"reference_ratio_max"`
+	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
 }
 
 // FleetCounts are the run's final counts.

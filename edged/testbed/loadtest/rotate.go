@@ -62,9 +62,17 @@ func (r *rotator) rotateOnce(ctx context.Context, client edgev1connect.NodeClust
 	return nil
 }
 
-// rotateLevel rotates for d with concurrency workers; a host is in at most one
+// rotateSlice is what one stretch of rotations did.
+type rotateSlice struct {
+	rotations, errors int
+	seconds           float64
+	latencies         []time.Duration
+	firstErr          error
+}
+
+// rotateFor rotates for d with concurrency workers; a host is in at most one
 // worker's hands at a time (each rotation replaces its key).
-func rotateLevel(ctx context.Context, client edgev1connect.NodeClusterServiceClient, pool chan *rotator, concurrency int, d time.Duration) (RotateLevel, error) {
+func rotateFor(ctx context.Context, client edgev1connect.NodeClusterServiceClient, pool chan *rotator, concurrency int, d time.Duration) rotateSlice {
 	var n, errs atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -96,16 +104,53 @@ func rotateLevel(ctx context.Context, client edgev1connect.NodeClusterServiceCli
 		}()
 	}
 	wg.Wait()
-	el := time.Since(start)
-	slices.Sort(lat)
-	lv := RotateLevel{
-		Concurrency: concurrency, Rotations: int(n.Load()), Errors: int(errs.Load()),
-		Seconds: el.Seconds(), PerSecond: float64(n.Load()) / el.Seconds(),
-		P50Ms: pct(lat, 0.50), P99Ms: pct(lat, 0.99),
+	sl := rotateSlice{rotations: int(n.Load()), errors: int(errs.Load()), seconds: time.Since(start).Seconds(), latencies: lat}
+	sl.firstErr, _ = firstErr.Load().(error)
+	return sl
+}
+
+// rotateLevel measures one concurrency level in rounds: each round rotates for
+// d/rounds, then runs the reference transaction at the same concurrency for half
+// that. A shared machine's speed drifts over seconds; taking both figures in
+// alternation lets the ratio compare what the same minutes allowed, where one
+// reference run after the whole level would catch another moment. The level's rate
+// is every rotation over the time spent rotating, its reference the mean of the
+// equally long reference slices, and the ratio theirs; each round's own ratio gives
+// the spread.
+func rotateLevel(ctx context.Context, client edgev1connect.NodeClusterServiceClient, pool chan *rotator, ref txReference, concurrency, rounds int, d time.Duration) (RotateLevel, error) {
+	slice := d / time.Duration(rounds)
+	lv := RotateLevel{Concurrency: concurrency, Rounds: rounds}
+	var lat []time.Duration
+	var firstErr error
+	var refSum float64
+	for i := range rounds {
+		sl := rotateFor(ctx, client, pool, concurrency, slice)
+		lv.Rotations += sl.rotations
+		lv.Errors += sl.errors
+		lv.Seconds += sl.seconds
+		lat = append(lat, sl.latencies...)
+		if firstErr == nil {
+			firstErr = sl.firstErr
+		}
+		refRate, err := ref.Run(ctx, concurrency, slice/2)
+		if err != nil {
+			return lv, err
+		}
+		refSum += refRate
+		r := ratio(float64(sl.rotations)/sl.seconds, refRate)
+		if i == 0 || r < lv.RatioMin {
+			lv.RatioMin = r
+		}
+		lv.RatioMax = max(lv.RatioMax, r)
 	}
 	if lv.Errors > 0 && lv.Rotations == 0 {
-		return lv, firstErr.Load().(error)
+		return lv, firstErr
 	}
+	slices.Sort(lat)
+	lv.PerSecond = float64(lv.Rotations) / lv.Seconds
+	lv.P50Ms, lv.P99Ms = pct(lat, 0.50), pct(lat, 0.99)
+	lv.ReferencePerSecond = refSum / float64(rounds)
+	lv.ReferenceRatio = ratio(lv.PerSecond, lv.ReferencePerSecond)
 	return lv, nil
 }
 

@@ -110,10 +110,13 @@ open-file limit (ulimit -n) of both processes above that.`,
 (the daemon's request: new-key proof of possession inside an envelope signed by the
 old key with the current token), and gives the host back. The reference is a plain
 3-statement transaction (update a row, read it, insert a history row) at the same
-concurrency on the same database.`,
+concurrency on the same database, run in alternation with the rotations (--rounds),
+so that both figures come from the same minutes of a machine whose speed drifts;
+the spread of the rounds' own ratios is printed beside the level's.`,
 				Flags: flags([]cli.Flag{
 					&cli.StringFlag{Name: "concurrency", Value: "1,8,32,128", Usage: "`C[,C...]` rotations in flight, one level each"},
-					&cli.DurationFlag{Name: "duration", Value: 10 * time.Second, Usage: "how long each level runs (`DURATION`)"},
+					&cli.DurationFlag{Name: "duration", Value: 10 * time.Second, Usage: "how long each level rotates (`DURATION`)"},
+					&cli.IntFlag{Name: "rounds", Value: 5, Usage: "split each level into `K` rounds, each --duration/K of rotations then half as long of the reference"},
 				}, outputFlags, startedFlags),
 				Action: func(c *cli.Context) error { return runScenario(c, "rotate") },
 			},
@@ -192,6 +195,7 @@ controlplane serve --help).`,
 type settings struct {
 	hosts       int
 	levels      []int
+	rounds      int
 	duration    time.Duration
 	batch       int
 	deadline    time.Duration
@@ -221,7 +225,7 @@ type settings struct {
 func parse(c *cli.Context, scenario string) (settings, error) {
 	s := settings{
 		hosts: c.Int("hosts"), duration: c.Duration("duration"), batch: c.Int("batch"),
-		deadline: c.Duration("deadline"), runs: c.Int("runs"), databaseURL: c.String("database-url"),
+		deadline: c.Duration("deadline"), runs: c.Int("runs"), rounds: c.Int("rounds"), databaseURL: c.String("database-url"),
 		workDir: c.String("work-dir"), serverArgs: c.StringSlice("server-arg"), verbose: c.Bool("verbose"),
 		hostsDir: c.String("hosts-dir"), settle: c.Duration("settle"), stormTimeout: c.Duration("timeout"),
 		heartbeat: c.Duration("heartbeat-interval"), revoke: c.Int("revoke"), ramp: c.Float64("ramp"), server: c.String("server"),
@@ -254,6 +258,9 @@ func parse(c *cli.Context, scenario string) (settings, error) {
 		}
 		if s.duration < 100*time.Millisecond {
 			return bad("--duration %v: want at least 100ms", s.duration)
+		}
+		if s.rounds < 1 || s.duration/time.Duration(s.rounds) < 50*time.Millisecond {
+			return bad("--rounds %d: want 1 or more, each round at least 50ms of --duration %v", s.rounds, s.duration)
 		}
 	}
 	if scenario == "fleet" {
@@ -490,19 +497,15 @@ func rotateScenario(ctx context.Context, s settings, cp *controlPlane, db databa
 	client := rotation.DialHTTP(cp.HTTP, cp.URL)
 	for _, c := range s.levels {
 		cpu0, _ := cp.ProcessCPU()
-		lv, err := rotateLevel(ctx, client, pool, c, s.duration)
+		lv, err := rotateLevel(ctx, client, pool, ref, c, s.rounds, s.duration)
 		if err != nil {
 			return fmt.Errorf("rotate at concurrency %d: %w", c, err)
 		}
 		cpu1, _ := cp.ProcessCPU()
+		// The reference slices ran in this window too; the control plane idled then.
 		lv.ServerCPUSeconds = (cpu1 - cpu0).Seconds()
-		refRate, err := ref.Run(ctx, c, min(s.duration, 5*time.Second))
-		if err != nil {
-			return err
-		}
-		lv.ReferencePerSecond, lv.ReferenceRatio = refRate, ratio(lv.PerSecond, refRate)
-		p.say("concurrency %d: %d rotations in %.1fs = %.0f/s (p50 %.1fms, p99 %.1fms, %d errors); reference 3-statement tx %.0f/s; ratio %.3f",
-			c, lv.Rotations, lv.Seconds, lv.PerSecond, lv.P50Ms, lv.P99Ms, lv.Errors, refRate, lv.ReferenceRatio)
+		p.say("concurrency %d: %d rotations in %.1fs = %.0f/s (p50 %.1fms, p99 %.1fms, %d errors); reference 3-statement tx %.0f/s; ratio %.3f (rounds %d: %.3f to %.3f)",
+			c, lv.Rotations, lv.Seconds, lv.PerSecond, lv.P50Ms, lv.P99Ms, lv.Errors, lv.ReferencePerSecond, lv.ReferenceRatio, lv.Rounds, lv.RatioMin, lv.RatioMax)
 		sum.Levels = append(sum.Levels, lv)
 		sum.Errors += lv.Errors
 		sum.Seconds += lv.Seconds
@@ -616,9 +619,10 @@ func printSummary(w io.Writer, s settings, sum Summary) {
 	switch sum.Scenario {
 	case "rotate":
 		fmt.Fprintf(w, "rotate on %s, %d hosts\n", sum.Database, sum.Hosts)
-		fmt.Fprintf(w, "%-12s %10s %10s %9s %9s %14s %8s\n", "CONCURRENCY", "ROTATIONS", "PER_SEC", "P50_MS", "P99_MS", "REF_TX_PER_SEC", "RATIO")
+		fmt.Fprintf(w, "%-12s %10s %10s %9s %9s %14s %8s %13s\n", "CONCURRENCY", "ROTATIONS", "PER_SEC", "P50_MS", "P99_MS", "REF_TX_PER_SEC", "RATIO", "ROUNDS")
 		for _, lv := range sum.Levels {
-			fmt.Fprintf(w, "%-12d %10d %10.0f %9.1f %9.1f %14.0f %8.3f\n", lv.Concurrency, lv.Rotations, lv.PerSecond, lv.P50Ms, lv.P99Ms, lv.ReferencePerSecond, lv.ReferenceRatio)
+			fmt.Fprintf(w, "%-12d %10d %10.0f %9.1f %9.1f %14.0f %8.3f %13s\n", lv.Concurrency, lv.Rotations, lv.PerSecond, lv.P50Ms, lv.P99Ms, lv.ReferencePerSecond, lv.ReferenceRatio,
+				fmt.Sprintf("%d:%.3f-%.3f", lv.Rounds, lv.RatioMin, lv.RatioMax))
 		}
 	case "fleet":
 		fmt.Fprintf(w, "fleet keys.rotate on %s: %d hosts, rolling=%d, %d waves: %.1fs, %.0f hosts/s\n", sum.Database, sum.Hosts, sum.Batch, sum.Waves, sum.Seconds, sum.PerSecond)
