@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -214,6 +215,28 @@ func Encode(e Event) (string, error) {
 		return "", fmt.Errorf("broadcast: %s event is %d bytes, over the %d-byte limit", e.Kind, len(b), MaxPayload)
 	}
 	return string(b), nil
+}
+
+// FromReplica reports whether payload is an event replica published, without
+// decoding it: a replica hears its own notifications too, and under a stream of
+// rotations (each announces the tokens it withdrew) decoding them only to drop them
+// was a visible share of its CPU. Encode writes Kind, then Origin, then At (never
+// omitted), so an own event starts {"k":"KIND","o":"REPLICA", exactly; anything
+// else (another origin, a payload the blacklist trigger made) is decoded.
+func FromReplica(payload, replica string) bool {
+	rest, ok := strings.CutPrefix(payload, `{"k":"`)
+	if !ok {
+		return false
+	}
+	i := strings.IndexByte(rest, '"')
+	if i < 0 {
+		return false
+	}
+	o, err := json.Marshal(replica)
+	if err != nil {
+		return false
+	}
+	return strings.HasPrefix(rest[i:], `","o":`+string(o)+`,`)
 }
 
 // Decode parses a NOTIFY payload.

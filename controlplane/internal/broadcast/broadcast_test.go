@@ -43,3 +43,32 @@ func TestSplitFitsPayloadLimit(t *testing.T) {
 		t.Fatal("Split cut the caller's command in place or not at all")
 	}
 }
+
+// A replica skips its own notifications without decoding them: every event it
+// encodes is recognised as its own, and no other replica's (one whose name extends
+// or shortens this one's, one that needs escaping) nor a payload made in SQL.
+func TestFromReplicaWithoutDecoding(t *testing.T) {
+	const me = "cp-0"
+	kinds := []Kind{KindRevoked, KindBlacklisted, KindCommand, KindPresented, KindTool}
+	for _, k := range kinds {
+		for _, origin := range []string{me, "cp-01", "cp-", "", `cp-0"`, "cp-0\\", "other"} {
+			payload, err := Encode(Event{Kind: k, Origin: origin, NodeID: "n-1", At: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := FromReplica(payload, me), origin == me; got != want {
+				t.Errorf("FromReplica(%s, %q) = %v, want %v", payload, me, got, want)
+			}
+			e, err := Decode(payload)
+			if err != nil || e.Origin != origin {
+				t.Errorf("Decode(%s) = %+v, %v", payload, e, err)
+			}
+		}
+	}
+	// As the blacklist trigger writes them (no origin) and junk.
+	for _, payload := range []string{`{"k" : "revoked", "n" : "n-1", "w" : "revoke"}`, ``, `{"k":"`, `{"k":"x","o":"cp-0"`, `{"k":"x","o":"cp-0"}`} {
+		if FromReplica(payload, me) {
+			t.Errorf("FromReplica(%q) = true", payload)
+		}
+	}
+}

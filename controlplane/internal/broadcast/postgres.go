@@ -279,6 +279,9 @@ func (p *Postgres) receive(ctx context.Context, conn *pgx.Conn, h Handler) error
 		if err != nil {
 			return err
 		}
+		if FromReplica(n.Payload, p.replica) {
+			continue // this replica acted before publishing
+		}
 		e, err := Decode(n.Payload)
 		if err != nil {
 			p.log.Warn("broadcast: ignoring a notification", "err", err)
