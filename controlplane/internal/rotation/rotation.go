@@ -153,28 +153,27 @@ func (s *Service) rotate(ctx context.Context, req Request) (Result, error) {
 	// only if the node still has the key and the active status they verified: the
 	// compare-and-swap of step 4 decides, as it does between concurrent rotations.
 	pre, preErr := s.precheck(ctx, req, now)
+	var w store.RotationWrite
+	if preErr == nil {
+		// The common case, a fresh rotation that every check passed, as one write
+		// of its own: on PostgreSQL one statement, one round trip that commits. If
+		// any of its writes would fail (the id is already recorded, the key
+		// claimed, the swap lost), nothing is written, and the transaction below,
+		// one step at a time, says why.
+		w = s.writes(req, pre, now)
+		switch applied, err := s.cfg.Store.ApplyRotation(ctx, w); {
+		case err != nil:
+			return Result{}, fmt.Errorf("apply rotation: %w", err)
+		case applied:
+			s.cfg.Blacklist.Add(w.Blacklist)
+			return result(w, pre), nil
+		}
+	}
 
 	var res Result
 	var added []store.BlacklistEntry
 	err := s.cfg.Store.InTx(ctx, func(tx store.Tx) error {
 		added = added[:0]
-		var w store.RotationWrite
-		if preErr == nil {
-			// The common case, a fresh rotation that every check passed, in one step:
-			// on PostgreSQL one round trip for all its writes. If any write would
-			// fail (the id is already recorded, the key claimed, the swap lost),
-			// nothing is written, and the steps below, one at a time, say why.
-			w = s.writes(req, pre, now)
-			switch applied, err := tx.ApplyRotation(ctx, w); {
-			case err != nil:
-				return fmt.Errorf("apply rotation: %w", err)
-			case applied:
-				added = append(added, w.Blacklist)
-				res = result(w, pre)
-				return nil
-			}
-		}
-
 		// 1. Idempotency first: a retry carries the old token, which the first
 		// attempt blacklisted, so it must be recognised before the envelope checks.
 		prev, err := tx.GetRotation(ctx, req.RotationID)
