@@ -179,7 +179,7 @@ type Rotation struct {
 	At             time.Time
 }
 
-// RotationWrite is everything one key rotation writes (Tx.ApplyRotation).
+// RotationWrite is everything one key rotation writes (Store.ApplyRotation).
 type RotationWrite struct {
 	NodeID       string
 	OldKey       []byte // the key the swap replaces (compare-and-swap)
@@ -373,15 +373,6 @@ type Tx interface {
 	ConsumeNonce(ctx context.Context, value string, now time.Time) (Nonce, error)
 	PurgeNonces(ctx context.Context, now time.Time) (int, error)
 
-	// ApplyRotation makes a rotation's writes, each as its own method makes it and in
-	// this order: ClaimPublicKey(NewKey), SwapDaemonKey, BlacklistToken,
-	// InsertNodeToken, InsertRotation and AppendAudit; but only if every one of them
-	// succeeds, and then it reports true. If any would fail, it writes none of them
-	// and reports false with a nil error: the caller makes them one at a time to
-	// learn which failed and why, and may still commit. A store may send the writes
-	// to the database together (PostgreSQL sends them in one round trip); err is a
-	// failure of the database itself.
-	ApplyRotation(ctx context.Context, w RotationWrite) (applied bool, err error)
 	// InsertRotation: ErrConflict if rotation_id exists.
 	InsertRotation(ctx context.Context, r Rotation) error
 	GetRotation(ctx context.Context, rotationID string) (Rotation, error)
@@ -465,6 +456,15 @@ type Store interface {
 	// InTx runs fn in one transaction: committed if fn returns nil, rolled back
 	// otherwise (fn's error is returned unchanged, so errors.Is works).
 	InTx(ctx context.Context, fn func(tx Tx) error) error
+	// ApplyRotation makes a rotation's writes, each as its own method makes it and in
+	// this order: ClaimPublicKey(NewKey), SwapDaemonKey, BlacklistToken,
+	// InsertNodeToken, InsertRotation and AppendAudit, in a transaction of their
+	// own; but only if every one of them succeeds, and then it reports true. If any
+	// would fail, it writes none of them and reports false with a nil error: the
+	// caller makes them one at a time, in a transaction, to learn which failed and
+	// why. PostgreSQL runs them as one statement (one round trip, which commits); err
+	// is a failure of the database itself.
+	ApplyRotation(ctx context.Context, w RotationWrite) (applied bool, err error)
 	// Ping checks the database answers (for /readyz).
 	Ping(ctx context.Context) error
 	Close() error

@@ -7,42 +7,24 @@ import (
 	"github.com/aegis-edge/aegis/controlplane/internal/store"
 )
 
-// errNotApplied rolls back ApplyRotation's own transaction outside InTx.
+// errNotApplied rolls back ApplyRotation's transaction.
 var errNotApplied = errors.New("rotation not applied")
 
-// ApplyRotation makes the writes one by one inside a savepoint (statements cost no
-// round trip here) and rolls back to it if any fails, so that nothing of a rotation
-// that does not apply is written and the transaction goes on.
-func (q *queries) ApplyRotation(ctx context.Context, w store.RotationWrite) (bool, error) {
-	if q.gc != nil {
-		err := q.atomic(ctx, func(q *queries) error {
-			if err := q.applyRotation(ctx, w); err != nil {
-				return errNotApplied
-			}
-			return nil
-		})
-		switch {
-		case errors.Is(err, errNotApplied):
-			return false, nil
-		case err != nil:
-			return false, wrapf(err, "apply rotation %q", w.Rotation.RotationID)
+// ApplyRotation makes the writes one by one in a transaction of the group commit
+// (statements cost no round trip here), which is rolled back if any fails, so that
+// nothing of a rotation that does not apply is written.
+func (s *Store) ApplyRotation(ctx context.Context, w store.RotationWrite) (bool, error) {
+	err := s.atomic(ctx, func(q *queries) error {
+		if err := q.applyRotation(ctx, w); err != nil {
+			return errNotApplied
 		}
-		return true, nil
-	}
-	if _, err := q.w.ExecContext(ctx, `SAVEPOINT apply_rotation`); err != nil {
-		return false, wrapf(err, "apply rotation %q", w.Rotation.RotationID)
-	}
-	if err := q.applyRotation(ctx, w); err != nil {
-		if _, err := q.w.ExecContext(ctx, `ROLLBACK TO apply_rotation`); err != nil {
-			return false, wrapf(err, "apply rotation %q: roll back", w.Rotation.RotationID)
-		}
-		if _, err := q.w.ExecContext(ctx, `RELEASE apply_rotation`); err != nil {
-			return false, wrapf(err, "apply rotation %q: release", w.Rotation.RotationID)
-		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errNotApplied):
 		return false, nil
-	}
-	if _, err := q.w.ExecContext(ctx, `RELEASE apply_rotation`); err != nil {
-		return false, wrapf(err, "apply rotation %q: release", w.Rotation.RotationID)
+	case err != nil:
+		return false, wrapf(err, "apply rotation %q", w.Rotation.RotationID)
 	}
 	return true, nil
 }

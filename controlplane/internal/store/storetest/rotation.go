@@ -1,7 +1,6 @@
 package storetest
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -88,24 +87,19 @@ func testApplyRotation(t *testing.T, s store.Store) {
 	mustDaemon(t, s, d)
 	noErr(t, s.ClaimPublicKey(ctx, d.PublicKey, "n1", t0))
 
-	// Applied outside InTx, then inside: every write as its single method makes it.
+	// Applied twice in a row: every write as its single method makes it.
 	w0 := rotationWrite("n1", d.PublicKey, 0)
 	applied, err := s.ApplyRotation(ctx, w0)
 	noErr(t, err)
-	equal(t, "applied on the Store", applied, true)
+	equal(t, "applied", applied, true)
 	wantRotationWritten(t, s, w0)
 	w1 := rotationWrite("n1", w0.NewKey, 1)
-	noErr(t, s.InTx(ctx, func(tx store.Tx) error {
-		applied, err := tx.ApplyRotation(ctx, w1)
-		if err == nil && !applied {
-			err = errors.New("not applied")
-		}
-		return err
-	}))
+	applied, err = s.ApplyRotation(ctx, w1)
+	noErr(t, err)
+	equal(t, "applied from the new key", applied, true)
 	wantRotationWritten(t, s, w1)
 
-	// Each way one write fails: nothing of the rotation is written, and the
-	// transaction goes on and commits what comes after.
+	// Each way one write fails: nothing of the rotation is written.
 	mustDaemon(t, s, daemon("n2", "t1"))
 	noErr(t, s.ClaimPublicKey(ctx, pubkey("claimed"), "n2", t0))
 	revoked := daemon("n3", "t1")
@@ -137,45 +131,22 @@ func testApplyRotation(t *testing.T, s store.Store) {
 		}
 		all, err := s.ListAudit(ctx, "", 0, 0)
 		noErr(t, err)
-		marker := fmt.Sprintf("after %s", name)
-		noErr(t, s.InTx(ctx, func(tx store.Tx) error {
-			applied, err := tx.ApplyRotation(ctx, w)
-			if err != nil {
-				return err
-			}
-			if applied {
-				t.Errorf("%s: applied", name)
-			}
-			_, err = tx.AppendAudit(ctx, store.AuditEntry{TenantID: "t1", Actor: "system", Action: "note", Result: marker})
-			return err
-		}))
-		nothingWritten := func(auditBefore int) {
-			t.Helper()
-			if w.NodeID != "n9" {
-				wantNothingWritten(t, s, w, before, auditBefore)
-			}
-			if w.Rotation.RotationID != w0.Rotation.RotationID {
-				_, err := s.GetRotation(ctx, w.Rotation.RotationID)
-				wantErr(t, err, store.ErrNotFound)
-			}
-			if string(w.NewKey) != string(pubkey("claimed")) && string(w.NewKey) != string(d.PublicKey) {
-				_, err := s.KeyOwner(ctx, w.NewKey)
-				wantErr(t, err, store.ErrNotFound)
-			}
-		}
-		nothingWritten(len(all))
-		after, err := s.ListAudit(ctx, "", 0, 0)
-		noErr(t, err)
-		if len(after) != len(all)+1 || after[len(after)-1].Result != marker {
-			t.Fatalf("%s: the transaction's later write did not commit alone: %+v", name, after[len(all):])
-		}
-		// On the Store, too, it is all or nothing.
 		applied, err := s.ApplyRotation(ctx, w)
 		noErr(t, err)
 		if applied {
-			t.Fatalf("%s: applied on the Store", name)
+			t.Fatalf("%s: applied", name)
 		}
-		nothingWritten(len(after))
+		if w.NodeID != "n9" {
+			wantNothingWritten(t, s, w, before, len(all))
+		}
+		if w.Rotation.RotationID != w0.Rotation.RotationID {
+			_, err := s.GetRotation(ctx, w.Rotation.RotationID)
+			wantErr(t, err, store.ErrNotFound)
+		}
+		if string(w.NewKey) != string(pubkey("claimed")) && string(w.NewKey) != string(d.PublicKey) {
+			_, err := s.KeyOwner(ctx, w.NewKey)
+			wantErr(t, err, store.ErrNotFound)
+		}
 	}
 }
 
@@ -193,11 +164,7 @@ func testConcurrentApplyRotation(t *testing.T, s store.Store) {
 	for i := range racers {
 		wg.Go(func() {
 			<-start
-			errs[i] = s.InTx(ctx, func(tx store.Tx) error {
-				var err error
-				applied[i], err = tx.ApplyRotation(ctx, rotationWrite("n1", d.PublicKey, i))
-				return err
-			})
+			applied[i], errs[i] = s.ApplyRotation(ctx, rotationWrite("n1", d.PublicKey, i))
 		})
 	}
 	close(start)

@@ -5,9 +5,9 @@
 -- sqlstore.InsertNodeTokenSQL, sqlstore.InsertRotationSQL, appendAuditSQL), in that
 -- order, each seeing the ones before it. Any write that would change nothing (a key
 -- already claimed, a lost swap, a token or rotation id already recorded) raises
--- SQLSTATE AE001, which undoes the statement's writes (or, inside a transaction, is
--- caught by the caller's savepoint): a rotation is written whole or not at all, and
--- the caller then makes the writes one at a time to learn why.
+-- SQLSTATE AE001, which undoes the statement's writes: a rotation is written whole
+-- or not at all, and the caller then makes the writes one at a time, in a
+-- transaction, to learn why.
 CREATE FUNCTION aegis_apply_rotation(
     p_new_key bytea, p_node_id text, p_at timestamptz, p_old_key bytea, p_overlap_until timestamptz,
     p_bl_jti text, p_bl_node text, p_bl_reason text, p_bl_expires timestamptz, p_bl_added timestamptz,
