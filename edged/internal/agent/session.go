@@ -157,7 +157,11 @@ func (s *edgeSession) authenticate(ev *edgev1.EdgeEvent, seq uint64) (*edgev1.Se
 
 // sender owns the request side: it numbers, authenticates and sends each envelope
 // in turn, so sequence numbers reach the server in order, holding no lock while it
-// sends.
+// sends. When the stream ends it closes the request side: while the request body is
+// idle, that is what lets the HTTP/2 transport notice the cancelled context and reset
+// the stream. Without it a stream the daemon gave up (no ack for 3 intervals, no
+// Welcome in time, a protocol error) stayed open on both sides, its receiver
+// goroutine and the server's handler with it.
 func (s *edgeSession) sender() {
 	var seq uint64
 	for {
@@ -165,6 +169,7 @@ func (s *edgeSession) sender() {
 		select {
 		case o = <-s.out:
 		case <-s.sctx.Done():
+			_ = s.stream.CloseRequest()
 			return
 		}
 		seq++

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,13 @@ type fakeCluster struct {
 	challenged func()
 	// token is what Attest hands out.
 	token string
+	// interval is the heartbeat interval Welcome gives (0: an hour); silent, when
+	// set, makes the server stop acknowledging heartbeats (a half-open connection
+	// seen from the daemon).
+	interval time.Duration
+	silent   bool
+	// ended, when set, hears each ConnectEdge handler return.
+	ended chan struct{}
 }
 
 func (f *fakeCluster) Challenge(ctx context.Context, _ *connect.Request[edgev1.ChallengeRequest]) (*connect.Response[edgev1.ChallengeResponse], error) {
@@ -58,6 +66,9 @@ func (f *fakeCluster) Attest(ctx context.Context, _ *connect.Request[edgev1.Atte
 }
 
 func (f *fakeCluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[edgev1.SealNodeEnvelope, edgev1.EdgeCommand]) error {
+	if f.ended != nil {
+		defer func() { f.ended <- struct{}{} }()
+	}
 	for {
 		env, err := bs.Receive()
 		if err != nil {
@@ -75,10 +86,16 @@ func (f *fakeCluster) ConnectEdge(ctx context.Context, bs *connect.BidiStream[ed
 		var reply *edgev1.EdgeCommand
 		switch {
 		case ev.GetHello() != nil:
-			// An hour between heartbeats: only the test's kicks make one.
+			// An hour between heartbeats unless the test asks: only its kicks make one.
+			interval := time.Hour
+			if f.interval > 0 {
+				interval = f.interval
+			}
 			reply = &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_Welcome{Welcome: &edgev1.Welcome{
-				SessionId: "session-1", ServerTime: timestamppb.Now(), HeartbeatInterval: durationpb.New(time.Hour),
+				SessionId: "session-1", ServerTime: timestamppb.Now(), HeartbeatInterval: durationpb.New(interval),
 			}}}
+		case ev.GetHeartbeat() != nil && f.silent:
+			continue
 		case ev.GetHeartbeat() != nil:
 			reply = &edgev1.EdgeCommand{Command: &edgev1.EdgeCommand_HeartbeatAck{HeartbeatAck: &edgev1.HeartbeatAck{
 				Sequence: env.GetSequence(), ServerTime: timestamppb.Now(),
@@ -202,7 +219,8 @@ func sessionAgent(t *testing.T, fc *fakeCluster, hook *sendHook) *Agent {
 	srv := httptest.NewUnstartedServer(h)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
-	t.Cleanup(srv.Close)
+	// Connections first: a stream the daemon left open would hold Close forever.
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
 	dir := keystore.Open(filepath.Join(t.TempDir(), "edge"))
 	if err := dir.Create(); err != nil {
 		t.Fatal(err)
@@ -330,4 +348,42 @@ func TestNoLockHeldWhileAnAttestationIsStuck(t *testing.T) {
 	if tok, err := a.cfg.Dir.ReadToken(); err != nil || tok != "token-2" {
 		t.Fatalf("node.token = %q, %v; want the new token", tok, err)
 	}
+}
+
+// A stream whose server stopped answering (a half-open connection: a NAT that
+// forgot it, a server that hung) ends once a heartbeat has gone unacknowledged for 3
+// intervals and 1s, so the daemon reconnects instead of showing Connected forever;
+// and the stream it gives up is closed, not left open on both sides.
+func TestUnansweredHeartbeatsEndTheStream(t *testing.T) {
+	fc := &fakeCluster{got: make(chan *edgev1.SealNodeEnvelope, 64), interval: 10 * time.Millisecond, silent: true, ended: make(chan struct{}, 1)}
+	a := sessionAgent(t, fc, &sendHook{})
+	var ahead atomic.Int64 // how far the daemon's clock has been moved on
+	a.cfg.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.session(ctx, ctx, a.log)
+		done <- err
+	}()
+	pub := a.key.Public().(ed25519.PublicKey)
+	if nextEvent(t, fc.got, pub, "Hello").GetHello() == nil {
+		t.Fatal("the first envelope is not a Hello")
+	}
+	if nextEvent(t, fc.got, pub, "a heartbeat").GetHeartbeat() == nil {
+		t.Fatal("no heartbeat after Welcome")
+	}
+	if a.Status().Status != StatusConnected {
+		t.Fatalf("status %s before any heartbeat went unanswered, want connected", a.Status().Status)
+	}
+	// 3 intervals (30ms) and 1s pass with no ack.
+	ahead.Store(int64(2 * time.Second))
+	go func() { // the server keeps reading what the daemon still sends
+		for range fc.got {
+		}
+	}()
+	if err := wait(t, done, "the session ending"); !errors.Is(err, errStale) {
+		t.Fatalf("session ended with %v, want %v", err, errStale)
+	}
+	wait(t, fc.ended, "the server seeing the abandoned stream end")
 }
