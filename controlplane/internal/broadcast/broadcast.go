@@ -224,19 +224,24 @@ func Encode(e Event) (string, error) {
 // omitted), so an own event starts {"k":"KIND","o":"REPLICA", exactly; anything
 // else (another origin, a payload the blacklist trigger made) is decoded.
 func FromReplica(payload, replica string) bool {
+	return hasOrigin(payload, originMarker(replica))
+}
+
+// originMarker is what follows an event's kind when replica published it; a
+// listener computes it once.
+func originMarker(replica string) string {
+	o, _ := json.Marshal(replica) // a string always marshals
+	return `","o":` + string(o) + `,`
+}
+
+// hasOrigin: payload is {"k":"KIND followed by marker.
+func hasOrigin(payload, marker string) bool {
 	rest, ok := strings.CutPrefix(payload, `{"k":"`)
 	if !ok {
 		return false
 	}
 	i := strings.IndexByte(rest, '"')
-	if i < 0 {
-		return false
-	}
-	o, err := json.Marshal(replica)
-	if err != nil {
-		return false
-	}
-	return strings.HasPrefix(rest[i:], `","o":`+string(o)+`,`)
+	return i >= 0 && strings.HasPrefix(rest[i:], marker)
 }
 
 // Decode parses a NOTIFY payload.

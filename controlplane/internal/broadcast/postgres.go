@@ -274,12 +274,13 @@ func (p *Postgres) Run(ctx context.Context, h Handler) {
 }
 
 func (p *Postgres) receive(ctx context.Context, conn *pgx.Conn, h Handler) error {
+	own := originMarker(p.replica)
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
 		}
-		if FromReplica(n.Payload, p.replica) {
+		if hasOrigin(n.Payload, own) {
 			continue // this replica acted before publishing
 		}
 		e, err := Decode(n.Payload)
