@@ -20,6 +20,13 @@ type RotateOptions struct {
 	KeepOld time.Duration
 	// FleetRunID names the fleet run that asked for this rotation, if any (logged).
 	FleetRunID string
+	// IfKey, when set, is the fingerprint of the key to replace: the rotation runs
+	// only while that key is the one in use. The daemon's scheduler decides to rotate
+	// a key before it holds the state dir's lock; meanwhile a reconcile on reconnect
+	// or `aegis edge keys rotate` may replace the key, and rotating again would be a
+	// second rotation for one due key. A pending rotation of that key, finished here,
+	// is reported as this one; a key replaced otherwise is ErrKeyChanged.
+	IfKey string
 }
 
 // Result of a completed rotation.
@@ -57,16 +64,20 @@ func (h *Host) Rotate(ctx context.Context, opts RotateOptions) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("an earlier rotation is not settled yet: %w", err)
 	}
-	if settled.Finished != nil && opts.FleetRunID != "" {
-		// A fleet run asks for one rotation: the one left pending, now finished, is
-		// it. Starting another would rotate the host twice for one request.
-		h.log.Info("finished a pending key rotation and reported it as the fleet run's",
-			"rotation_id", settled.Finished.RotationID, "fleet_run_id", opts.FleetRunID)
-		return *settled.Finished, nil
+	if f := settled.Finished; f != nil && (opts.FleetRunID != "" || opts.IfKey != "" && f.OldKeyFingerprint == opts.IfKey) {
+		// A fleet run (or the scheduler, for one key) asks for one rotation: the one
+		// left pending, now finished, is it. Starting another would rotate the host
+		// twice for one request.
+		h.log.Info("finished a pending key rotation and reported it as the one asked for",
+			"rotation_id", f.RotationID, "fleet_run_id", opts.FleetRunID)
+		return *f, nil
 	}
 	id, err := h.load()
 	if err != nil {
 		return Result{}, err
+	}
+	if opts.IfKey != "" && FingerprintOf(id.Key) != opts.IfKey {
+		return Result{}, fmt.Errorf("%w: %s is in use, not %s; nothing to rotate", ErrKeyChanged, FingerprintOf(id.Key), opts.IfKey)
 	}
 
 	// S1: the new key and the request's identity, durable before anything is sent,

@@ -64,6 +64,9 @@ var (
 	ErrRevoked = errors.New("this host's identity was revoked")
 	// ErrLocal: the state directory could not be read or written.
 	ErrLocal = errors.New("local state error")
+	// ErrKeyChanged: RotateOptions.IfKey named a key that is no longer in use (another
+	// rotation replaced it first); nothing was done.
+	ErrKeyChanged = errors.New("the key was already replaced")
 )
 
 // Step is a step boundary of a rotation, where Config.Fault is called.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"sync"
@@ -65,8 +66,12 @@ type cadence struct {
 	local   time.Duration
 	// since reads when the current key was made (zero: no identity).
 	since func() time.Time
-	// rotate runs one routine rotation.
-	rotate func(ctx context.Context) error
+	// key is the fingerprint of the key in use; read before since, so a key that
+	// changes between the two reads is seen as changed, never as the same.
+	key func() string
+	// rotate runs one routine rotation of key, only while key is still in use
+	// (rotation.ErrKeyChanged otherwise).
+	rotate func(ctx context.Context, key string) error
 	// publish shows the plan and the last failure ("" after a success).
 	publish func(p cadencePlan, lastErr string)
 
@@ -117,6 +122,7 @@ func (c *cadence) run(ctx context.Context) {
 	lastErr := ""
 	var failedFor time.Time // the key the failures were counted for
 	for {
+		key := c.key()
 		p := c.plan()
 		if !p.Since.Equal(failedFor) {
 			failures, lastErr = 0, ""
@@ -146,9 +152,15 @@ func (c *cadence) run(ctx context.Context) {
 			continue
 		}
 		c.log.Info("routine key rotation: the key is due", "key_age", keyage.Human(c.now().Sub(p.Since)), "max_key_age", keyage.Format(p.Max), "due", p.Due.UTC())
-		err := c.rotate(ctx)
+		err := c.rotate(ctx, key)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, rotation.ErrKeyChanged) {
+			// Another rotation replaced the key while this one waited for the state
+			// dir's lock: the due key is gone, plan for the new one.
+			c.log.Info("routine key rotation: the key was replaced meanwhile; planning for the new key")
+			continue
 		}
 		if err != nil {
 			failures++
@@ -186,8 +198,9 @@ func (a *Agent) newCadence() *cadence {
 		log:     a.log,
 		local:   a.cfg.MaxKeyAge,
 		since:   func() time.Time { return keySince(a.cfg.Dir) },
-		rotate: func(ctx context.Context) error {
-			_, err := a.RotateKeys(ctx, rotation.RotateOptions{KeepOld: a.cfg.KeepOld})
+		key:     func() string { return a.Status().KeyFingerprint },
+		rotate: func(ctx context.Context, key string) error {
+			_, err := a.RotateKeys(ctx, rotation.RotateOptions{KeepOld: a.cfg.KeepOld, IfKey: key})
 			return err
 		},
 		publish: func(p cadencePlan, lastErr string) {

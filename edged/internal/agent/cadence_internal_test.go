@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	edgev1 "github.com/aegis-edge/aegis/api/gen/aegis/edge/v1"
 	"github.com/aegis-edge/aegis/api/keyage"
+	"github.com/aegis-edge/aegis/edged/rotation"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -100,9 +102,17 @@ func newTestCadence(local time.Duration) *testCadence {
 			defer tc.mu.Unlock()
 			return tc.keyAt
 		},
-		rotate: func(context.Context) error {
+		key: func() string {
 			tc.mu.Lock()
 			defer tc.mu.Unlock()
+			return tc.keyAt.String()
+		},
+		rotate: func(_ context.Context, key string) error {
+			tc.mu.Lock()
+			defer tc.mu.Unlock()
+			if key != tc.keyAt.String() {
+				return fmt.Errorf("%w: asked for %s", rotation.ErrKeyChanged, key)
+			}
 			if tc.fail {
 				return errors.New("unavailable: the control plane cannot be reached")
 			}
@@ -224,11 +234,11 @@ func TestCadenceRetriesUntilReachable(t *testing.T) {
 		var mu sync.Mutex
 		var attempts []time.Time
 		rotate := tc.rotate
-		tc.rotate = func(ctx context.Context) error {
+		tc.rotate = func(ctx context.Context, key string) error {
 			mu.Lock()
 			attempts = append(attempts, time.Now())
 			mu.Unlock()
-			return rotate(ctx)
+			return rotate(ctx, key)
 		}
 		go tc.run(ctx)
 		start := time.Now()
@@ -260,6 +270,66 @@ func TestCadenceRetriesUntilReachable(t *testing.T) {
 		defer tc.mu.Unlock()
 		if tc.lastErr != "" {
 			t.Errorf("the failure is still reported after a success: %q", tc.lastErr)
+		}
+	})
+}
+
+// The scheduler decides to rotate its overdue key, but another rotation replaces
+// the key first (the stream's reconcile on reconnect held the state dir's lock):
+// the routine rotation does nothing, the old failure stops being reported, and the
+// new key is rotated in its own window, not at once (one due key, one rotation).
+func TestCadenceKeyReplacedBeforeItsRotation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tc := newTestCadence(time.Hour)
+		tc.fail = true
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var replacedAt time.Time
+		replace := false
+		rotate := tc.rotate
+		tc.rotate = func(ctx context.Context, key string) error {
+			tc.mu.Lock()
+			if replace {
+				replace = false
+				tc.keyAt = time.Now()
+				replacedAt = tc.keyAt
+			}
+			tc.mu.Unlock()
+			return rotate(ctx, key)
+		}
+		go tc.run(ctx)
+		time.Sleep(time.Hour + 10*time.Second)
+		synctest.Wait()
+		tc.mu.Lock()
+		if tc.lastErr == "" {
+			t.Fatal("no failure reported while unreachable")
+		}
+		tc.fail, replace = false, true
+		tc.mu.Unlock()
+
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		tc.mu.Lock()
+		if replacedAt.IsZero() {
+			tc.mu.Unlock()
+			t.Fatal("no attempt within a minute of the backoff")
+		}
+		if len(tc.rotations) != 0 || !tc.keyAt.Equal(replacedAt) {
+			t.Errorf("rotations %v, key made at %v: the replaced key was rotated again (want the key from %v kept)", tc.rotations, tc.keyAt, replacedAt)
+		}
+		if tc.lastErr != "" {
+			t.Errorf("the old key's failure is still reported for the new key: %q", tc.lastErr)
+		}
+		tc.mu.Unlock()
+
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		rs := tc.rotated()
+		if len(rs) != 1 {
+			t.Fatalf("%d rotations in the new key's first hour, want 1", len(rs))
+		}
+		if age := rs[0].Sub(replacedAt); age >= time.Hour || age < time.Hour-keyage.Window(time.Hour) {
+			t.Errorf("the new key rotated at age %v, want in its 1h window", age)
 		}
 	})
 }

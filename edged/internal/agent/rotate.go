@@ -108,6 +108,9 @@ func (a *Agent) RotateKeys(ctx context.Context, opts rotation.RotateOptions) (ro
 	defer a.attestMu.Unlock()
 	start := a.cfg.Now()
 	res, err := h.Rotate(ctx, opts)
+	if errors.Is(err, rotation.ErrKeyChanged) {
+		return res, err // nothing was tried: the scheduler plans for the new key
+	}
 	if err != nil {
 		a.log.Warn("key rotation failed; the current key stays in use", "error", err, "fleet_run_id", opts.FleetRunID)
 		return res, err

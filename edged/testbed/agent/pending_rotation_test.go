@@ -59,3 +59,91 @@ func TestFleetRotateFinishesAPendingRotation(t *testing.T) {
 		}
 	})
 }
+
+// The daemon's scheduler decides to rotate a key, then waits for the state dir's
+// lock while the stream's reconcile finishes a pending rotation (the key changes
+// under it). The routine rotation asked only for the key it saw (IfKey): it reports
+// the pending rotation as its own instead of rotating the new key a second time.
+func TestRoutineRotateFinishesAPendingRotation(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{})
+	requireRotation(t, srv)
+	dir := enrolled(t, srv)
+	node, _ := dir.ReadNode()
+	old, err := dir.ReadKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldFP := fingerprint.Of(old.Public().(ed25519.PublicKey))
+
+	crashing := cliHost(t, srv, dir, func(c *rotation.Config) {
+		c.Fault = func(s rotation.Step) error {
+			if s == rotation.StepTokenNext {
+				return errCrash
+			}
+			return nil
+		}
+	})
+	if _, err := crashing.Rotate(context.Background(), rotation.RotateOptions{}); !errors.Is(err, errCrash) {
+		t.Fatalf("Rotate: %v, want the crash after the commit", err)
+	}
+	res, err := cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{IfKey: oldFP})
+	if err != nil {
+		t.Fatalf("routine Rotate over a pending rotation: %v", err)
+	}
+	if res.OldKeyFingerprint != oldFP {
+		t.Errorf("the result says it replaced %s, want %s", res.OldKeyFingerprint, oldFP)
+	}
+	rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 {
+		t.Fatalf("the server recorded %d rotations, want 1 (the host rotated twice)", len(rs))
+	}
+	healthy(t, srv, dir, 1)
+}
+
+// The key the scheduler saw was already replaced (a reconcile on reconnect, or
+// `aegis edge keys rotate`, got the lock first): the routine rotation does nothing
+// and says so with ErrKeyChanged; the server records no second rotation.
+func TestRoutineRotateOfAReplacedKeyDoesNothing(t *testing.T) {
+	srv := cptest.Start(t, cptest.Options{})
+	requireRotation(t, srv)
+	dir := enrolled(t, srv)
+	node, _ := dir.ReadNode()
+	old, err := dir.ReadKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldFP := fingerprint.Of(old.Public().(ed25519.PublicKey))
+	first, err := cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{IfKey: oldFP})
+	if !errors.Is(err, rotation.ErrKeyChanged) {
+		t.Fatalf("Rotate of the replaced key: %v, want ErrKeyChanged", err)
+	}
+	rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 {
+		t.Fatalf("the server recorded %d rotations, want 1", len(rs))
+	}
+	key := healthy(t, srv, dir, 1)
+	if fingerprint.Of(key.Public().(ed25519.PublicKey)) != first.NewKeyFingerprint {
+		t.Fatal("node.key is not the first rotation's key")
+	}
+	// The key it names is the current one: it rotates.
+	second, err := cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{IfKey: first.NewKeyFingerprint})
+	if err != nil {
+		t.Fatalf("Rotate of the current key: %v", err)
+	}
+	if second.OldKeyFingerprint != first.NewKeyFingerprint || second.NewKeyFingerprint == first.NewKeyFingerprint {
+		t.Fatalf("the second rotation replaced %s with %s, want a new key for %s", second.OldKeyFingerprint, second.NewKeyFingerprint, first.NewKeyFingerprint)
+	}
+	if rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID); err != nil || len(rs) != 2 {
+		t.Fatalf("the server recorded %d rotations (%v), want 2", len(rs), err)
+	}
+}
