@@ -8,6 +8,7 @@ import (
 
 	"github.com/aegis-edge/aegis/api/fingerprint"
 	"github.com/aegis-edge/aegis/controlplane/cptest"
+	"github.com/aegis-edge/aegis/edged/keystore"
 	"github.com/aegis-edge/aegis/edged/rotation"
 )
 
@@ -22,22 +23,7 @@ func TestFleetRotateFinishesAPendingRotation(t *testing.T) {
 		dir := enrolled(t, srv)
 		node, _ := dir.ReadNode()
 
-		crashing := cliHost(t, srv, dir, func(c *rotation.Config) {
-			c.Fault = func(s rotation.Step) error {
-				if s == rotation.StepTokenNext {
-					return errCrash
-				}
-				return nil
-			}
-		})
-		if _, err := crashing.Rotate(context.Background(), rotation.RotateOptions{}); !errors.Is(err, errCrash) {
-			t.Fatalf("Rotate: %v, want the crash after the commit", err)
-		}
-		d, err := srv.Store.GetDaemon(context.Background(), node.NodeID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		committed := fingerprint.Of(d.PublicKey)
+		committed := leavePending(t, srv, dir)
 
 		res, err := cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{FleetRunID: "fr-0123456789abcdef"})
 		if err != nil {
@@ -46,12 +32,8 @@ func TestFleetRotateFinishesAPendingRotation(t *testing.T) {
 		if res.NewKeyFingerprint != committed {
 			t.Fatalf("fleet Rotate reports key %s, want the pending rotation's %s", res.NewKeyFingerprint, committed)
 		}
-		rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(rs) != 1 {
-			t.Fatalf("the server recorded %d rotations, want 1 (the host rotated twice)", len(rs))
+		if n := rotationsRecorded(t, srv, node.NodeID); n != 1 {
+			t.Fatalf("the server recorded %d rotations, want 1 (the host rotated twice)", n)
 		}
 		key := healthy(t, srv, dir, 1)
 		if fingerprint.Of(key.Public().(ed25519.PublicKey)) != committed {
@@ -69,36 +51,18 @@ func TestRoutineRotateFinishesAPendingRotation(t *testing.T) {
 	requireRotation(t, srv)
 	dir := enrolled(t, srv)
 	node, _ := dir.ReadNode()
-	old, err := dir.ReadKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldFP := fingerprint.Of(old.Public().(ed25519.PublicKey))
+	oldFP := keyFingerprint(t, dir)
 
-	crashing := cliHost(t, srv, dir, func(c *rotation.Config) {
-		c.Fault = func(s rotation.Step) error {
-			if s == rotation.StepTokenNext {
-				return errCrash
-			}
-			return nil
-		}
-	})
-	if _, err := crashing.Rotate(context.Background(), rotation.RotateOptions{}); !errors.Is(err, errCrash) {
-		t.Fatalf("Rotate: %v, want the crash after the commit", err)
-	}
+	committed := leavePending(t, srv, dir)
 	res, err := cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{IfKey: oldFP})
 	if err != nil {
 		t.Fatalf("routine Rotate over a pending rotation: %v", err)
 	}
-	if res.OldKeyFingerprint != oldFP {
-		t.Errorf("the result says it replaced %s, want %s", res.OldKeyFingerprint, oldFP)
+	if res.OldKeyFingerprint != oldFP || res.NewKeyFingerprint != committed {
+		t.Errorf("the result says it replaced %s with %s, want %s with the pending %s", res.OldKeyFingerprint, res.NewKeyFingerprint, oldFP, committed)
 	}
-	rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rs) != 1 {
-		t.Fatalf("the server recorded %d rotations, want 1 (the host rotated twice)", len(rs))
+	if n := rotationsRecorded(t, srv, node.NodeID); n != 1 {
+		t.Fatalf("the server recorded %d rotations, want 1 (the host rotated twice)", n)
 	}
 	healthy(t, srv, dir, 1)
 }
@@ -111,11 +75,7 @@ func TestRoutineRotateOfAReplacedKeyDoesNothing(t *testing.T) {
 	requireRotation(t, srv)
 	dir := enrolled(t, srv)
 	node, _ := dir.ReadNode()
-	old, err := dir.ReadKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldFP := fingerprint.Of(old.Public().(ed25519.PublicKey))
+	oldFP := keyFingerprint(t, dir)
 	first, err := cliHost(t, srv, dir, nil).Rotate(context.Background(), rotation.RotateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -124,12 +84,8 @@ func TestRoutineRotateOfAReplacedKeyDoesNothing(t *testing.T) {
 	if !errors.Is(err, rotation.ErrKeyChanged) {
 		t.Fatalf("Rotate of the replaced key: %v, want ErrKeyChanged", err)
 	}
-	rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rs) != 1 {
-		t.Fatalf("the server recorded %d rotations, want 1", len(rs))
+	if n := rotationsRecorded(t, srv, node.NodeID); n != 1 {
+		t.Fatalf("the server recorded %d rotations, want 1", n)
 	}
 	key := healthy(t, srv, dir, 1)
 	if fingerprint.Of(key.Public().(ed25519.PublicKey)) != first.NewKeyFingerprint {
@@ -143,7 +99,52 @@ func TestRoutineRotateOfAReplacedKeyDoesNothing(t *testing.T) {
 	if second.OldKeyFingerprint != first.NewKeyFingerprint || second.NewKeyFingerprint == first.NewKeyFingerprint {
 		t.Fatalf("the second rotation replaced %s with %s, want a new key for %s", second.OldKeyFingerprint, second.NewKeyFingerprint, first.NewKeyFingerprint)
 	}
-	if rs, err := srv.Store.ListNodeRotations(context.Background(), node.NodeID); err != nil || len(rs) != 2 {
-		t.Fatalf("the server recorded %d rotations (%v), want 2", len(rs), err)
+	if n := rotationsRecorded(t, srv, node.NodeID); n != 2 {
+		t.Fatalf("the server recorded %d rotations, want 2", n)
 	}
+}
+
+// leavePending crashes a rotation right after the server committed it (the host
+// never swapped the key in) and returns the fingerprint the server now holds.
+func leavePending(t *testing.T, srv *cptest.Server, dir *keystore.Dir) string {
+	t.Helper()
+	crashing := cliHost(t, srv, dir, func(c *rotation.Config) {
+		c.Fault = func(s rotation.Step) error {
+			if s == rotation.StepTokenNext {
+				return errCrash
+			}
+			return nil
+		}
+	})
+	if _, err := crashing.Rotate(context.Background(), rotation.RotateOptions{}); !errors.Is(err, errCrash) {
+		t.Fatalf("Rotate: %v, want the crash after the commit", err)
+	}
+	node, err := dir.ReadNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := srv.Store.GetDaemon(context.Background(), node.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fingerprint.Of(d.PublicKey)
+}
+
+// keyFingerprint is the fingerprint of the host's node.key.
+func keyFingerprint(t *testing.T, dir *keystore.Dir) string {
+	t.Helper()
+	key, err := dir.ReadKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fingerprint.Of(key.Public().(ed25519.PublicKey))
+}
+
+func rotationsRecorded(t *testing.T, srv *cptest.Server, nodeID string) int {
+	t.Helper()
+	rs, err := srv.Store.ListNodeRotations(context.Background(), nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(rs)
 }
